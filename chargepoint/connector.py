@@ -1,0 +1,397 @@
+"""The per-connector state machine: a pure function of (state, event, now) → (state, actions).
+
+Inputs are the pilot state, the session (authorized id tag, transaction running),
+availability, faults, the current limit and reservations. Outputs are actions the
+controller carries out: contactor commands, the pilot offer, OCPP status changes
+and transaction begin/end. ``now`` is a monotonic time in seconds.
+
+Status follows OCPP 1.6 §4.9 (StatusNotification) and §7.7 ChargePointStatus:
+Available → Preparing (plug-in or authorization) → Charging / SuspendedEV /
+SuspendedEVSE → Finishing (transaction over, cable still in) → Available; Reserved,
+Unavailable and Faulted override as the specification describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from chargepoint import safety
+from hal.interfaces import CpState, FaultKind
+
+# -------------------------------------------------------------------- fault → OCPP errorCode
+
+ERROR_CODES: dict[FaultKind, str] = {
+    FaultKind.RCD: "GroundFailure",
+    FaultKind.WELD: "PowerSwitchFailure",
+    FaultKind.METER: "PowerMeterFailure",
+    FaultKind.OVERCURRENT: "OverCurrentFailure",
+    FaultKind.DIODE: "EVCommunicationError",
+    FaultKind.CP_SHORT: "EVCommunicationError",
+    FaultKind.LOCK: "ConnectorLockFailure",
+    FaultKind.READER: "ReaderFailure",
+    FaultKind.OVERTEMP: "HighTemperature",
+    FaultKind.OVERVOLTAGE: "OverVoltage",
+    FaultKind.UNDERVOLTAGE: "UnderVoltage",
+    FaultKind.PILOT_BOARD: "InternalError",
+    FaultKind.OTHER: "OtherError",
+}
+# A reader fault or a meter fault does not make charging unsafe: they are reported (errorCode) but do not
+# open the contactor. Everything else does.
+NON_BLOCKING_FAULTS = frozenset({FaultKind.READER, FaultKind.METER})
+FAULT_PRIORITY = [
+    FaultKind.RCD,
+    FaultKind.WELD,
+    FaultKind.OVERCURRENT,
+    FaultKind.CP_SHORT,
+    FaultKind.DIODE,
+    FaultKind.OVERTEMP,
+    FaultKind.OVERVOLTAGE,
+    FaultKind.UNDERVOLTAGE,
+    FaultKind.PILOT_BOARD,
+    FaultKind.LOCK,
+    FaultKind.OTHER,
+    FaultKind.METER,
+    FaultKind.READER,
+]
+
+
+# -------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Pilot:
+    state: CpState
+
+
+@dataclass(frozen=True)
+class Authorize:
+    """A session is authorized for ``id_tag`` (the controller already decided)."""
+
+    id_tag: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """End the session: stop the transaction with ``reason`` or drop a pending authorization."""
+
+    reason: str = "Local"
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    latched: bool = False
+
+
+@dataclass(frozen=True)
+class FaultClear:
+    kind: FaultKind
+
+
+@dataclass(frozen=True)
+class ResetFaults:
+    """A Reset or a technician clears latched faults."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    operative: bool
+
+
+@dataclass(frozen=True)
+class Limit:
+    amps: float | None  # None: nothing may be offered now (paused)
+
+
+@dataclass(frozen=True)
+class Reserved:
+    reserved: bool
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: timers (6 s force-open, 300 ms state F, ConnectionTimeOut) are evaluated."""
+
+
+Event = Pilot | Authorize | Stop | Fault | FaultClear | ResetFaults | Availability | Limit | Reserved | Tick
+
+
+# -------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class OpenContactor:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CloseContactor:
+    pass
+
+
+@dataclass(frozen=True)
+class OfferCurrent:
+    amps: float | None  # None: constant +12 V, no current offered
+
+
+@dataclass(frozen=True)
+class PilotUnavailable:
+    """Constant −12 V: state F."""
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    status: str
+    error_code: str = "NoError"
+    info: str | None = None
+
+
+@dataclass(frozen=True)
+class BeginTransaction:
+    id_tag: str
+
+
+@dataclass(frozen=True)
+class EndTransaction:
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionTimedOut:
+    id_tag: str
+
+
+Action = (
+    OpenContactor
+    | CloseContactor
+    | OfferCurrent
+    | PilotUnavailable
+    | StatusChanged
+    | BeginTransaction
+    | EndTransaction
+    | SessionTimedOut
+)
+
+F = "F"  # pilot command: state F
+
+
+@dataclass(frozen=True)
+class ConnectorState:
+    connector_id: int
+    min_current_a: float = 6.0
+    connection_timeout_s: float = 60.0
+    stop_on_ev_disconnect: bool = True
+    pilot: CpState = CpState.A
+    operative: bool = True
+    faults: frozenset[FaultKind] = frozenset()  # faults that make charging unsafe
+    notices: frozenset[FaultKind] = frozenset()  # non-blocking faults, reported only
+    latched: frozenset[FaultKind] = frozenset()
+    last_fault_at: float | None = None
+    session_tag: str | None = None
+    session_since: float = 0.0
+    in_transaction: bool = False
+    finishing: bool = False
+    reserved: bool = False
+    limit_a: float | None = None
+    contactor_closed: bool = False
+    pilot_command: float | str | None = F  # F, None (X1) or amps — outputs start safe
+    withdrawn_at: float | None = None
+    status: str = ""
+    error_code: str = "NoError"
+    stopping_reason: str | None = field(default=None)
+
+    def in_fault_hold(self, now: float) -> bool:
+        return self.last_fault_at is not None and now - self.last_fault_at < safety.FAULT_STATE_F_MIN_S
+
+    @property
+    def all_faults(self) -> frozenset[FaultKind]:
+        return self.faults | self.notices
+
+    def next_deadline(self) -> float | None:
+        """When a Tick must be delivered at the latest for the timers to be exact."""
+        deadlines = []
+        if self.withdrawn_at is not None and self.contactor_closed:
+            deadlines.append(self.withdrawn_at + safety.FORCE_OPEN_AFTER_S)
+        if self.last_fault_at is not None and self.pilot_command == F and not self.faults:
+            deadlines.append(self.last_fault_at + safety.FAULT_STATE_F_MIN_S)
+        if self.session_tag is not None and not self.in_transaction and not self.pilot.vehicle_connected:
+            deadlines.append(self.session_since + self.connection_timeout_s)
+        return min(deadlines) if deadlines else None
+
+
+def _error_code(state: ConnectorState) -> str:
+    for kind in FAULT_PRIORITY:
+        if kind in state.all_faults:
+            return ERROR_CODES[kind]
+    return "NoError"
+
+
+def _derive_status(s: ConnectorState) -> str:
+    if s.faults:
+        return "Faulted"
+    if s.in_transaction:
+        if s.pilot_command is None or s.pilot_command == F or s.withdrawn_at is not None:
+            return "SuspendedEVSE"
+        if s.contactor_closed and s.pilot.wants_power:
+            return "Charging"
+        return "SuspendedEV"
+    if not s.operative:
+        return "Unavailable"
+    if s.finishing:
+        return "Finishing"
+    if s.session_tag is not None:
+        return "Preparing"
+    if s.reserved:
+        return "Reserved"
+    if s.pilot.vehicle_connected:
+        return "Preparing"
+    return "Available"
+
+
+def _desired_pilot(s: ConnectorState, now: float) -> float | str | None:
+    if s.faults or s.in_fault_hold(now) or (not s.operative and not s.in_transaction):
+        return F
+    if (
+        s.session_tag is not None
+        and s.in_transaction
+        and s.pilot.vehicle_connected
+        and s.limit_a is not None
+        and s.limit_a >= s.min_current_a
+    ):
+        return s.limit_a
+    return None
+
+
+def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorState, list[Action]]:
+    """Apply one event. The returned actions must be carried out in order."""
+    s = state
+    actions: list[Action] = []
+
+    if isinstance(event, Pilot) and event.state == CpState.F:
+        # -12 V is what the EVSE itself drives in state F: it says nothing about the car. Keep the last
+        # known vehicle state; a real reading arrives once the pilot leaves F.
+        pass
+    elif isinstance(event, Pilot):
+        s = replace(s, pilot=event.state)
+        if event.state == CpState.E:
+            s = _add_fault(s, FaultKind.CP_SHORT, False, now)
+        elif FaultKind.CP_SHORT in s.faults and event.state != CpState.E:
+            s = replace(s, faults=s.faults - {FaultKind.CP_SHORT})
+        if not event.state.vehicle_connected:
+            s = replace(s, finishing=False)
+            if s.in_transaction and s.stop_on_ev_disconnect:
+                s, ended = _end_transaction(s, "EVDisconnected")
+                actions.extend(ended)
+    elif isinstance(event, Authorize):
+        if not s.in_transaction:
+            s = replace(s, session_tag=event.id_tag, session_since=now, finishing=False)
+    elif isinstance(event, Stop):
+        if s.in_transaction:
+            s, ended = _end_transaction(s, event.reason)
+            actions.extend(ended)
+        elif s.session_tag is not None:
+            s = replace(s, session_tag=None)
+    elif isinstance(event, Fault):
+        s = _add_fault(s, event.kind, event.latched, now)
+    elif isinstance(event, FaultClear):
+        if event.kind not in s.latched:
+            s = replace(s, faults=s.faults - {event.kind}, notices=s.notices - {event.kind})
+    elif isinstance(event, ResetFaults):
+        s = replace(s, faults=frozenset(), notices=frozenset(), latched=frozenset())
+    elif isinstance(event, Availability):
+        s = replace(s, operative=event.operative)
+    elif isinstance(event, Limit):
+        s = replace(s, limit_a=event.amps)
+    elif isinstance(event, Reserved):
+        s = replace(s, reserved=event.reserved)
+
+    # ConnectionTimeOut: authorized but no cable within the time (OCPP 1.6 §9.1.7).
+    if (
+        s.session_tag is not None
+        and not s.in_transaction
+        and not s.pilot.vehicle_connected
+        and now - s.session_since >= s.connection_timeout_s
+    ):
+        actions.append(SessionTimedOut(s.session_tag))
+        s = replace(s, session_tag=None)
+
+    # A transaction begins when the session is authorized and the cable is in (OCPP 1.6 §4.8, §5.11).
+    if (
+        s.session_tag is not None
+        and not s.in_transaction
+        and s.pilot.vehicle_connected
+        and s.operative
+        and not s.faults
+    ):
+        s = replace(s, in_transaction=True, finishing=False)
+        actions.append(BeginTransaction(s.session_tag))
+
+    s, outputs = _apply_outputs(s, now)
+    actions = (
+        [a for a in outputs if isinstance(a, OpenContactor)]
+        + actions
+        + [a for a in outputs if not isinstance(a, OpenContactor)]
+    )
+
+    status = _derive_status(s)
+    code = _error_code(s)
+    if status != s.status or code != s.error_code:
+        s = replace(s, status=status, error_code=code)
+        actions.append(StatusChanged(status, code))
+    if not safety.contactor_allowed(s, now):  # defence in depth: never expected (property-tested)
+        s = replace(s, contactor_closed=False, withdrawn_at=None)
+        actions.insert(0, OpenContactor("safety invariant"))
+    return s, actions
+
+
+def _add_fault(s: ConnectorState, kind: FaultKind, latched: bool, now: float) -> ConnectorState:
+    if kind in NON_BLOCKING_FAULTS:
+        return replace(s, notices=s.notices | {kind}, latched=s.latched | ({kind} if latched else set()))
+    return replace(
+        s,
+        faults=s.faults | {kind},
+        latched=s.latched | ({kind} if latched else set()),
+        last_fault_at=now,
+    )
+
+
+def _end_transaction(s: ConnectorState, reason: str) -> tuple[ConnectorState, list[Action]]:
+    s = replace(
+        s,
+        in_transaction=False,
+        session_tag=None,
+        finishing=s.pilot.vehicle_connected,
+    )
+    return s, [EndTransaction(reason)]
+
+
+def _apply_outputs(s: ConnectorState, now: float) -> tuple[ConnectorState, list[Action]]:
+    """Bring contactor and pilot to what the inputs ask for; open before anything else."""
+    out: list[Action] = []
+    desired = _desired_pilot(s, now)
+
+    if s.contactor_closed:
+        if not safety.hard_conditions(s):
+            s = replace(s, contactor_closed=False, withdrawn_at=None)
+            out.append(
+                OpenContactor("fault" if s.faults else "pilot left C/D" if s.operative else "unavailable")
+            )
+        elif not safety.soft_conditions(s):
+            if s.withdrawn_at is None:
+                s = replace(s, withdrawn_at=now)
+            if now - s.withdrawn_at >= safety.FORCE_OPEN_AFTER_S:  # type: ignore[operator]
+                s = replace(s, contactor_closed=False, withdrawn_at=None)
+                out.append(OpenContactor("EV stayed in C 6 s after the offer was withdrawn"))
+        else:
+            s = replace(s, withdrawn_at=None)
+    elif s.withdrawn_at is not None:
+        s = replace(s, withdrawn_at=None)
+
+    if desired != s.pilot_command:
+        s = replace(s, pilot_command=desired)
+        out.append(PilotUnavailable() if desired == F else OfferCurrent(desired))  # type: ignore[arg-type]
+
+    if not s.contactor_closed and safety.may_close(s, now):
+        s = replace(s, contactor_closed=True)
+        out.append(CloseContactor())
+    return s, out

@@ -1,0 +1,53 @@
+"""The safety invariant, in one place.
+
+DEVELOPERS.md: the contactor closes only when the pilot says the car asks for power
+(state C/D), the session is authorized, the connector is available and fault-free,
+and the limit is at or above the minimum. Every fault opens it.
+
+IEC 61851-1 sequence 10.2 adds one nuance for *soft* reasons (the session was
+stopped or the limit fell below the minimum): the EVSE first withdraws the PWM and
+gives the car up to 6 s to go back to state B before it opens under load. During
+that grace period the contactor may stay closed; a *hard* reason (the car left
+C/D, a fault, unavailability) opens it at once. ``contactor_allowed`` is the
+invariant checked after every transition and by the property test.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chargepoint.connector import ConnectorState
+
+FORCE_OPEN_AFTER_S = 6.0  # IEC 61851-1 sequence 10.2
+FAULT_STATE_F_MIN_S = 0.3  # IEC 61851-1 Table A.5: state F for at least 300 ms after a fault
+
+
+def hard_conditions(state: ConnectorState) -> bool:
+    """Conditions that must hold at every instant the contactor is closed."""
+    return state.pilot.wants_power and not state.faults and state.operative
+
+
+def soft_conditions(state: ConnectorState) -> bool:
+    """Conditions for closing: a running, authorized transaction with a limit at or above the minimum."""
+    return (
+        state.session_tag is not None
+        and state.in_transaction
+        and state.limit_a is not None
+        and state.limit_a >= state.min_current_a
+    )
+
+
+def may_close(state: ConnectorState, now: float) -> bool:
+    return hard_conditions(state) and soft_conditions(state) and not state.in_fault_hold(now)
+
+
+def contactor_allowed(state: ConnectorState, now: float) -> bool:
+    """The invariant: closed ⇒ hard conditions ∧ (soft conditions ∨ inside the 6 s withdrawal grace)."""
+    if not state.contactor_closed:
+        return True
+    if not hard_conditions(state):
+        return False
+    if soft_conditions(state) and state.withdrawn_at is None:
+        return True
+    return state.withdrawn_at is not None and now - state.withdrawn_at < FORCE_OPEN_AFTER_S

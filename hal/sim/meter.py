@@ -1,0 +1,92 @@
+"""A simulated energy meter that integrates the power the simulated car draws."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hal.interfaces import Emit, HardwareConfigError, MeterError, MeterReading
+from hal.registry import BuildContext
+from hal.sim.board import _ev, bench
+from hal.sim.ev import SimulatedEV
+
+
+class SimMeter:
+    """Energy is integrated exactly between changes of the car's draw (piecewise-constant power)."""
+
+    def __init__(
+        self,
+        ev: SimulatedEV,
+        *,
+        voltage_v: float = 230.0,
+        phases: int = 3,
+        initial_wh: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ev = ev
+        self.voltage_v = voltage_v
+        self.phases = phases
+        self.failing = False
+        self._clock = clock
+        self._energy_wh = initial_wh
+        self._power_w = 0.0
+        self._since = clock()
+        ev.subscribe(self._on_change)
+
+    async def start(self, emit: Emit) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def _phases_drawing(self) -> int:
+        return min(self.phases, self.ev.phases)
+
+    def _integrate(self) -> None:
+        now = self._clock()
+        self._energy_wh += self._power_w * (now - self._since) / 3600.0
+        self._since = now
+
+    def _on_change(self) -> None:
+        self._integrate()
+        self._power_w = self.ev.drawn_a * self.voltage_v * self._phases_drawing()
+
+    @property
+    def energy_wh(self) -> float:
+        self._integrate()
+        return self._energy_wh
+
+    def snapshot(self) -> MeterReading:
+        self._integrate()
+        n = self._phases_drawing()
+        amps = self.ev.drawn_a
+        current = tuple(amps if i < n else 0.0 for i in range(3))
+        voltage = tuple(self.voltage_v if i < self.phases else None for i in range(3))
+        return MeterReading(
+            energy_wh=self._energy_wh,
+            power_w=self._power_w,
+            current_a=current,  # type: ignore[arg-type]
+            voltage_v=voltage,  # type: ignore[arg-type]
+            frequency_hz=50.0,
+        )
+
+    async def read(self) -> MeterReading:
+        if self.failing:
+            raise MeterError("simulated meter does not answer")
+        return self.snapshot()
+
+
+def build_meter(options: Mapping[str, Any], key: str, connector_id: int, ctx: BuildContext) -> SimMeter:
+    kwargs: dict[str, Any] = {}
+    for name, kind in (("voltage_v", float), ("phases", int), ("initial_wh", float)):
+        if name in options:
+            try:
+                kwargs[name] = kind(options[name])
+            except (TypeError, ValueError):
+                raise HardwareConfigError(f"{key}.{name}", options[name], f"a {kind.__name__}") from None
+    if kwargs.get("phases", 3) not in (1, 3):
+        raise HardwareConfigError(f"{key}.phases", kwargs["phases"], "1 or 3")
+    meter = SimMeter(_ev(ctx, connector_id, options, key), **kwargs)
+    bench(ctx).meters[connector_id] = meter
+    return meter
