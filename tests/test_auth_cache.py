@@ -133,7 +133,11 @@ def test_from_rows_with_smaller_bound_keeps_most_recent() -> None:
 
 @pytest.mark.parametrize(
     "row",
-    [("A", "Accepted", None, None), ("A", "Nope", None, None, NOW.isoformat()), ("A", "Accepted", None, None, "x")],
+    [
+        ("A", "Accepted", None, None),
+        ("A", "Nope", None, None, NOW.isoformat()),
+        ("A", "Accepted", None, None, "x"),
+    ],
 )
 def test_from_rows_rejects_corrupt_rows(row: tuple) -> None:
     with pytest.raises(AuthDataError):

@@ -176,7 +176,10 @@ def test_offline_apparently_expired_entry_is_refused(where: str) -> None:
 
 def test_offline_negative_entry_in_disabled_source_still_refuses() -> None:
     cfg = replace(
-        CFG, allow_offline_tx_for_unknown_id=True, local_auth_list_enabled=False, authorization_cache_enabled=False
+        CFG,
+        allow_offline_tx_for_unknown_id=True,
+        local_auth_list_enabled=False,
+        authorization_cache_enabled=False,
     )
     assert run("A", online=False, config=cfg, lst=mklist(A=IdTagInfo("Blocked"))).outcome == "Refused"
     assert run("B", online=False, config=cfg, cache=mkcache(B=IdTagInfo("Invalid"))).outcome == "Refused"
@@ -302,7 +305,9 @@ def test_may_stop_from_csms() -> None:
     assert may_stop_from_csms("OTHER", IdTagInfo("Accepted", PAST, "G"), **kw) is False  # type: ignore[arg-type]
     assert may_stop_from_csms("OTHER", IdTagInfo("Accepted"), **kw) is False  # type: ignore[arg-type]
     assert (
-        may_stop_from_csms("OTHER", IdTagInfo("Accepted", None, "G"), tx_id_tag="S", tx_parent_id_tag=None, now=NOW)
+        may_stop_from_csms(
+            "OTHER", IdTagInfo("Accepted", None, "G"), tx_id_tag="S", tx_parent_id_tag=None, now=NOW
+        )
         is False
     )
 
@@ -311,8 +316,12 @@ def test_may_stop_from_csms() -> None:
 
 TAGS = [f"T{i}" for i in range(6)]
 _statuses = st.sampled_from(["Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"])
-_expiry = st.one_of(st.none(), st.integers(min_value=-3600, max_value=3600).map(lambda s: NOW + timedelta(seconds=s)))
-_info = st.builds(IdTagInfo, status=_statuses, expiry_date=_expiry, parent_id_tag=st.sampled_from([None, "G"]))
+_expiry = st.one_of(
+    st.none(), st.integers(min_value=-3600, max_value=3600).map(lambda s: NOW + timedelta(seconds=s))
+)
+_info = st.builds(
+    IdTagInfo, status=_statuses, expiry_date=_expiry, parent_id_tag=st.sampled_from([None, "G"])
+)
 _entries = st.dictionaries(st.sampled_from(TAGS), _info, max_size=6)
 _config = st.builds(AuthConfig, st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans())
 
@@ -328,7 +337,9 @@ def test_not_accepted_local_entry_is_never_accepted(
         cache.update(tag, info, NOW - timedelta(hours=2))  # stored while still valid; expiry judged at NOW
     for tag in TAGS:
         infos = [i for i in (list_entries.get(tag), cache_entries.get(tag)) if i is not None]
-        negative = any(i.status != "Accepted" or (i.expiry_date is not None and i.expiry_date <= NOW) for i in infos)
+        negative = any(
+            i.status != "Accepted" or (i.expiry_date is not None and i.expiry_date <= NOW) for i in infos
+        )
         d = decide(tag, now=NOW, online=online, config=config, local_list=lst, cache=cache)
         if negative:
             assert d.outcome != "Accepted", (tag, infos, config, d)

@@ -49,7 +49,9 @@ def test_idtaginfo_roundtrip_camelcase() -> None:
 
 
 def test_idtaginfo_accepts_snake_case_from_ocpp_library() -> None:
-    info = IdTagInfo.from_ocpp({"status": "Blocked", "parent_id_tag": "G", "expiry_date": "2024-06-01T10:00:00"})
+    info = IdTagInfo.from_ocpp(
+        {"status": "Blocked", "parent_id_tag": "G", "expiry_date": "2024-06-01T10:00:00"}
+    )
     assert info.status == "Blocked" and info.parent_id_tag == "G"
     assert info.expiry_date == datetime(2024, 6, 1, 10, tzinfo=UTC)  # no offset → read as UTC
 
@@ -191,7 +193,9 @@ def test_over_send_local_list_max_length_fails_and_keeps_old_list() -> None:
 
 def test_resulting_list_over_local_auth_list_max_length_fails() -> None:
     old = base_list()  # 2 entries, max_length 5
-    status, mid = apply_send_local_list(old, 4, "Differential", [entry("C"), entry("D"), entry("E")], **LIMITS)
+    status, mid = apply_send_local_list(
+        old, 4, "Differential", [entry("C"), entry("D"), entry("E")], **LIMITS
+    )
     assert status == "Accepted" and mid is not None and len(mid) == 5
     before = snapshot(mid)
     status, new = apply_send_local_list(mid, 5, "Differential", [entry("F")], **LIMITS)
@@ -250,7 +254,13 @@ def test_malformed_entries_fail_and_keep_old_list(bad: object, update_type: str)
 
 @pytest.mark.parametrize(
     ("version", "update_type", "entries"),
-    [("4", "Full", []), (True, "Full", []), (4, "Partial", []), (-1, "Full", []), (4, "Full", {"idTag": "A"})],
+    [
+        ("4", "Full", []),
+        (True, "Full", []),
+        (4, "Partial", []),
+        (-1, "Full", []),
+        (4, "Full", {"idTag": "A"}),
+    ],
 )
 def test_malformed_request_fails(version: object, update_type: str, entries: object) -> None:
     status, new = apply_send_local_list(base_list(), version, update_type, entries, **LIMITS)  # type: ignore[arg-type]
