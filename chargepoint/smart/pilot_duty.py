@@ -22,7 +22,8 @@ def amps_to_duty(amps: float | None) -> float:
     -> 100 % (no charging, there is no valid duty under 6 A); 5.9-6.1 A -> 10 %; 51-52.5 A clamped
     to 51 A (85 %), because the upper formula would give less than 85 %, which an EV reads with the
     lower formula as less than 51 A; above 80 A clamped to 80 A (96 %). The duty is rounded DOWN to
-    0.01 %, so the current an EV decodes is never above `amps`.
+    0.01 %, so the current an EV decodes is never above `amps` (apart from float noise and the
+    5.9-6 A band, which EVerest deliberately offers as 6 A).
     """
     if amps is None or math.isnan(amps) or amps < 5.9:
         return NO_CURRENT_DUTY
