@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -159,6 +161,33 @@ def test_enqueue_is_durable_and_ordered(tmp_path: Path) -> None:
         assert ob2.enqueue("MeterValues", mv(9), None, T0) > seqs[-1]
     finally:
         again.close()
+
+
+def test_large_payloads_are_stored_compressed_small_ones_readable(store: Store) -> None:
+    ob = Outbox(store)
+    big = {
+        "connectorId": 1,
+        "meterValue": [
+            {
+                "timestamp": "2026-11-24T10:00:00Z",
+                "sampledValue": [
+                    {
+                        "value": str(1000 + i),
+                        "context": "Sample.Periodic",
+                        "measurand": "Voltage",
+                        "unit": "V",
+                    }
+                    for i in range(10)
+                ],
+            }
+        ],
+    }
+    ob.enqueue("MeterValues", big, None, T0)
+    ob.enqueue("StopTransaction", {"meterStop": 5}, None, T0)
+    stored = store.query("SELECT payload FROM outbox ORDER BY seq")
+    assert isinstance(stored[0][0], bytes) and len(stored[0][0]) < len(json.dumps(big)) / 2
+    assert stored[1][0] == '{"meterStop":5}'
+    assert [m.payload for m in ob.pending()] == [big, {"meterStop": 5}]
 
 
 def test_attempts_and_next_attempt_time(store: Store) -> None:
@@ -397,7 +426,7 @@ async def test_disk_full_keeps_messages_in_memory_in_order(
     h.enqueue("MeterValues", mv(0))
     pages = h.store.query("PRAGMA page_count")[0][0]
     h.store._conn.execute(f"PRAGMA max_page_count={pages}")
-    big = {"connectorId": 1, "pad": "x" * 5000}  # needs new pages: fails
+    big = {"connectorId": 1, "pad": os.urandom(3000).hex()}  # incompressible, needs new pages: fails
     with caplog.at_level(logging.ERROR, logger="chargepoint.protocol.outbox"):
         s1 = h.enqueue("MeterValues", big)
     s2 = h.enqueue("MeterValues", mv(2))  # would fit, but must stay behind `big`
@@ -414,7 +443,7 @@ async def test_spill_is_written_back_when_space_returns(store: Store) -> None:
     ob = Outbox(store)
     pages = store.query("PRAGMA page_count")[0][0]
     store._conn.execute(f"PRAGMA max_page_count={pages}")
-    s1 = ob.enqueue("MeterValues", {"pad": "y" * 5000}, None, T0)
+    s1 = ob.enqueue("MeterValues", {"pad": os.urandom(3000).hex()}, None, T0)
     assert ob.degraded
     store._conn.execute("PRAGMA max_page_count=1000000")
     s2 = ob.enqueue("MeterValues", mv(1), None, T0)

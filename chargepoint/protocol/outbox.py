@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,26 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat()
 
 
+#: Payloads longer than this are stored zlib-compressed (a BLOB; shorter ones stay readable TEXT).
+#: A 3-phase MeterValues (~1.1 kB of JSON) shrinks to ~0.3 kB and fits one 1 KiB page without an
+#: overflow page: that halves the bytes written per sample (SD-card wear, see bench_store.py).
+COMPRESS_ABOVE = 256
+
+
+def encode_payload(payload: dict[str, Any]) -> str | bytes:
+    text = json.dumps(payload, separators=(",", ":"))
+    return zlib.compress(text.encode(), 6) if len(text) > COMPRESS_ABOVE else text
+
+
+def decode_payload(stored: str | bytes) -> dict[str, Any]:
+    if isinstance(stored, bytes):
+        stored = zlib.decompress(stored).decode()
+    value = json.loads(stored)
+    if not isinstance(value, dict):
+        raise ValueError(f"queued payload is not a JSON object: {stored[:80]!r}")
+    return value
+
+
 def summarize(payload: dict[str, Any], limit: int = 300) -> str:
     text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -79,7 +100,7 @@ def _row(r: tuple[Any, ...]) -> QueuedMessage:
     return QueuedMessage(
         seq=int(r[0]),
         action=r[1],
-        payload=json.loads(r[2]),
+        payload=decode_payload(r[2]),
         local_tx_id=r[3],
         created_at=datetime.fromisoformat(r[4]),
         attempts=int(r[5]),
@@ -127,7 +148,7 @@ class Outbox:
         that the answer's transactionId is recorded for the later messages.  If the store cannot
         be written the message is kept in memory (see class doc) and an error is logged.
         """
-        text = json.dumps(payload, separators=(",", ":"))
+        stored = encode_payload(payload)
         when = created_at or datetime.now(UTC)
         stamp = _iso(when)
         if self._spill:
@@ -136,7 +157,7 @@ class Outbox:
             try:
                 seq = self._store.write(
                     "INSERT INTO outbox (action, payload, local_tx_id, created_at) VALUES (?, ?, ?, ?)",
-                    (action, text, local_tx_id, stamp),
+                    (action, stored, local_tx_id, stamp),
                     what=f"queued {action}",
                 )
                 self._last_seq = max(self._last_seq, seq)
@@ -150,7 +171,7 @@ class Outbox:
                 )
         self._last_seq += 1
         msg = QueuedMessage(
-            self._last_seq, action, json.loads(text), local_tx_id, when.astimezone(UTC), 0, None
+            self._last_seq, action, decode_payload(stored), local_tx_id, when.astimezone(UTC), 0, None
         )
         self._spill.append(msg)
         return msg.seq
@@ -166,7 +187,7 @@ class Outbox:
                         (
                             m.seq,
                             m.action,
-                            json.dumps(m.payload, separators=(",", ":")),
+                            encode_payload(m.payload),
                             m.local_tx_id,
                             _iso(m.created_at),
                             m.attempts,
