@@ -1,0 +1,1205 @@
+"""The controller: builds everything from the configuration and runs the loop.
+
+One asyncio loop. Hardware events and OCPP requests become connector events, which
+one dispatcher task applies to the pure connector state machines in order; the
+resulting actions switch the hardware and produce OCPP messages. Transaction
+messages go through the persistent outbox; status and heartbeat are sent only
+while connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chargepoint import connector as cm
+from chargepoint.config import Config
+from chargepoint.keys import ConfigurationKeys
+from chargepoint.metering import iso, measured_current, sampled_values
+from chargepoint.overcurrent import OvercurrentMonitor
+from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
+from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
+from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
+from hal import registry
+from hal.interfaces import (
+    ConnectorHardware,
+    CpState,
+    FaultCleared,
+    FaultKind,
+    FaultRaised,
+    HalEvent,
+    IndicatorPattern,
+    MeterError,
+    MeterReading,
+    PilotChanged,
+    StationHardware,
+    TagPresented,
+)
+
+log = logging.getLogger(__name__)
+
+METER_POLL_CHARGING_S = 1.0
+METER_POLL_IDLE_S = 10.0
+STOP_DATA_LIMIT = 500  # sampled values kept for StopTransaction.transactionData
+
+
+def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> tuple[StationHardware, Any]:
+    """Instantiate every configured driver. Raises HardwareConfigError naming the key."""
+    ctx = ctx or registry.BuildContext()
+    connectors = []
+    for index, cc in enumerate(config.connectors):
+        base = f"connectors[{index}]"
+        devices = {
+            kind: registry.build(kind, opts, f"{base}.{kind}", cc.id, ctx)
+            for kind, opts in cc.devices.items()
+        }
+        connectors.append(
+            ConnectorHardware(
+                connector_id=cc.id,
+                pilot=devices["pilot"],
+                contactor=devices["contactor"],
+                meter=devices["meter"],
+                lock=devices.get("lock"),
+                rcm=devices.get("rcm"),
+                indicator=devices.get("indicator"),
+            )
+        )
+    readers = [
+        registry.build("reader", opts, f"readers[{i}]", 0, ctx) for i, opts in enumerate(config.readers)
+    ]
+    indicator = (
+        registry.build("indicator", config.indicator, "indicator", 0, ctx) if config.indicator else None
+    )
+    return StationHardware(connectors=connectors, readers=readers, indicator=indicator), ctx
+
+
+@dataclass
+class ActiveTransaction:
+    local_id: int
+    id_tag: str
+    start: datetime
+    meter_start_wh: int
+    reservation_id: int | None = None
+    parent_id_tag: str | None = None
+    transaction_id: int | None = None
+    last_meter_wh: int = 0
+    stop_data: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ConnectorRuntime:
+    id: int
+    hw: ConnectorHardware
+    state: cm.ConnectorState
+    max_current_a: float
+    phases: int
+    tx: ActiveTransaction | None = None
+    reading: MeterReading | None = None
+    meter_ok: bool = True
+    overcurrent: OvercurrentMonitor = field(default_factory=OvercurrentMonitor)
+    pending_operative: bool | None = None  # ChangeAvailability scheduled until the transaction ends
+    tick_handle: asyncio.TimerHandle | None = None
+    tx_chain: asyncio.Task[None] | None = None
+    sampler: asyncio.Task[None] | None = None
+    limit_a: float | None = None
+    limit_source: str = "connector"
+    stop_tag: str | None = None
+    indication: IndicatorPattern | None = None
+
+
+class Controller:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        hardware: StationHardware | None = None,
+        build_context: registry.BuildContext | None = None,
+        store: Store | None = None,
+        restart: Callable[[str], None] | None = None,
+        session_class: type[OcppSession] | None = None,
+    ) -> None:
+        self.config = config
+        self._hardware = hardware
+        self.build_context = build_context
+        self.store = store
+        self._restart = restart
+        self._session_class = session_class
+        self.connectors: dict[int, ConnectorRuntime] = {}
+        self.station: StationHardware | None = None
+        self.keys: ConfigurationKeys | None = None
+        self.link: OcppLink | None = None
+        self.outbox: Outbox | None = None
+        self.sender: OutboxSender | None = None
+        self.boot_accepted = False
+        self.registration = "Unknown"
+        self.clock_offset = timedelta(0)
+        self._queue: asyncio.Queue[tuple[int, cm.Event]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stopped = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.station_operative = True
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # timeline for demo/tests
+        self.loop_ticks = 0
+
+    # ================================================================== time
+    def now(self) -> datetime:
+        """Wall-clock time as the central system sees it (its BootNotification/Heartbeat time)."""
+        return datetime.now(UTC) + self.clock_offset
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+    def _emit_timeline(self, kind: str, **data: Any) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(kind, data)
+            except Exception:
+                log.exception("timeline listener failed")
+
+    # ================================================================== start / stop
+    async def start(self) -> None:
+        cfg = self.config
+        if self.store is None:
+            try:
+                self.store = Store.open(cfg.state_dir)
+            except StoreUnavailable as exc:
+                log.error("%s", exc)
+                self.store = Store.memory(cfg.state_dir / "state.db")
+        store = self.store
+        persisted = self._safe(store.get_config, {})
+        self.keys = ConfigurationKeys(
+            number_of_connectors=len(cfg.connectors),
+            initial=cfg.ocpp_keys,
+            persisted=persisted,
+            on_change=lambda k, v: self._safe(store.set_config, None, k, v),
+        )
+        self.keys.subscribe(self._on_key_changed)
+        if self._hardware is None:
+            self._hardware, self.build_context = build_hardware(cfg, self.build_context)
+        self.station = self._hardware
+        availability = self._safe(store.get_availability, {})
+        self.station_operative = availability.get(0, "Operative") == "Operative"
+        for cc, hw in zip(cfg.connectors, self.station.connectors, strict=True):
+            operative = availability.get(cc.id, "Operative") == "Operative" and self.station_operative
+            state = cm.ConnectorState(
+                connector_id=cc.id,
+                min_current_a=cc.min_current_a,
+                connection_timeout_s=float(self.keys["ConnectionTimeOut"]),
+                stop_on_ev_disconnect=bool(self.keys["StopTransactionOnEVSideDisconnect"]),
+                operative=operative,
+            )
+            self.connectors[cc.id] = ConnectorRuntime(
+                id=cc.id, hw=hw, state=state, max_current_a=cc.max_current_a, phases=cc.phases
+            )
+        # Outputs are de-energized before anything else happens.
+        for rt in self.connectors.values():
+            await rt.hw.contactor.open()
+            await rt.hw.pilot.set_unavailable()
+        for rt in self.connectors.values():
+            for device in rt.hw.devices():
+                await device.start(self._on_hal_event)
+        for reader in self.station.readers:
+            await reader.start(self._on_hal_event)
+        if self.station.indicator:
+            await self.station.indicator.start(self._on_hal_event)
+
+        self.outbox = Outbox(store)
+        self.sender = OutboxSender(
+            self.outbox,
+            self._send_queued,
+            self._on_queued_result,
+            attempts=lambda: int(self.keys["TransactionMessageAttempts"]),  # type: ignore[index]
+            retry_interval_s=lambda: float(self.keys["TransactionMessageRetryInterval"]),  # type: ignore[index]
+            clock=self.now,
+            reconnect_poll_s=5.0,
+        )
+        await self._recover_transactions()
+        for rt in self.connectors.values():
+            await self._read_meter(rt)
+            self._recompute_limit(rt)
+
+        session_class = self._session_class or _default_session_class()
+        self.link = OcppLink(
+            url=cfg.csms.url,
+            charge_point_id=cfg.charge_point_id,
+            session_factory=lambda ws: session_class(
+                cfg.charge_point_id, ws, cfg.csms.response_timeout_s, controller=self
+            ),
+            on_session=self._on_session,
+            on_disconnect=self._on_disconnect,
+            password=cfg.csms.password,
+            ca_file=cfg.csms.ca_file,
+            reconnect_min_s=cfg.csms.reconnect_min_s,
+            reconnect_max_s=cfg.csms.reconnect_max_s,
+            ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
+        )
+        self._spawn(self._dispatcher(), "dispatcher")
+        self._spawn(self.sender.run(), "outbox")
+        self._spawn(self.link.run(), "link")
+        self._spawn(self._clock_aligned_loop(), "clock-aligned")
+        for rt in self.connectors.values():
+            self._spawn(self._meter_poll_loop(rt), f"meter-{rt.id}")
+            self.post(rt.id, cm.Tick())
+        self.ready.set()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def stop(self) -> None:
+        """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for rt in self.connectors.values():
+            with contextlib.suppress(Exception):
+                await rt.hw.contactor.open()
+            with contextlib.suppress(Exception):
+                await rt.hw.pilot.set_unavailable()
+        tasks = list(self._tasks)
+        for rt in self.connectors.values():
+            for t in (rt.sampler, rt.tx_chain):
+                if t is not None:
+                    tasks.append(t)
+            if rt.tick_handle:
+                rt.tick_handle.cancel()
+        if self._heartbeat_task:
+            tasks.append(self._heartbeat_task)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self.station:
+            for device in self.station.devices():
+                with contextlib.suppress(Exception):
+                    await device.stop()
+        if self.link:
+            with contextlib.suppress(Exception):
+                await self.link.close()
+        self.stopped.set()
+
+    def _safe(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
+        """Call a store function; a store failure is logged and the charger keeps running."""
+        try:
+            return fn(*args)
+        except StoreError as exc:
+            log.error("state store: %s", exc)
+            return default
+
+    # ================================================================== events in
+    def _on_hal_event(self, event: HalEvent) -> None:
+        if isinstance(event, PilotChanged):
+            self.post(event.connector_id, cm.Pilot(event.state))
+        elif isinstance(event, FaultRaised):
+            log.error(
+                "fault on connector %d: %s %s",
+                event.connector_id,
+                event.kind.value,
+                event.info,
+                extra={"CONNECTOR_ID": event.connector_id},
+            )
+            for cid in self._targets(event.connector_id):
+                self.post(cid, cm.Fault(event.kind, event.latched))
+        elif isinstance(event, FaultCleared):
+            log.warning("fault cleared on connector %d: %s", event.connector_id, event.kind.value)
+            for cid in self._targets(event.connector_id):
+                self.post(cid, cm.FaultClear(event.kind))
+        elif isinstance(event, TagPresented):
+            self._spawn(self.on_tag(event.id_tag), "tag")
+
+    def _targets(self, connector_id: int) -> list[int]:
+        return list(self.connectors) if connector_id == 0 else [connector_id]
+
+    def post(self, connector_id: int, event: cm.Event) -> None:
+        self._queue.put_nowait((connector_id, event))
+
+    async def _dispatcher(self) -> None:
+        while True:
+            cid, event = await self._queue.get()
+            self.loop_ticks += 1
+            try:
+                await self._apply(cid, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("connector %d: applying %s failed; opening the contactor", cid, event)
+                rt = self.connectors.get(cid)
+                if rt is not None:
+                    with contextlib.suppress(Exception):
+                        await rt.hw.contactor.open()
+
+    async def apply_now(self, connector_id: int, event: cm.Event) -> None:
+        """Apply an event and wait until it is done (for handlers that answer after the change)."""
+        done = asyncio.get_running_loop().create_future()
+        self.post(connector_id, _Barrier(event, done))  # type: ignore[arg-type]
+        await done
+
+    async def _apply(self, cid: int, event: Any) -> None:
+        done = None
+        if isinstance(event, _Barrier):
+            event, done = event.event, event.done
+        rt = self.connectors.get(cid)
+        if rt is None:
+            if done:
+                done.set_result(None)
+            return
+        now = self.monotonic()
+        if isinstance(event, cm.Pilot):
+            log.info("connector %d: pilot %s", cid, event.state.value, extra={"CONNECTOR_ID": cid})
+            self._emit_timeline("pilot", connector=cid, state=event.state.value)
+        new, actions = cm.step(rt.state, event, now)
+        rt.state = new
+        for action in actions:
+            await self._execute(rt, action, now)
+        self._schedule_tick(rt)
+        if done:
+            done.set_result(None)
+
+    def _schedule_tick(self, rt: ConnectorRuntime) -> None:
+        deadline = rt.state.next_deadline()
+        if rt.tick_handle is not None:
+            rt.tick_handle.cancel()
+            rt.tick_handle = None
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - self.monotonic()) + 0.001
+            rt.tick_handle = loop.call_later(delay, self.post, rt.id, cm.Tick())
+
+    # ================================================================== actions out
+    async def _execute(self, rt: ConnectorRuntime, action: cm.Action, now: float) -> None:
+        cid = rt.id
+        extra = {"CONNECTOR_ID": cid}
+        if isinstance(action, cm.OpenContactor):
+            await rt.hw.contactor.open()
+            log.info("connector %d: contactor open (%s)", cid, action.reason, extra=extra)
+            self._emit_timeline("contactor", connector=cid, closed=False, reason=action.reason)
+        elif isinstance(action, cm.CloseContactor):
+            await rt.hw.contactor.close()
+            log.info("connector %d: contactor closed", cid, extra=extra)
+            self._emit_timeline("contactor", connector=cid, closed=True)
+        elif isinstance(action, cm.OfferCurrent):
+            await rt.hw.pilot.offer(action.amps)
+            rt.overcurrent.offer_changed(now, action.amps)
+            log.info(
+                "connector %d: pilot offers %s",
+                cid,
+                f"{action.amps:.1f} A" if action.amps else "no current",
+                extra=extra,
+            )
+            self._emit_timeline("offer", connector=cid, amps=action.amps)
+        elif isinstance(action, cm.PilotUnavailable):
+            await rt.hw.pilot.set_unavailable()
+            rt.overcurrent.offer_changed(now, None)
+            self._emit_timeline("offer", connector=cid, amps=None, state_f=True)
+        elif isinstance(action, cm.StatusChanged):
+            log.info("connector %d: status %s (%s)", cid, action.status, action.error_code, extra=extra)
+            self._emit_timeline("status", connector=cid, status=action.status, error_code=action.error_code)
+            self._show_indicator(rt)
+            if self.boot_accepted:
+                self._spawn(self._send_status(cid, action.status, action.error_code), "status")
+            if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
+                self._recompute_all_limits()
+        elif isinstance(action, cm.BeginTransaction):
+            self._chain(rt, self._begin_transaction(rt, action.id_tag))
+        elif isinstance(action, cm.EndTransaction):
+            self._chain(rt, self._end_transaction(rt, action.reason))
+        elif isinstance(action, cm.SessionTimedOut):
+            log.info(
+                "connector %d: no cable within ConnectionTimeOut; authorization dropped", cid, extra=extra
+            )
+            self._emit_timeline("timeout", connector=cid, id_tag=action.id_tag)
+
+    def _show_indicator(self, rt: ConnectorRuntime) -> None:
+        ind = rt.hw.indicator or (self.station.indicator if self.station else None)
+        if ind is None:
+            return
+        pattern = {
+            "Available": IndicatorPattern.IDLE,
+            "Preparing": IndicatorPattern.WAITING_FOR_PLUG,
+            "Charging": IndicatorPattern.CHARGING,
+            "SuspendedEV": IndicatorPattern.SUSPENDED,
+            "SuspendedEVSE": IndicatorPattern.SUSPENDED,
+            "Finishing": IndicatorPattern.IDLE,
+            "Reserved": IndicatorPattern.RESERVED,
+            "Unavailable": IndicatorPattern.UNAVAILABLE,
+            "Faulted": IndicatorPattern.FAULT,
+        }.get(rt.state.status, IndicatorPattern.IDLE)
+        ind.show(pattern)
+
+    def flash(self, connector_id: int | None, pattern: IndicatorPattern) -> None:
+        """Tell the driver something (accepted/refused); the status pattern returns after a moment."""
+        rt = self.connectors.get(connector_id or 0) or next(iter(self.connectors.values()))
+        ind = rt.hw.indicator or (self.station.indicator if self.station else None)
+        if ind is None:
+            return
+        ind.show(pattern)
+        asyncio.get_running_loop().call_later(2.0, self._show_indicator, rt)
+
+    def _chain(self, rt: ConnectorRuntime, coro: Any) -> None:
+        """Run transaction work in order per connector, without holding up the dispatcher."""
+        previous = rt.tx_chain
+
+        async def run() -> None:
+            if previous is not None:
+                with contextlib.suppress(BaseException):
+                    await previous
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("connector %d: transaction bookkeeping failed", rt.id)
+
+        rt.tx_chain = asyncio.create_task(run(), name=f"tx-{rt.id}")
+
+    # ================================================================== limits
+    def _recompute_all_limits(self) -> None:
+        for rt in self.connectors.values():
+            self._recompute_limit(rt)
+
+    def limit_claims(self, rt: ConnectorRuntime) -> list[tuple[float | None, str]]:
+        """Every source that limits this connector, as (amps, source). None = paused by that source."""
+        claims: list[tuple[float | None, str]] = [(rt.max_current_a, "connector maximum (configuration)")]
+        charging = [r for r in self.connectors.values() if r.state.in_transaction]
+        share = self.config.station.max_current_a
+        if rt.state.in_transaction and len(charging) > 1:
+            share = self.config.station.max_current_a / len(charging)
+        claims.append((share, "station fuse limit"))
+        return claims
+
+    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
+        claims = self.limit_claims(rt)
+        amps, source = None, "none"
+        paused = [c for c in claims if c[0] is None]
+        if paused:
+            amps, source = None, paused[0][1]
+        else:
+            amps, source = min(claims, key=lambda c: c[0])  # type: ignore[arg-type,return-value]
+        if amps is not None and amps < rt.state.min_current_a:
+            source = f"{source} (below minimum {rt.state.min_current_a:g} A: paused)"
+            amps = None
+        rt.limit_source = source
+        if amps != rt.limit_a or rt.state.limit_a != amps:
+            rt.limit_a = amps
+            self.post(rt.id, cm.Limit(amps))
+
+    # ================================================================== transactions
+    async def _read_meter(self, rt: ConnectorRuntime, timeout: float = 3.0) -> MeterReading | None:
+        try:
+            reading = await asyncio.wait_for(rt.hw.meter.read(), timeout)
+        except (TimeoutError, MeterError, OSError) as exc:
+            if rt.meter_ok:
+                rt.meter_ok = False
+                log.error(
+                    "connector %d: meter does not answer (%s)", rt.id, exc, extra={"CONNECTOR_ID": rt.id}
+                )
+                self.post(rt.id, cm.Fault(FaultKind.METER))
+            return rt.reading
+        if not rt.meter_ok:
+            rt.meter_ok = True
+            log.warning("connector %d: meter answers again", rt.id, extra={"CONNECTOR_ID": rt.id})
+            self.post(rt.id, cm.FaultClear(FaultKind.METER))
+        rt.reading = reading
+        return reading
+
+    def _register_wh(self, rt: ConnectorRuntime) -> int:
+        wh = int(round(rt.reading.energy_wh)) if rt.reading else 0
+        if rt.tx is not None:
+            wh = max(wh, rt.tx.last_meter_wh)
+        return wh
+
+    async def _begin_transaction(self, rt: ConnectorRuntime, id_tag: str) -> None:
+        await self._read_meter(rt)
+        assert (
+            self.store is not None
+            and self.outbox is not None
+            and self.sender is not None
+            and self.keys is not None
+        )
+        start = self.now()
+        meter_start = self._register_wh(rt)
+        reservation_id = self.take_reservation_for(rt.id, id_tag)
+        payload: dict[str, Any] = {
+            "connectorId": rt.id,
+            "idTag": id_tag,
+            "meterStart": meter_start,
+            "timestamp": iso(start),
+        }
+        if reservation_id is not None:
+            payload["reservationId"] = reservation_id
+        try:
+            with self.store.batch("start of a transaction"):
+                local_id = self.store.begin_transaction(
+                    rt.id, id_tag, iso(start), meter_start, reservation_id
+                )
+                self.outbox.enqueue("StartTransaction", payload, local_tx_id=local_id, created_at=start)
+        except StoreWriteError as exc:
+            log.error("connector %d: %s; the transaction runs without persistence", rt.id, exc)
+            local_id = -int(time.time() * 1000)
+            self.outbox.enqueue("StartTransaction", payload, local_tx_id=local_id, created_at=start)
+        rt.tx = ActiveTransaction(
+            local_id, id_tag, start, meter_start, reservation_id, last_meter_wh=meter_start
+        )
+        begin = self._stop_data_values(rt, "Transaction.Begin")
+        if begin:
+            rt.tx.stop_data.append({"timestamp": iso(start), "sampledValue": begin})
+        log.info(
+            "connector %d: transaction started for %s, meterStart %d Wh",
+            rt.id,
+            _mask(id_tag),
+            meter_start,
+            extra={"CONNECTOR_ID": rt.id, "OCPP_ACTION": "StartTransaction"},
+        )
+        self._emit_timeline("transaction_started", connector=rt.id, id_tag=id_tag, meter_start=meter_start)
+        self.sender.wake()
+        rt.sampler = asyncio.create_task(self._sample_loop(rt), name=f"sampler-{rt.id}")
+        self._recompute_all_limits()
+
+    def _stop_data_values(self, rt: ConnectorRuntime, context: str) -> list[dict[str, Any]]:
+        assert self.keys is not None
+        if rt.reading is None:
+            return []
+        return sampled_values(
+            rt.reading,
+            self.keys.csl("StopTxnSampledData"),
+            context=context,
+            offered_a=rt.hw.pilot.offered_amps,
+            phases=rt.phases,
+        )
+
+    async def _end_transaction(self, rt: ConnectorRuntime, reason: str) -> None:
+        tx = rt.tx
+        if tx is None:
+            return
+        if rt.sampler is not None:
+            rt.sampler.cancel()
+            rt.sampler = None
+        await self._read_meter(rt)
+        assert self.store is not None and self.outbox is not None and self.sender is not None
+        stop = self.now()
+        meter_stop = self._register_wh(rt)
+        payload: dict[str, Any] = {"meterStop": meter_stop, "timestamp": iso(stop), "reason": reason}
+        if tx.transaction_id is not None:
+            payload["transactionId"] = tx.transaction_id
+        if rt.stop_tag:
+            payload["idTag"] = rt.stop_tag
+            rt.stop_tag = None
+        end = self._stop_data_values(rt, "Transaction.End")
+        if end:
+            tx.stop_data.append({"timestamp": iso(stop), "sampledValue": end})
+        if tx.stop_data:
+            payload["transactionData"] = tx.stop_data
+        self._queue_stop(tx.local_id, payload, stop, reason, meter_stop)
+        rt.tx = None
+        log.info(
+            "connector %d: transaction stopped (%s), meterStop %d Wh, %.3f kWh",
+            rt.id,
+            reason,
+            meter_stop,
+            (meter_stop - tx.meter_start_wh) / 1000,
+            extra={
+                "CONNECTOR_ID": rt.id,
+                "OCPP_ACTION": "StopTransaction",
+                "TRANSACTION_ID": tx.transaction_id,
+            },
+        )
+        self._emit_timeline(
+            "transaction_stopped",
+            connector=rt.id,
+            reason=reason,
+            meter_stop=meter_stop,
+            energy_wh=meter_stop - tx.meter_start_wh,
+            transaction_id=tx.transaction_id,
+        )
+        self.sender.wake()
+        self._apply_pending_availability(rt)
+        self._recompute_all_limits()
+
+    def _queue_stop(
+        self, local_id: int, payload: dict[str, Any], stop: datetime, reason: str, meter_stop: int
+    ) -> None:
+        assert self.store is not None and self.outbox is not None
+        try:
+            with self.store.batch("stop of a transaction"):
+                self.store.mark_stop_pending(local_id, reason, iso(stop), meter_stop, payload.get("idTag"))
+                self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
+                self.store.end_transaction(local_id)
+        except StoreWriteError as exc:
+            log.error("%s; StopTransaction kept in memory", exc)
+            self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
+
+    async def _recover_transactions(self) -> None:
+        """Close transactions left open by a crash or power loss (OCPP 1.6 §4.10: reason PowerLoss/Reboot)."""
+        assert self.store is not None and self.outbox is not None
+        pending_reset = self._safe(self.store.take_pending_reset, None)
+        rows = self._safe(self.store.open_transactions, [])
+        queued_starts = {m.local_tx_id for m in self.outbox.pending() if m.action == "StartTransaction"}
+        for row in rows:
+            if row.stop_pending:
+                reason = row.stop_reason or "Other"
+                meter_stop = row.stop_meter_wh if row.stop_meter_wh is not None else row.last_meter_wh
+                stop_time = row.stop_time or row.last_meter_time
+            else:
+                reason = "Reboot" if pending_reset else "PowerLoss"
+                meter_stop, stop_time = row.last_meter_wh, row.last_meter_time
+            if (
+                row.transaction_id is None
+                and row.local_id not in queued_starts
+                and self.outbox.transaction_id_for(row.local_id) is None
+            ):
+                start_payload = {
+                    "connectorId": row.connector_id,
+                    "idTag": row.id_tag,
+                    "meterStart": row.meter_start_wh,
+                    "timestamp": row.start_time,
+                }
+                if row.reservation_id is not None:
+                    start_payload["reservationId"] = row.reservation_id
+                self.outbox.enqueue("StartTransaction", start_payload, local_tx_id=row.local_id)
+            payload: dict[str, Any] = {"meterStop": meter_stop, "timestamp": stop_time, "reason": reason}
+            if row.transaction_id is not None:
+                payload["transactionId"] = row.transaction_id
+            if row.stop_id_tag:
+                payload["idTag"] = row.stop_id_tag
+            log.warning(
+                "connector %d: transaction (local %d) was open at start; stopping it with reason %s, "
+                "meterStop %d Wh",
+                row.connector_id,
+                row.local_id,
+                reason,
+                meter_stop,
+                extra={"CONNECTOR_ID": row.connector_id},
+            )
+            self._queue_stop(
+                row.local_id,
+                payload,
+                datetime.fromisoformat(stop_time.replace("Z", "+00:00")),
+                reason,
+                meter_stop,
+            )
+
+    async def _sample_loop(self, rt: ConnectorRuntime) -> None:
+        """Periodic MeterValues of a transaction (MeterValueSampleInterval, context Sample.Periodic)."""
+        assert (
+            self.keys is not None
+            and self.outbox is not None
+            and self.sender is not None
+            and self.store is not None
+        )
+        while rt.tx is not None:
+            interval = float(self.keys["MeterValueSampleInterval"])
+            if interval <= 0:
+                await asyncio.sleep(5.0)
+                continue
+            await asyncio.sleep(interval)
+            tx = rt.tx
+            if tx is None:
+                return
+            reading = await self._read_meter(rt)
+            if reading is None or not rt.meter_ok:
+                continue
+            ts = self.now()
+            values = sampled_values(
+                reading,
+                self.keys.csl("MeterValuesSampledData"),
+                context="Sample.Periodic",
+                offered_a=rt.hw.pilot.offered_amps,
+                phases=rt.phases,
+            )
+            tx.last_meter_wh = max(tx.last_meter_wh, int(round(reading.energy_wh)))
+            stop_values = self._stop_data_values(rt, "Sample.Periodic")
+            if stop_values and len(tx.stop_data) < STOP_DATA_LIMIT:
+                tx.stop_data.append({"timestamp": iso(ts), "sampledValue": stop_values})
+            payload: dict[str, Any] = {
+                "connectorId": rt.id,
+                "meterValue": [{"timestamp": iso(ts), "sampledValue": values}],
+            }
+            if tx.transaction_id is not None:
+                payload["transactionId"] = tx.transaction_id
+            try:
+                with self.store.batch("meter sample", durable=True):
+                    if tx.local_id > 0:
+                        self.store.update_meter(tx.local_id, tx.last_meter_wh, iso(ts))
+                    if values:
+                        self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
+            except StoreWriteError as exc:
+                log.error("connector %d: %s", rt.id, exc)
+                if values:
+                    self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
+            self._emit_timeline(
+                "meter_values", connector=rt.id, energy_wh=reading.energy_wh, power_w=reading.power_w
+            )
+            self.sender.wake()
+
+    async def _clock_aligned_loop(self) -> None:
+        """Clock-aligned MeterValues (ClockAlignedDataInterval, context Sample.Clock, aligned to midnight)."""
+        assert self.keys is not None and self.outbox is not None and self.sender is not None
+        while True:
+            interval = int(self.keys["ClockAlignedDataInterval"])
+            if interval <= 0:
+                await asyncio.sleep(10.0)
+                continue
+            now = self.now()
+            midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            elapsed = (now - midnight).total_seconds()
+            await asyncio.sleep(interval - elapsed % interval)
+            ts = self.now()
+            for rt in self.connectors.values():
+                reading = await self._read_meter(rt)
+                if reading is None or not rt.meter_ok:
+                    continue
+                values = sampled_values(
+                    reading,
+                    self.keys.csl("MeterValuesAlignedData"),
+                    context="Sample.Clock",
+                    offered_a=rt.hw.pilot.offered_amps,
+                    phases=rt.phases,
+                )
+                if not values:
+                    continue
+                payload: dict[str, Any] = {
+                    "connectorId": rt.id,
+                    "meterValue": [{"timestamp": iso(ts), "sampledValue": values}],
+                }
+                tx = rt.tx
+                if tx is not None:
+                    aligned_stop = sampled_values(
+                        reading,
+                        self.keys.csl("StopTxnAlignedData"),
+                        context="Sample.Clock",
+                        offered_a=rt.hw.pilot.offered_amps,
+                        phases=rt.phases,
+                    )
+                    if aligned_stop and len(tx.stop_data) < STOP_DATA_LIMIT:
+                        tx.stop_data.append({"timestamp": iso(ts), "sampledValue": aligned_stop})
+                    if tx.transaction_id is not None:
+                        payload["transactionId"] = tx.transaction_id
+                    self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
+                    self.sender.wake()
+                elif self.boot_accepted:
+                    self._spawn(self._call_quietly("MeterValues", payload), "aligned")
+
+    async def _meter_poll_loop(self, rt: ConnectorRuntime) -> None:
+        """Keeps the reading fresh for status, the balancer and the over-current check."""
+        while True:
+            await asyncio.sleep(METER_POLL_CHARGING_S if rt.hw.contactor.is_closed else METER_POLL_IDLE_S)
+            reading = await self._read_meter(rt)
+            if reading is None:
+                continue
+            if rt.overcurrent.sample(self.monotonic(), measured_current(reading)):
+                if FaultKind.OVERCURRENT not in rt.state.faults:
+                    log.error("connector %d: the car draws more than offered for 7 s", rt.id)
+                    self.post(rt.id, cm.Fault(FaultKind.OVERCURRENT))
+
+    # ================================================================== outbox hooks
+    async def _send_queued(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if not self.link or not self.boot_accepted:
+            raise ConnectionError("not connected")
+        return await self.link.call(action, payload)
+
+    async def _on_queued_result(self, msg: QueuedMessage, response: dict[str, Any]) -> None:
+        if msg.action == "StartTransaction":
+            tx_id = response.get("transactionId")
+            info = response.get("idTagInfo", {})
+            for rt in self.connectors.values():
+                if rt.tx is not None and rt.tx.local_id == msg.local_tx_id:
+                    rt.tx.transaction_id = tx_id
+                    rt.tx.parent_id_tag = info.get("parentIdTag")
+                    self._emit_timeline("transaction_id", connector=rt.id, transaction_id=tx_id)
+                    await self.on_start_transaction_answer(rt, msg.payload.get("idTag", ""), info)
+                    break
+            else:
+                self.remember_id_tag_info(msg.payload.get("idTag", ""), info)
+        elif msg.action == "StopTransaction" and "idTagInfo" in response:
+            self.remember_id_tag_info(msg.payload.get("idTag", ""), response["idTagInfo"])
+
+    async def on_start_transaction_answer(
+        self, rt: ConnectorRuntime, id_tag: str, info: dict[str, Any]
+    ) -> None:
+        """StartTransaction.conf with a non-Accepted idTagInfo (OCPP 1.6 §5.11 / §9.1.28 StopTransactionOnInvalidId)."""
+        self.remember_id_tag_info(id_tag, info)
+        status = info.get("status", "Accepted")
+        if status == "Accepted":
+            return
+        assert self.keys is not None
+        if self.keys["StopTransactionOnInvalidId"]:
+            log.warning(
+                "connector %d: central system says %s is %s: stopping the transaction",
+                rt.id,
+                _mask(id_tag),
+                status,
+            )
+            self.post(rt.id, cm.Stop("DeAuthorized"))
+        else:
+            log.warning(
+                "connector %d: %s is %s: suspending energy (StopTransactionOnInvalidId=false)",
+                rt.id,
+                _mask(id_tag),
+                status,
+            )
+            rt.limit_source = "idTag not accepted"
+            rt.limit_a = None
+            self.post(rt.id, cm.Limit(None))
+
+    # ================================================================== OCPP session
+    async def _on_session(self, session: OcppSession) -> None:
+        assert self.keys is not None and self.sender is not None
+        if not self.boot_accepted:
+            await self._boot(session)
+        else:
+            self.sender.set_online(True)
+            await self._send_all_statuses()
+        if self._heartbeat_task is None or self._heartbeat_task.done():
+            self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+
+    def _boot_payload(self) -> dict[str, Any]:
+        cfg = self.config
+        from chargepoint import __version__
+
+        payload: dict[str, Any] = {
+            "chargePointVendor": cfg.vendor,
+            "chargePointModel": cfg.model,
+            "firmwareVersion": cfg.firmware_version or __version__,
+        }
+        if cfg.serial_number:
+            payload["chargePointSerialNumber"] = cfg.serial_number
+        return payload
+
+    async def _boot(self, session: OcppSession) -> None:
+        """BootNotification until Accepted (OCPP 1.6 §4.2): nothing else is sent before that."""
+        assert self.keys is not None and self.sender is not None
+        while True:
+            try:
+                conf = await session.call_raw("BootNotification", self._boot_payload())
+            except (TimeoutError, CallErrorReceived) as exc:
+                log.warning("BootNotification failed (%s); retrying in 30 s", exc)
+                await asyncio.sleep(30)
+                continue
+            self._set_clock(conf.get("currentTime"))
+            self.registration = conf["status"]
+            interval = int(conf.get("interval", 0))
+            self._emit_timeline("boot", status=self.registration, interval=interval)
+            if conf["status"] == "Accepted":
+                if interval > 0:
+                    self.keys.set_internal("HeartbeatInterval", interval)
+                self.boot_accepted = True
+                log.info("BootNotification accepted; heartbeat every %d s", self.keys["HeartbeatInterval"])
+                self.sender.set_online(True)
+                await self._send_all_statuses()
+                self._after_boot()
+                return
+            wait = interval if interval > 0 else int(self.keys["HeartbeatInterval"]) or 60
+            log.warning("BootNotification %s; trying again in %d s", conf["status"], wait)
+            await asyncio.sleep(wait)
+
+    def _after_boot(self) -> None:
+        """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""
+
+    def _on_disconnect(self) -> None:
+        if self.sender:
+            self.sender.set_online(False)
+        self._emit_timeline("disconnected")
+
+    def _set_clock(self, current_time: str | None) -> None:
+        if not current_time:
+            return
+        try:
+            csms = datetime.fromisoformat(current_time.replace("Z", "+00:00"))
+        except ValueError:
+            log.warning("central system sent an unreadable currentTime %r", current_time)
+            return
+        if csms.tzinfo is None:
+            csms = csms.replace(tzinfo=UTC)
+        self.clock_offset = csms - datetime.now(UTC)
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.keys is not None
+        while True:
+            interval = int(self.keys["HeartbeatInterval"]) or 86400
+            await asyncio.sleep(interval)
+            if not self.boot_accepted or not self.link or self.link.session is None:
+                continue
+            try:
+                conf = await self.link.call("Heartbeat", {})
+                self._set_clock(conf.get("currentTime"))
+            except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
+                log.warning("Heartbeat failed: %s", exc)
+
+    async def _call_quietly(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """A message that is not queued: sent if connected, otherwise dropped (OCPP 1.6 §4.7)."""
+        if not self.link or not self.boot_accepted:
+            return None
+        try:
+            return await self.link.call(action, payload)
+        except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
+            log.warning("%s not delivered: %s", action, exc)
+            return None
+
+    async def _send_status(self, connector_id: int, status: str, error_code: str) -> None:
+        payload = {
+            "connectorId": connector_id,
+            "status": status,
+            "errorCode": error_code,
+            "timestamp": iso(self.now()),
+        }
+        await self._call_quietly("StatusNotification", payload)
+
+    def station_status(self) -> tuple[str, str]:
+        """Connector 0: the charge point as a whole (OCPP 1.6 §4.9)."""
+        if not self.station_operative:
+            return "Unavailable", "NoError"
+        return "Available", "NoError"
+
+    async def _send_all_statuses(self) -> None:
+        status, code = self.station_status()
+        await self._send_status(0, status, code)
+        for rt in self.connectors.values():
+            await self._send_status(rt.id, rt.state.status, rt.state.error_code)
+
+    def _on_key_changed(self, name: str, value: Any) -> None:
+        if name == "HeartbeatInterval" and self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        elif name in ("ConnectionTimeOut", "StopTransactionOnEVSideDisconnect"):
+            from dataclasses import replace
+
+            for rt in self.connectors.values():
+                rt.state = replace(
+                    rt.state,
+                    connection_timeout_s=float(self.keys["ConnectionTimeOut"]),  # type: ignore[index]
+                    stop_on_ev_disconnect=bool(self.keys["StopTransactionOnEVSideDisconnect"]),  # type: ignore[index]
+                )
+
+    # ================================================================== authorization (tap flow)
+    def remember_id_tag_info(self, id_tag: str, info: dict[str, Any]) -> None:
+        """Hook: the authorization cache learns from every idTagInfo (Local Auth List profile)."""
+
+    def take_reservation_for(self, connector_id: int, id_tag: str) -> int | None:
+        """Hook: the reservation used by a starting transaction (Reservation profile)."""
+        return None
+
+    async def authorize(self, id_tag: str) -> tuple[bool, dict[str, Any] | None]:
+        """Is ``id_tag`` allowed to charge? (Accepted, idTagInfo). Online: ask the central system."""
+        assert self.keys is not None
+        if self.link and self.link.session is not None and self.boot_accepted:
+            try:
+                conf = await self.link.call("Authorize", {"idTag": id_tag})
+                info = conf["idTagInfo"]
+                self.remember_id_tag_info(id_tag, info)
+                return info.get("status") == "Accepted", info
+            except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
+                log.warning("Authorize failed (%s): treating as offline", exc)
+        if self.keys["AllowOfflineTxForUnknownId"]:
+            return True, None
+        return False, None
+
+    def connector_for_tag(self, id_tag: str) -> ConnectorRuntime | None:
+        """Which connector a tap starts: one with a car plugged in and no session first, then a free one.
+
+        With several connectors: a car already plugged in wins (lowest id first); otherwise the lowest
+        available connector waits ConnectionTimeOut for a plug.
+        """
+        candidates = [
+            rt
+            for rt in self.connectors.values()
+            if rt.state.session_tag is None
+            and not rt.state.in_transaction
+            and rt.state.operative
+            and not rt.state.faults
+            and not rt.state.reserved
+        ]
+        plugged = [rt for rt in candidates if rt.state.pilot.vehicle_connected]
+        return (plugged or candidates or [None])[0]
+
+    async def on_tag(self, id_tag: str) -> None:
+        log.info("tag presented: %s", _mask(id_tag), extra={"ID_TAG": _mask(id_tag)})
+        self._emit_timeline("tap", id_tag=id_tag)
+        # A tap on a running session stops it: same tag, or same parentIdTag (OCPP 1.6 §3.5 / §5.2).
+        for rt in self.connectors.values():
+            if rt.tx is not None and rt.tx.id_tag == id_tag:
+                rt.stop_tag = id_tag
+                self.flash(rt.id, IndicatorPattern.ACCEPTED)
+                self.post(rt.id, cm.Stop("Local"))
+                return
+        for rt in self.connectors.values():
+            if rt.state.session_tag == id_tag and not rt.state.in_transaction:
+                self.post(rt.id, cm.Stop("Local"))  # second tap before plugging in: cancel
+                return
+        accepted, info = await self.authorize(id_tag)
+        parent = (info or {}).get("parentIdTag")
+        if accepted and parent:
+            for rt in self.connectors.values():
+                if rt.tx is not None and rt.tx.parent_id_tag == parent:
+                    rt.stop_tag = id_tag
+                    self.post(rt.id, cm.Stop("Local"))
+                    return
+        target = self.reserved_connector_for(id_tag, parent) or self.connector_for_tag(id_tag)
+        if not accepted or target is None:
+            log.info("tag %s refused (%s)", _mask(id_tag), (info or {}).get("status", "no free connector"))
+            self._emit_timeline("refused", id_tag=id_tag)
+            self.flash(target.id if target else None, IndicatorPattern.REFUSED)
+            return
+        self._emit_timeline("authorized", connector=target.id, id_tag=id_tag)
+        self.flash(target.id, IndicatorPattern.ACCEPTED)
+        self.post(target.id, cm.Authorize(id_tag))
+
+    def clear_cache(self) -> str:
+        """ClearCache (§5.4). Hook for the authorization cache."""
+        return "Accepted"
+
+    def reservation_allows(self, connector_id: int, id_tag: str) -> bool:
+        """Hook: may ``id_tag`` use the reserved connector?"""
+        return True
+
+    def accept_remote_start_profile(self, connector_id: int, profile: dict[str, Any]) -> bool:
+        """Hook: is the chargingProfile of a RemoteStartTransaction acceptable (Smart Charging)?"""
+        return True
+
+    async def remote_start(
+        self, id_tag: str, connector_id: int | None, profile: dict[str, Any] | None
+    ) -> None:
+        """After RemoteStartTransaction was accepted (§5.11): authorize if AuthorizeRemoteTxRequests, then start."""
+        assert self.keys is not None
+        rt = self.connectors.get(connector_id) if connector_id is not None else self.connector_for_tag(id_tag)
+        if rt is None:
+            return
+        if self.keys["AuthorizeRemoteTxRequests"]:
+            accepted, info = await self.authorize(id_tag)
+            if not accepted:
+                log.info("remote start for %s refused by authorization", _mask(id_tag))
+                self._emit_timeline("refused", id_tag=id_tag)
+                return
+        self.remote_start_profile(rt.id, profile)
+        self._emit_timeline("authorized", connector=rt.id, id_tag=id_tag, remote=True)
+        self.post(rt.id, cm.Authorize(id_tag))
+
+    def remote_start_profile(self, connector_id: int, profile: dict[str, Any] | None) -> None:
+        """Hook: remember the TxProfile of a remote start until the transaction begins."""
+
+    def reserved_connector_for(self, id_tag: str, parent_id_tag: str | None) -> ConnectorRuntime | None:
+        """Hook: a connector reserved for this tag (Reservation profile)."""
+        return None
+
+    # ================================================================== availability
+    async def change_availability(self, connector_id: int, operative: bool) -> str:
+        """ChangeAvailability (OCPP 1.6 §5.2): Scheduled while a transaction runs on a target connector."""
+        assert self.store is not None
+        targets = list(self.connectors.values()) if connector_id == 0 else [self.connectors[connector_id]]
+        if connector_id == 0:
+            self.station_operative = operative
+        self._safe(
+            self.store.set_availability, None, connector_id, "Operative" if operative else "Inoperative"
+        )
+        scheduled = False
+        for rt in targets:
+            if connector_id == 0:
+                self._safe(
+                    self.store.set_availability, None, rt.id, "Operative" if operative else "Inoperative"
+                )
+            if rt.state.in_transaction and not operative:
+                rt.pending_operative = operative
+                scheduled = True
+            else:
+                rt.pending_operative = None
+                await self.apply_now(rt.id, cm.Availability(operative))
+        if connector_id == 0 and self.boot_accepted:
+            status, code = self.station_status()
+            self._spawn(self._send_status(0, status, code), "status0")
+        return "Scheduled" if scheduled else "Accepted"
+
+    def _apply_pending_availability(self, rt: ConnectorRuntime) -> None:
+        if rt.pending_operative is not None:
+            self.post(rt.id, cm.Availability(rt.pending_operative))
+            rt.pending_operative = None
+
+    # ================================================================== reset
+    async def reset(self, kind: str) -> None:
+        """Reset (OCPP 1.6 §5.14): stop transactions with SoftReset/HardReset, flush, then restart."""
+        assert self.store is not None and self.sender is not None and self.outbox is not None
+        reason = "HardReset" if kind == "Hard" else "SoftReset"
+        self._safe(self.store.set_pending_reset, None, kind)
+        for rt in self.connectors.values():
+            if rt.state.in_transaction:
+                await self.apply_now(rt.id, cm.Stop(reason))
+        for rt in self.connectors.values():
+            if rt.tx_chain is not None:
+                with contextlib.suppress(BaseException):
+                    await rt.tx_chain
+        # Give the queue a moment to deliver the stops while we are still connected.
+        for _ in range(50):
+            if len(self.outbox) == 0 or not self.sender.online:
+                break
+            await asyncio.sleep(0.1)
+        for rt in self.connectors.values():
+            self.post(rt.id, cm.ResetFaults())
+        self._emit_timeline("reset", kind=kind)
+        log.warning("%s reset requested by the central system: restarting", kind)
+        await self.stop()
+        if self._restart is not None:
+            self._restart(kind)
+
+    # ================================================================== snapshot
+    def snapshot(self) -> dict[str, Any]:
+        """A status snapshot (chargepoint status, simulate's `status`, the demo)."""
+        connectors = []
+        for rt in self.connectors.values():
+            reading = rt.reading
+            connectors.append(
+                {
+                    "id": rt.id,
+                    "status": rt.state.status,
+                    "error_code": rt.state.error_code,
+                    "pilot": rt.state.pilot.value,
+                    "offered_a": rt.hw.pilot.offered_amps,
+                    "measured_a": measured_current(reading) if reading else None,
+                    "power_w": reading.power_w if reading else None,
+                    "energy_wh": round(reading.energy_wh, 1) if reading else None,
+                    "contactor": "closed" if rt.hw.contactor.is_closed else "open",
+                    "transaction_id": rt.tx.transaction_id if rt.tx else None,
+                    "id_tag": _mask(rt.tx.id_tag) if rt.tx else None,
+                    "limit_a": rt.limit_a,
+                    "limit_source": rt.limit_source,
+                    "faults": sorted(k.value for k in rt.state.all_faults),
+                }
+            )
+        link_up = bool(self.link and self.link.session is not None)
+        return {
+            "charge_point_id": self.config.charge_point_id,
+            "csms": "connected" if link_up and self.boot_accepted else "connecting" if link_up else "offline",
+            "registration": self.registration,
+            "queued": len(self.outbox) if self.outbox is not None else 0,
+            "connectors": connectors,
+        }
+
+
+@dataclass
+class _Barrier:
+    event: cm.Event
+    done: asyncio.Future[None]
+
+
+def _mask(id_tag: str | None) -> str:
+    """Id tags are personal data: logs show only the first characters."""
+    if not id_tag:
+        return ""
+    return id_tag[:4] + "…" if len(id_tag) > 4 else id_tag
+
+
+def _default_session_class() -> type[OcppSession]:
+    from chargepoint.protocol.handlers import ChargePointSession
+
+    return ChargePointSession
+
+
+__all__ = ["Controller", "build_hardware", "CpState"]

@@ -1,0 +1,138 @@
+"""Core profile handlers (OCPP 1.6 §5): each one small, calling into the controller's models."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ocpp.routing import after, on
+from ocpp.v16 import call_result
+
+from chargepoint import connector as cm
+
+log = logging.getLogger(__name__)
+
+
+class CoreHandlers:
+    controller: Any
+
+    def _connector(self, connector_id: int | None) -> Any:
+        return self.controller.connectors.get(connector_id) if connector_id is not None else None
+
+    # -------------------------------------------------------------- ChangeAvailability §5.2
+    @on("ChangeAvailability")
+    async def on_change_availability(self, connector_id: int, type: str, **_: Any) -> Any:
+        if connector_id != 0 and connector_id not in self.controller.connectors:
+            return call_result.ChangeAvailability(status="Rejected")
+        status = await self.controller.change_availability(connector_id, type == "Operative")
+        return call_result.ChangeAvailability(status=status)
+
+    # -------------------------------------------------------------- ChangeConfiguration §5.3
+    @on("ChangeConfiguration")
+    def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        status = self.controller.keys.change(key, value)
+        shown = (
+            "***" if self.controller.keys.specs.get(key) and self.controller.keys.specs[key].secret else value
+        )
+        log.info(
+            "ChangeConfiguration %s = %s: %s",
+            key,
+            shown,
+            status,
+            extra={"OCPP_ACTION": "ChangeConfiguration"},
+        )
+        return call_result.ChangeConfiguration(status=status)
+
+    # -------------------------------------------------------------- ClearCache §5.4
+    @on("ClearCache")
+    def on_clear_cache(self, **_: Any) -> Any:
+        return call_result.ClearCache(status=self.controller.clear_cache())
+
+    # -------------------------------------------------------------- DataTransfer §5.6
+    @on("DataTransfer")
+    def on_data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None, **_: Any
+    ) -> Any:
+        """No vendor extensions are implemented: every vendorId is unknown (§5.6)."""
+        return call_result.DataTransfer(status="UnknownVendorId")
+
+    # -------------------------------------------------------------- GetConfiguration §5.8
+    @on("GetConfiguration")
+    def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> Any:
+        keys = self.controller.keys
+        if key and len(key) > keys["GetConfigurationMaxKeys"]:
+            key = key[: keys["GetConfigurationMaxKeys"]]
+        known, unknown = keys.get_configuration(key)
+        return call_result.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
+
+    # -------------------------------------------------------------- RemoteStartTransaction §5.11
+    @on("RemoteStartTransaction")
+    async def on_remote_start_transaction(
+        self,
+        id_tag: str,
+        connector_id: int | None = None,
+        charging_profile: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> Any:
+        c = self.controller
+        if c.registration != "Accepted":
+            return call_result.RemoteStartTransaction(status="Rejected")  # not allowed while Pending (§4.2)
+        if connector_id is None:
+            rt = c.connector_for_tag(id_tag)
+        else:
+            rt = self._connector(connector_id)
+        if (
+            rt is None
+            or rt.state.in_transaction
+            or rt.state.session_tag is not None
+            or not rt.state.operative
+            or rt.state.faults
+        ):
+            return call_result.RemoteStartTransaction(status="Rejected")
+        if rt.state.reserved and not c.reservation_allows(rt.id, id_tag):
+            return call_result.RemoteStartTransaction(status="Rejected")
+        if charging_profile is not None and not c.accept_remote_start_profile(rt.id, charging_profile):
+            return call_result.RemoteStartTransaction(status="Rejected")
+        return call_result.RemoteStartTransaction(status="Accepted")
+
+    @after("RemoteStartTransaction")
+    async def after_remote_start_transaction(
+        self,
+        id_tag: str,
+        connector_id: int | None = None,
+        charging_profile: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        await self.controller.remote_start(id_tag, connector_id, charging_profile)
+
+    # -------------------------------------------------------------- RemoteStopTransaction §5.12
+    @on("RemoteStopTransaction")
+    def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> Any:
+        c = self.controller
+        if c.registration != "Accepted":
+            return call_result.RemoteStopTransaction(status="Rejected")
+        for rt in c.connectors.values():
+            if rt.tx is not None and rt.tx.transaction_id == transaction_id:
+                c.post(rt.id, cm.Stop("Remote"))
+                return call_result.RemoteStopTransaction(status="Accepted")
+        return call_result.RemoteStopTransaction(status="Rejected")
+
+    # -------------------------------------------------------------- Reset §5.14
+    @on("Reset")
+    def on_reset(self, type: str, **_: Any) -> Any:
+        return call_result.Reset(status="Accepted")
+
+    @after("Reset")
+    async def after_reset(self, type: str, **_: Any) -> None:
+        await self.controller.reset(type)
+
+    # -------------------------------------------------------------- UnlockConnector §5.18
+    @on("UnlockConnector")
+    async def on_unlock_connector(self, connector_id: int, **_: Any) -> Any:
+        rt = self._connector(connector_id)
+        if rt is None or rt.hw.lock is None:
+            return call_result.UnlockConnector(status="NotSupported")
+        if rt.state.in_transaction:
+            await self.controller.apply_now(rt.id, cm.Stop("UnlockCommand"))
+        ok = await rt.hw.lock.unlock()
+        return call_result.UnlockConnector(status="Unlocked" if ok else "UnlockFailed")
