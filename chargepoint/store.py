@@ -34,7 +34,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -321,18 +323,8 @@ class Store:
         """
         conn = sqlite3.connect(":memory:", isolation_level=None)
         if seed is not None and Path(seed).exists():
-            for uri in (f"file:{seed}?mode=ro", f"file:{seed}?immutable=1"):
-                try:
-                    src = sqlite3.connect(uri, uri=True, isolation_level=None)
-                    try:
-                        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                        src.backup(conn)
-                    finally:
-                        src.close()
-                    log.warning("state store: running in memory, seeded from read-only %s", seed)
-                    break
-                except sqlite3.Error as exc:
-                    log.debug("could not seed memory store from %s (%s): %s", seed, uri, exc)
+            if cls._seed_from(Path(seed), conn):
+                log.warning("state store: running in memory, seeded from %s (not writable)", seed)
             else:
                 log.warning("state store: %s could not be read; running in memory with an empty store", seed)
         store = cls(conn, None)
@@ -347,6 +339,49 @@ class Store:
             store = cls(sqlite3.connect(":memory:", isolation_level=None), None)
             store._migrate()
         return store
+
+    @staticmethod
+    def _seed_from(seed: Path, dest: sqlite3.Connection) -> bool:
+        """Copy a database that cannot be opened for writing into ``dest``.
+
+        The -wal file holds the latest commits (our WAL is checkpointed only every ~1000 frames),
+        and SQLite cannot replay it from a read-only directory, so the pair is first copied to a
+        RAM-backed directory and opened there.  Last resort: ``immutable=1``, which ignores the WAL.
+        """
+        wal = seed.with_name(seed.name + "-wal")
+        for base in ("/dev/shm", "/run", tempfile.gettempdir()):
+            if not os.path.isdir(base):
+                continue
+            try:
+                with tempfile.TemporaryDirectory(dir=base, prefix="chargepoint-seed-") as tmp:
+                    copy = Path(tmp) / seed.name
+                    shutil.copyfile(seed, copy)
+                    if wal.exists():
+                        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+                    src = sqlite3.connect(str(copy), isolation_level=None)
+                    try:
+                        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                        src.backup(dest)
+                    finally:
+                        src.close()
+                    return True
+            except (OSError, sqlite3.Error) as exc:
+                log.debug("could not seed memory store via %s: %s", base, exc)
+        try:
+            src = sqlite3.connect(f"file:{seed}?immutable=1", uri=True, isolation_level=None)
+            try:
+                src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                src.backup(dest)
+            finally:
+                src.close()
+        except sqlite3.Error as exc:
+            log.debug("could not seed memory store from %s: %s", seed, exc)
+            return False
+        if wal.exists():
+            log.warning(
+                "state store: seeded from %s without its -wal file: the latest changes are missing", seed
+            )
+        return True
 
     @classmethod
     def _open_file(cls, path: Path, page_size: int, exclusive: bool) -> Store:

@@ -368,6 +368,12 @@ async def test_dropped_start_drops_its_dependents(h: Harness, caplog: pytest.Log
     h.enqueue("MeterValues", mv(1), local)
     h.enqueue("StopTransaction", {"meterStop": 3}, local)
     h.enqueue("MeterValues", mv(9))  # unrelated: still delivered
+    told: list[tuple[str, str]] = []
+
+    async def on_drop(msg: QueuedMessage, why: str) -> None:
+        told.append((msg.action, why))
+
+    h.sender._on_drop = on_drop
     with caplog.at_level(logging.ERROR, logger="chargepoint.protocol.outbox"):
         h.sender.set_online(True)
         await h.csms.until(lambda: len(h.outbox) == 0)
@@ -375,6 +381,8 @@ async def test_dropped_start_drops_its_dependents(h: Harness, caplog: pytest.Log
     assert h.csms.calls[-1][2] == mv(9)
     assert h.sender.dropped == 3
     assert "never answered with a transactionId" in caplog.text
+    assert [a for a, _ in told] == ["StartTransaction", "MeterValues", "StopTransaction"]
+    assert "2 failed attempt" in told[0][1]
 
 
 async def test_restart_resumes_with_persisted_attempts(tmp_path: Path) -> None:

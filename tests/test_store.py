@@ -6,6 +6,7 @@ import json
 import logging
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -411,6 +412,28 @@ def test_files_become_unwritable_while_running(tmp_path: Path) -> None:
         assert s2.open_transactions()[0].last_meter_wh == 30
     finally:
         s2.close()
+
+
+def test_read_only_after_a_crash_still_sees_the_wal(small_fs: Path) -> None:
+    """Power cut (no checkpoint, commits only in -wal), then the card comes back read-only."""
+    d = small_fs / "state"
+    code = (
+        "import os, sys; from pathlib import Path; from chargepoint.store import Store\n"
+        "s = Store.open(Path(sys.argv[1])); a = s.begin_transaction(1, 'T', 'ts', 5)\n"
+        "s.update_meter(a, 99, 'ts2'); os._exit(0)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code, str(d)], check=True, cwd=repo)
+    assert (d / "state.db-wal").stat().st_size > 0
+    _remount(small_fs, "ro")
+    with pytest.raises(StoreUnavailable):
+        Store.open(d)
+    mem = Store.memory(seed=d / "state.db")
+    try:
+        [tx] = mem.open_transactions()
+        assert (tx.meter_start_wh, tx.last_meter_wh, tx.last_meter_time) == (5, 99, "ts2")
+    finally:
+        mem.close()
 
 
 def test_memory_store_without_seed() -> None:

@@ -272,7 +272,15 @@ class Outbox:
         """The central system answered ``msg``: remove it and, for StartTransaction, record the
         transactionId — in one commit, so a crash cannot leave a removed Start without its id."""
         tx_id = response.get("transactionId") if msg.action == START else None
-        if msg.local_tx_id is not None and isinstance(tx_id, int) and not isinstance(tx_id, bool):
+        if msg.action == START and (not isinstance(tx_id, int) or isinstance(tx_id, bool)):
+            log.warning(
+                "outbox: StartTransaction seq %d answered without a valid transactionId (%r); its "
+                "MeterValues/StopTransaction cannot be sent",
+                msg.seq,
+                tx_id,
+            )
+            tx_id = None
+        if msg.local_tx_id is not None and tx_id is not None:
             self._finish(msg.seq, msg.local_tx_id, tx_id)
         else:
             self._finish(msg.seq, None, None)
@@ -364,6 +372,7 @@ class Outbox:
 
 
 OnResult = Callable[[QueuedMessage, dict[str, Any]], Awaitable[None]]
+OnDrop = Callable[[QueuedMessage, str], Awaitable[None]]
 Send = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -381,7 +390,8 @@ class OutboxSender:
     refuses) also counts as an attempt, so one poisoned message cannot block the queue forever.
     ``on_result(msg, response)`` runs after the message was removed (the transactionId of a
     StartTransaction is already recorded by then).  ``attempts``/``retry_interval_s`` are read
-    on every use, so ChangeConfiguration takes effect immediately.  ``clock`` and ``sleep``
+    on every use, so ChangeConfiguration takes effect immediately.  ``on_drop(msg, why)`` is told
+    about every discarded message (e.g. a dropped StartTransaction: the CSMS never saw it).  ``clock`` and ``sleep``
     are injectable for exact tests.
     """
 
@@ -397,10 +407,12 @@ class OutboxSender:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         reconnect_poll_s: float = 30.0,
         online: bool = False,
+        on_drop: OnDrop | None = None,
     ) -> None:
         self._outbox = outbox
         self._send = send
         self._on_result = on_result
+        self._on_drop = on_drop
         self._attempts = attempts
         self._interval = retry_interval_s
         self._clock = clock
@@ -470,7 +482,7 @@ class OutboxSender:
         try:
             payload = self._outbox.payload_for_send(msg)
         except UnresolvedTransactionId as exc:
-            self._drop(msg, str(exc))
+            await self._drop(msg, str(exc))
             return
         try:
             response = await self._send(msg.action, payload)
@@ -483,13 +495,13 @@ class OutboxSender:
             return
         except (CallErrorReceived, TimeoutError) as exc:
             reason = str(exc) if isinstance(exc, CallErrorReceived) else "no answer (timeout)"
-            self._failed(msg, reason)
+            await self._failed(msg, reason)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("outbox: sending %s seq %d raised", msg.action, msg.seq)
-            self._failed(msg, f"{type(exc).__name__}: {exc}")
+            await self._failed(msg, f"{type(exc).__name__}: {exc}")
             return
         self._outbox.complete(msg, response if isinstance(response, dict) else {})
         if self._on_result is not None:
@@ -500,11 +512,11 @@ class OutboxSender:
             except Exception:
                 log.exception("outbox: on_result for %s seq %d failed", msg.action, msg.seq)
 
-    def _failed(self, msg: QueuedMessage, reason: str) -> None:
+    async def _failed(self, msg: QueuedMessage, reason: str) -> None:
         limit = max(1, int(self._attempts()))
         attempts = self._outbox.mark_attempt(msg.seq, self._clock())
         if attempts >= limit:
-            self._drop(msg, f"{attempts} failed attempt(s), last: {reason}")
+            await self._drop(msg, f"{attempts} failed attempt(s), last: {reason}")
             return
         wait = max(0.0, float(self._interval())) * attempts
         log.warning(
@@ -517,7 +529,7 @@ class OutboxSender:
             wait,
         )
 
-    def _drop(self, msg: QueuedMessage, why: str) -> None:
+    async def _drop(self, msg: QueuedMessage, why: str) -> None:
         self.dropped += 1
         log.error(
             "outbox: DROPPED %s seq %d (local transaction %s, queued %s) after %s; payload: %s",
@@ -529,3 +541,10 @@ class OutboxSender:
             summarize(msg.payload),
         )
         self._outbox.remove(msg.seq)
+        if self._on_drop is not None:
+            try:
+                await self._on_drop(msg, why)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox: on_drop for %s seq %d failed", msg.action, msg.seq)
