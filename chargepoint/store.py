@@ -37,6 +37,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -269,6 +270,7 @@ class Store:
         self.moved_aside: Path | None = None
         self._depth = 0
         self._sync: str | None = None
+        self._last_volatile = 0
 
     # ------------------------------------------------------------------ opening
 
@@ -688,6 +690,15 @@ class Store:
             ),
             what=f"start of transaction on connector {connector_id}",
         )
+
+    def volatile_local_id(self) -> int:
+        """A local id for a transaction that :meth:`begin_transaction` could not persist (disk
+        full, read-only): negative, so it never collides with a stored id, and time-based, so it
+        does not collide with one handed out before a restart either (spilled outbox messages
+        may have been written back with it).  Use it like a stored id with the outbox."""
+        candidate = -(time.time_ns() // 1000)
+        self._last_volatile = min(candidate, self._last_volatile - 1)
+        return self._last_volatile
 
     def set_transaction_id(self, local_id: int, transaction_id: int) -> None:
         """Record the CSMS transactionId (from StartTransaction.conf).  No-op if the row is gone."""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from chargepoint.protocol.outbox import CallErrorReceived, Outbox, OutboxSender, QueuedMessage
-from chargepoint.store import Store
+from chargepoint.store import Store, StoreWriteError
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -486,3 +486,42 @@ async def test_answered_message_whose_delete_fails_is_not_resent(h: Harness, tmp
     await h.csms.until(lambda: len(h.outbox) == 0)
     assert [r[0] for r in h.store.query("SELECT count(*) FROM outbox")] == [0]
     assert not h.outbox.degraded
+
+
+def test_enqueue_with_store_write_is_one_commit(store: Store) -> None:
+    ob = Outbox(store)
+    local = store.begin_transaction(1, "TAG", T0.isoformat(), 0)
+    ob.enqueue("MeterValues", mv(1), local, T0, with_store=lambda: store.update_meter(local, 50, "t1"))
+    assert store.open_transactions()[0].last_meter_wh == 50 and len(ob) == 1
+
+    def meter_then_fail() -> None:
+        store.update_meter(local, 60, "t2")
+        raise RuntimeError("controller bug")
+
+    with pytest.raises(RuntimeError):
+        ob.enqueue("MeterValues", mv(2), local, T0, with_store=meter_then_fail)
+    assert store.open_transactions()[0].last_meter_wh == 50 and len(ob) == 1  # all or nothing
+    ob.enqueue(
+        "StopTransaction", {"meterStop": 50}, local, T0, with_store=lambda: store.end_transaction(local)
+    )
+    assert store.open_transactions() == [] and len(ob) == 2
+
+
+def test_disk_full_sample_keeps_meter_register_and_message(store: Store) -> None:
+    ob = Outbox(store)
+    local = store.begin_transaction(1, "TAG", T0.isoformat(), 0)
+    store._conn.execute(f"PRAGMA max_page_count={store.query('PRAGMA page_count')[0][0]}")
+    big = {"connectorId": 1, "pad": os.urandom(3000).hex()}
+    seq = ob.enqueue("MeterValues", big, local, T0, with_store=lambda: store.update_meter(local, 70, "t"))
+    assert store.open_transactions()[0].last_meter_wh == 70  # in-place update still fit
+    assert ob.degraded and [m.seq for m in ob.pending()] == [seq]
+    with pytest.raises(StoreWriteError):
+        store.begin_transaction(2, os.urandom(2000).hex(), T0.isoformat(), 0)  # needs new pages
+    v1, v2 = store.volatile_local_id(), store.volatile_local_id()
+    assert v2 < v1 < 0  # usable with the outbox, never equal to a stored id
+    ob.enqueue("StartTransaction", {"connectorId": 2, "idTag": "OTHER"}, v1, T0)
+    ob.complete(ob.pending()[0], {})
+    start = ob.head()
+    assert start is not None and start.local_tx_id == v1
+    ob.complete(start, {"transactionId": 9})
+    assert ob.transaction_id_for(v1) == 9

@@ -140,8 +140,15 @@ class Outbox:
         payload: dict[str, Any],
         local_tx_id: int | None = None,
         created_at: datetime | None = None,
+        with_store: Callable[[], object] | None = None,
     ) -> int:
         """Append a message; it is on disk (synchronous=FULL) when this returns.  Returns its seq.
+
+        ``with_store`` runs store writes in the same commit (one fsync, all or nothing), e.g.
+        ``lambda: store.update_meter(local, wh, ts)`` with a MeterValues or
+        ``lambda: store.end_transaction(local)`` with a StopTransaction.  If that commit fails the
+        message is still queued (on disk or in memory) and ``with_store`` is retried on its own;
+        its StoreWriteError is then logged, not raised.
 
         For MeterValues/StopTransaction of a transaction pass ``local_tx_id``; the payload's
         ``transactionId`` is then filled in at send time.  For StartTransaction pass it too, so
@@ -153,6 +160,23 @@ class Outbox:
         stamp = _iso(when)
         if self._spill:
             self._flush_spill()
+        if with_store is not None and not self._spill:
+            try:
+                with self._store.batch(f"queued {action}"):
+                    with_store()
+                    seq = self._store.write(
+                        "INSERT INTO outbox (action, payload, local_tx_id, created_at) VALUES (?, ?, ?, ?)",
+                        (action, stored, local_tx_id, stamp),
+                    )
+                self._last_seq = max(self._last_seq, seq)
+                return seq
+            except StoreWriteError as exc:
+                log.error("outbox: %s; queueing the message on its own", exc)
+        if with_store is not None:
+            try:
+                with_store()
+            except StoreWriteError as exc:
+                log.error("outbox: %s", exc)
         if not self._spill:
             try:
                 seq = self._store.write(
