@@ -112,9 +112,16 @@ def events_per_second(state: Path, n: int = 500) -> None:
     seqs = []
     for i in range(n):
         ts = T0 + timedelta(seconds=10 * i)
-        with store.batch("sample"):
-            store.update_meter(local, i * 30, ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            seqs.append(outbox.enqueue("MeterValues", meter_values(ts, i * 30), local, ts))
+        stamp = ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+        seqs.append(
+            outbox.enqueue(
+                "MeterValues",
+                meter_values(ts, i * 30),
+                local,
+                ts,
+                with_store=lambda: store.update_meter(local, i * 30, stamp),  # noqa: B023
+            )
+        )
     t_sample = time.perf_counter() - t
     msgs = outbox.pending()
     t = time.perf_counter()
@@ -152,9 +159,14 @@ def charging_hours(state: Path, hours: int, page_size: int, offline: bool, devna
     for i in range(1, samples + 1):
         ts = T0 + timedelta(seconds=10 * i)
         wh = i * 30
-        with store.batch("sample"):
-            store.update_meter(local, wh, ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            outbox.enqueue("MeterValues", meter_values(ts, wh), local, ts)
+        stamp = ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+        outbox.enqueue(
+            "MeterValues",
+            meter_values(ts, wh),
+            local,
+            ts,
+            with_store=lambda: store.update_meter(local, wh, stamp),  # noqa: B023
+        )
         if not offline:
             outbox.complete(outbox.head(), {})  # type: ignore[arg-type]
     if offline:
