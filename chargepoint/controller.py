@@ -111,9 +111,13 @@ class ConnectorRuntime:
     limit_source: str = "connector"
     stop_tag: str | None = None
     indication: IndicatorPattern | None = None
+    last_tx_seq: int = 0  # seq of the newest queued Start/StopTransaction of this connector
+    tx_work_pending: int = 0  # Begin/EndTransaction decided but not yet queued
 
 
-class Controller:
+class ControllerCore:
+    """Core profile behaviour. Feature mixins (chargepoint/features/) override its hooks."""
+
     def __init__(
         self,
         config: Config,
@@ -140,6 +144,7 @@ class Controller:
         self.registration = "Unknown"
         self.clock_offset = timedelta(0)
         self._queue: asyncio.Queue[tuple[int, cm.Event]] = asyncio.Queue()
+        self._status_queue: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[Any]] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -243,6 +248,7 @@ class Controller:
             ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
         )
         self._spawn(self._dispatcher(), "dispatcher")
+        self._spawn(self._status_sender(), "status")
         self._spawn(self.sender.run(), "outbox")
         self._spawn(self.link.run(), "link")
         self._spawn(self._clock_aligned_loop(), "clock-aligned")
@@ -407,12 +413,14 @@ class Controller:
             self._emit_timeline("status", connector=cid, status=action.status, error_code=action.error_code)
             self._show_indicator(rt)
             if self.boot_accepted:
-                self._spawn(self._send_status(cid, action.status, action.error_code), "status")
+                self._status_queue.put_nowait((cid, action.status, action.error_code))
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
                 self._recompute_all_limits()
         elif isinstance(action, cm.BeginTransaction):
+            rt.tx_work_pending += 1
             self._chain(rt, self._begin_transaction(rt, action.id_tag))
         elif isinstance(action, cm.EndTransaction):
+            rt.tx_work_pending += 1
             self._chain(rt, self._end_transaction(rt, action.reason))
         elif isinstance(action, cm.SessionTimedOut):
             log.info(
@@ -460,6 +468,8 @@ class Controller:
                 raise
             except Exception:
                 log.exception("connector %d: transaction bookkeeping failed", rt.id)
+            finally:
+                rt.tx_work_pending -= 1
 
         rt.tx_chain = asyncio.create_task(run(), name=f"tx-{rt.id}")
 
@@ -543,11 +553,15 @@ class Controller:
                 local_id = self.store.begin_transaction(
                     rt.id, id_tag, iso(start), meter_start, reservation_id
                 )
-                self.outbox.enqueue("StartTransaction", payload, local_tx_id=local_id, created_at=start)
+                rt.last_tx_seq = self.outbox.enqueue(
+                    "StartTransaction", payload, local_tx_id=local_id, created_at=start
+                )
         except StoreWriteError as exc:
             log.error("connector %d: %s; the transaction runs without persistence", rt.id, exc)
             local_id = -int(time.time() * 1000)
-            self.outbox.enqueue("StartTransaction", payload, local_tx_id=local_id, created_at=start)
+            rt.last_tx_seq = self.outbox.enqueue(
+                "StartTransaction", payload, local_tx_id=local_id, created_at=start
+            )
         rt.tx = ActiveTransaction(
             local_id, id_tag, start, meter_start, reservation_id, last_meter_wh=meter_start
         )
@@ -600,7 +614,7 @@ class Controller:
             tx.stop_data.append({"timestamp": iso(stop), "sampledValue": end})
         if tx.stop_data:
             payload["transactionData"] = tx.stop_data
-        self._queue_stop(tx.local_id, payload, stop, reason, meter_stop)
+        rt.last_tx_seq = self._queue_stop(tx.local_id, payload, stop, reason, meter_stop)
         rt.tx = None
         log.info(
             "connector %d: transaction stopped (%s), meterStop %d Wh, %.3f kWh",
@@ -628,16 +642,18 @@ class Controller:
 
     def _queue_stop(
         self, local_id: int, payload: dict[str, Any], stop: datetime, reason: str, meter_stop: int
-    ) -> None:
+    ) -> int:
+        """Queue StopTransaction and close the persisted transaction in one commit; returns the seq."""
         assert self.store is not None and self.outbox is not None
         try:
             with self.store.batch("stop of a transaction"):
                 self.store.mark_stop_pending(local_id, reason, iso(stop), meter_stop, payload.get("idTag"))
-                self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
+                seq = self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
                 self.store.end_transaction(local_id)
         except StoreWriteError as exc:
             log.error("%s; StopTransaction kept in memory", exc)
-            self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
+            seq = self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
+        return seq
 
     async def _recover_transactions(self) -> None:
         """Close transactions left open by a crash or power loss (OCPP 1.6 §4.10: reason PowerLoss/Reboot)."""
@@ -946,6 +962,25 @@ class Controller:
             log.warning("%s not delivered: %s", action, exc)
             return None
 
+    async def _status_sender(self) -> None:
+        """StatusNotifications in order. A status waits (up to 10 s) until the Start/StopTransaction queued
+        before it for the same connector was delivered, so the central system never sees "Charging" before
+        the transaction it belongs to."""
+        while True:
+            cid, status, code = await self._status_queue.get()
+            rt = self.connectors.get(cid)
+            if rt is not None and self.outbox is not None:
+                for _ in range(200):
+                    if not self.boot_accepted:
+                        break
+                    if rt.tx_work_pending <= 0:
+                        head = self.outbox.head()
+                        if head is None or head.seq > rt.last_tx_seq:
+                            break
+                    await asyncio.sleep(0.05)
+            if self.boot_accepted:
+                await self._send_status(cid, status, code)
+
     async def _send_status(self, connector_id: int, status: str, error_code: str) -> None:
         payload = {
             "connectorId": connector_id,
@@ -963,9 +998,9 @@ class Controller:
 
     async def _send_all_statuses(self) -> None:
         status, code = self.station_status()
-        await self._send_status(0, status, code)
+        self._status_queue.put_nowait((0, status, code))
         for rt in self.connectors.values():
-            await self._send_status(rt.id, rt.state.status, rt.state.error_code)
+            self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code))
 
     def _on_key_changed(self, name: str, value: Any) -> None:
         if name == "HeartbeatInterval" and self._heartbeat_task is not None:
@@ -1115,7 +1150,7 @@ class Controller:
                 await self.apply_now(rt.id, cm.Availability(operative))
         if connector_id == 0 and self.boot_accepted:
             status, code = self.station_status()
-            self._spawn(self._send_status(0, status, code), "status0")
+            self._status_queue.put_nowait((0, status, code))
         return "Scheduled" if scheduled else "Accepted"
 
     def _apply_pending_availability(self, rt: ConnectorRuntime) -> None:
@@ -1202,4 +1237,11 @@ def _default_session_class() -> type[OcppSession]:
     return ChargePointSession
 
 
-__all__ = ["Controller", "build_hardware", "CpState"]
+from chargepoint.features import FEATURES  # noqa: E402
+
+
+class Controller(*FEATURES, ControllerCore):  # type: ignore[misc]
+    """The charge point: the core plus every profile's feature mixin."""
+
+
+__all__ = ["Controller", "ControllerCore", "build_hardware", "CpState"]
