@@ -1,0 +1,518 @@
+#!/usr/bin/env bash
+# Install, upgrade or remove the charge point controller on Raspberry Pi OS Bookworm.
+#
+#   sudo deploy/install.sh                 install (safe to run again: idempotent)
+#   sudo deploy/install.sh --upgrade       install the checkout's code as a new release, restart
+#   sudo deploy/install.sh --uninstall     remove code, unit, rules; keep config and state
+#   sudo deploy/install.sh --uninstall --purge   also remove config, state, user, boot config block
+#   deploy/install.sh --root DIR           install into a directory tree (tests): no apt, no
+#                                          useradd, no systemctl, no venv; those are only printed
+#   --dry-run                              print every step, change nothing
+#
+# Layout it creates:
+#   /opt/chargepoint/releases/<version>/venv   venv (--system-site-packages: Debian's gpiozero, lgpio)
+#   /opt/chargepoint/current -> releases/<version>,  /opt/chargepoint/venv -> current/venv
+#   /opt/chargepoint/doc/                      hardware-docs (commissioning, wiring, safety)
+#   /etc/chargepoint/chargepoint.toml          configuration (0640 root:chargepoint, never overwritten)
+#   /var/lib/chargepoint/                      state (SQLite store), owned by the service user
+#   /etc/systemd/system/chargepoint.service, /etc/udev/rules.d/99-chargepoint.rules,
+#   /etc/modprobe.d/chargepoint-blacklist-nfc.conf, /etc/polkit-1/rules.d/50-chargepoint.rules
+#   /boot/firmware/config.txt                  UART, PWM, SPI lines between chargepoint markers
+set -euo pipefail
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODE=install
+PURGE=0
+DRY_RUN=0
+ROOT=""
+START=1
+
+SERVICE_USER=chargepoint
+SERVICE_GROUPS=(gpio dialout spi)
+APT_PACKAGES=(
+    python3 python3-venv python3-dev python3-pip gcc pkg-config swig
+    python3-gpiozero python3-lgpio python3-systemd python3-pyscard
+    pcscd pcsc-tools libpcsclite-dev libsystemd-dev
+    socat
+)
+PIP_EXTRAS="pcsc,systemd"
+BEGIN_MARK="# >>> chargepoint (deploy/install.sh) >>>"
+END_MARK="# <<< chargepoint <<<"
+
+usage() {
+    cat <<EOF
+usage: $0 [--upgrade | --uninstall [--purge]] [--root DIR] [--dry-run] [--no-start] [--source DIR]
+
+  (no option)   install or repair; keeps an existing configuration
+  --upgrade     install the checkout's version as a new release and restart the service
+  --uninstall   stop and remove the service; keeps /etc/chargepoint and /var/lib/chargepoint
+  --purge       with --uninstall: also remove configuration, state, the user and the boot config lines
+  --root DIR    install into DIR instead of / (no apt-get, useradd, systemctl, venv: printed only)
+  --dry-run     print what would be done, change nothing
+  --no-start    do not start or restart the service
+  --source DIR  project checkout to install (default: $SRC)
+EOF
+}
+
+say() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die() {
+    printf 'ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+while (($# > 0)); do
+    case "$1" in
+    --upgrade) MODE=upgrade ;;
+    --uninstall) MODE=uninstall ;;
+    --purge) PURGE=1 ;;
+    --dry-run) DRY_RUN=1 ;;
+    --no-start) START=0 ;;
+    --root)
+        [[ $# -ge 2 && -n "$2" ]] || die "--root needs a directory"
+        ROOT="$2"
+        shift
+        ;;
+    --source)
+        [[ $# -ge 2 && -n "$2" ]] || die "--source needs a directory"
+        SRC="$(cd "$2" && pwd)"
+        shift
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        printf 'ERROR: unknown option %q\n' "$1" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+
+if ((PURGE)) && [[ $MODE != uninstall ]]; then
+    die "--purge only goes with --uninstall"
+fi
+
+# Outside the target tree (packages, users, services) nothing is done in --root or --dry-run mode.
+SIMULATE=0
+if [[ -n $ROOT ]] || ((DRY_RUN)); then
+    SIMULATE=1
+fi
+if [[ -n $ROOT ]]; then
+    mkdir -p -- "$ROOT"
+    ROOT="$(cd "$ROOT" && pwd)"
+    [[ $ROOT != / ]] || ROOT=""
+fi
+
+OPT="$ROOT/opt/chargepoint"
+ETC_DIR="$ROOT/etc/chargepoint"
+CONFIG="$ETC_DIR/chargepoint.toml"
+STATE_DIR="$ROOT/var/lib/chargepoint"
+UNIT="$ROOT/etc/systemd/system/chargepoint.service"
+UDEV_RULES="$ROOT/etc/udev/rules.d/99-chargepoint.rules"
+MODPROBE="$ROOT/etc/modprobe.d/chargepoint-blacklist-nfc.conf"
+POLKIT_RULES="$ROOT/etc/polkit-1/rules.d/50-chargepoint.rules"
+BOOT_DIR="$ROOT/boot/firmware"
+REBOOT_REQUIRED=0
+
+# A command that changes the system outside the target tree.
+sys() {
+    if ((SIMULATE)); then
+        printf '    would run:'
+        printf ' %q' "$@"
+        printf '\n'
+    else
+        printf '    +'
+        printf ' %q' "$@"
+        printf '\n'
+        "$@"
+    fi
+}
+
+# A change inside the target tree: done unless --dry-run.
+fs() {
+    if ((DRY_RUN)); then
+        printf '    would run:'
+        printf ' %q' "$@"
+        printf '\n'
+    else
+        "$@"
+    fi
+}
+
+# chown needs the service user, which --root mode does not create.
+own() {
+    if ((SIMULATE)); then
+        printf '    would run: chown %s\n' "$*"
+    else
+        chown "$@"
+    fi
+}
+
+# Copy a file only when its content differs; prints whether it changed.
+put_file() {
+    local src="$1" dst="$2" mode="$3"
+    if [[ -f $dst ]] && cmp -s -- "$src" "$dst"; then
+        note "unchanged: ${dst#"$ROOT"}"
+        return 1
+    fi
+    fs install -D -m "$mode" -- "$src" "$dst"
+    note "installed: ${dst#"$ROOT"}"
+    return 0
+}
+
+put_text() {
+    local dst="$1" mode="$2" text="$3" tmp
+    tmp="$(mktemp)"
+    printf '%s\n' "$text" >"$tmp"
+    local rc=0
+    put_file "$tmp" "$dst" "$mode" || rc=$?
+    rm -f -- "$tmp"
+    return "$rc"
+}
+
+project_version() {
+    python3 - "$SRC/pyproject.toml" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as fh:
+    print(tomllib.load(fh)["project"]["version"])
+PY
+}
+
+check_platform() {
+    if ((SIMULATE)); then
+        return
+    fi
+    [[ $(id -u) -eq 0 ]] || die "run as root: sudo $0 (or use --root DIR / --dry-run)"
+    if [[ -r /etc/os-release ]]; then
+        # shellcheck disable=SC1091
+        . /etc/os-release
+        if [[ ${VERSION_CODENAME:-} != bookworm ]]; then
+            warn "written for Raspberry Pi OS / Debian bookworm, this is ${PRETTY_NAME:-unknown}; continuing"
+        fi
+    fi
+}
+
+install_packages() {
+    say "packages"
+    sys apt-get update
+    sys env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${APT_PACKAGES[@]}"
+}
+
+ensure_user() {
+    say "service user '$SERVICE_USER' (groups: ${SERVICE_GROUPS[*]})"
+    local g
+    for g in "${SERVICE_GROUPS[@]}"; do
+        if ((SIMULATE)) || ! getent group "$g" >/dev/null; then
+            sys groupadd --system -f "$g"
+        fi
+    done
+    if ((SIMULATE)) || ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        sys useradd --system --user-group --home-dir /var/lib/chargepoint --no-create-home \
+            --shell /usr/sbin/nologin --comment "EV charge point controller" "$SERVICE_USER"
+    fi
+    local joined
+    joined="$(
+        IFS=,
+        echo "${SERVICE_GROUPS[*]}"
+    )"
+    sys usermod --append --groups "$joined" "$SERVICE_USER"
+}
+
+# /opt/chargepoint/releases/<version>/venv, "current" and the venv compatibility link.
+install_release() {
+    local version rel venv
+    version="$(project_version)"
+    rel="$OPT/releases/$version"
+    venv="$rel/venv"
+    say "release $version in ${OPT#"$ROOT"}"
+    fs install -d -m 0755 -- "$OPT" "$OPT/releases"
+    if [[ -f $rel/.complete ]]; then
+        note "release $version exists: reinstalling the package from $SRC"
+        sys "$venv/bin/pip" install --disable-pip-version-check --no-deps --force-reinstall "$SRC"
+        sys "$venv/bin/pip" install --disable-pip-version-check "${SRC}[${PIP_EXTRAS}]"
+    else
+        fs install -d -m 0755 -- "$rel"
+        sys python3 -m venv --system-site-packages "$venv"
+        sys "$venv/bin/pip" install --disable-pip-version-check --upgrade pip
+        sys "$venv/bin/pip" install --disable-pip-version-check "${SRC}[${PIP_EXTRAS}]"
+        local info
+        info="$(printf '{\n  "version": "%s",\n  "artifact": null,\n  "sha256": null,\n  "installed_at": "%s",\n  "installed_by": "deploy/install.sh"\n}' \
+            "$version" "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)")"
+        if ((!DRY_RUN)); then
+            printf '%s\n' "$info" >"$rel/release.json"
+            printf '%s' "$version" >"$rel/.complete"
+        fi
+    fi
+    local cur=""
+    if [[ -L $OPT/current ]]; then
+        cur="$(basename "$(readlink "$OPT/current")")"
+    fi
+    if [[ $cur != "$version" ]]; then
+        if [[ -n $cur ]]; then
+            fs ln -sfn "releases/$cur" "$OPT/previous"
+            note "previous -> releases/$cur"
+        fi
+        fs ln -sfn "releases/$version" "$OPT/.current.tmp"
+        fs mv -T -- "$OPT/.current.tmp" "$OPT/current"
+        note "current -> releases/$version"
+    fi
+    if [[ ! -L $OPT/venv ]]; then
+        [[ ! -e $OPT/venv ]] || die "${OPT#"$ROOT"}/venv exists and is not a symlink; move it away first"
+        fs ln -s current/venv "$OPT/venv"
+    fi
+    # Docs next to the code (the unit's Documentation= points here).
+    fs install -d -m 0755 -- "$OPT/doc"
+    local f
+    for f in "$SRC"/hardware-docs/*; do
+        [[ -f $f ]] || continue
+        put_file "$f" "$OPT/doc/$(basename "$f")" 0644 >/dev/null || true
+    done
+    # OCPP UpdateFirmware installs releases from inside the service (chargepoint.firmware.update).
+    own -R "$SERVICE_USER:$SERVICE_USER" "$OPT"
+}
+
+install_config() {
+    say "configuration"
+    fs install -d -m 0750 -- "$ETC_DIR"
+    own "root:$SERVICE_USER" "$ETC_DIR"
+    if [[ -e $CONFIG ]]; then
+        note "keeping existing ${CONFIG#"$ROOT"}"
+    else
+        local example="$SRC/deploy/chargepoint.example.toml"
+        [[ -f $example ]] || die "$example is missing: cannot create ${CONFIG#"$ROOT"}"
+        fs install -m 0640 -- "$example" "$CONFIG"
+        own "root:$SERVICE_USER" "$CONFIG"
+        note "created ${CONFIG#"$ROOT"} from deploy/chargepoint.example.toml: edit it before charging"
+    fi
+    fs install -d -m 0750 -- "$STATE_DIR"
+    own "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
+}
+
+install_system_files() {
+    say "systemd unit, udev rules, module blacklist, polkit rule"
+    local changed=0
+    put_file "$SRC/systemd/chargepoint.service" "$UNIT" 0644 && changed=1
+    put_file "$SRC/deploy/99-chargepoint.rules" "$UDEV_RULES" 0644 && changed=1
+    # pcscd must own the ACR122U: the kernel's NFC stack would claim it first.
+    put_text "$MODPROBE" 0644 "# deploy/install.sh: let pcscd (libccid) drive the ACR122U instead of the kernel NFC stack
+blacklist pn533_usb
+blacklist pn533
+blacklist nfc" && changed=1
+    # pcscd built with polkit refuses clients without a session; the service has none.
+    # Also let the service restart itself after a firmware switch.
+    if [[ -n $ROOT || -d /etc/polkit-1 ]]; then
+        put_text "$POLKIT_RULES" 0644 "// deploy/install.sh: rights of the charge point service user
+polkit.addRule(function(action, subject) {
+    if (subject.user != \"$SERVICE_USER\") { return polkit.Result.NOT_HANDLED; }
+    if (action.id == \"org.debian.pcsc-lite.access_pcsc\" ||
+        action.id == \"org.debian.pcsc-lite.access_card\") {
+        return polkit.Result.YES;
+    }
+    if (action.id == \"org.freedesktop.systemd1.manage-units\" &&
+        action.lookup(\"unit\") == \"chargepoint.service\" &&
+        action.lookup(\"verb\") == \"restart\") {
+        return polkit.Result.YES;
+    }
+    return polkit.Result.NOT_HANDLED;
+});" && changed=1
+    fi
+    if ((changed)); then
+        sys udevadm control --reload-rules
+        sys udevadm trigger --subsystem-match=tty --subsystem-match=pwm --subsystem-match=gpio \
+            --subsystem-match=spidev
+        if ((SIMULATE)) || grep -qE '^(pn533|nfc) ' /proc/modules 2>/dev/null; then
+            sys modprobe -r pn533_usb pn533 nfc
+        fi
+    fi
+}
+
+boot_line_active() {
+    local file="$1" line="$2"
+    awk -v want="$line" '{ sub(/^[ \t]+/, ""); sub(/[ \t\r]+$/, "") } $0 == want { found = 1 } END { exit !found }' "$file"
+}
+
+configure_boot() {
+    say "boot configuration"
+    local cfg="$BOOT_DIR/config.txt"
+    if [[ ! -f $cfg && -z $ROOT && -f /boot/config.txt ]]; then
+        cfg=/boot/config.txt # before Bookworm
+    fi
+    if [[ ! -f $cfg ]]; then
+        warn "${cfg#"$ROOT"} not found (not a Raspberry Pi?): add the lines of deploy/boot-config.txt yourself"
+        return
+    fi
+    local -a missing=()
+    local line
+    while IFS= read -r line || [[ -n $line ]]; do
+        line="${line%$'\r'}"
+        [[ -z ${line//[[:space:]]/} || $line == \#* ]] && continue
+        if ! boot_line_active "$cfg" "$line"; then
+            missing+=("$line")
+        fi
+    done <"$SRC/deploy/boot-config.txt"
+    if grep -qE '^[[:space:]]*dtoverlay=pwm-2chan' "$cfg"; then
+        warn "${cfg#"$ROOT"} already loads pwm-2chan: make sure GPIO18 is PWM0 and not used twice"
+    fi
+    if ((${#missing[@]} == 0)); then
+        note "${cfg#"$ROOT"} already has UART, PWM and SPI enabled"
+    else
+        note "adding to ${cfg#"$ROOT"}: ${missing[*]}"
+        if ((!DRY_RUN)); then
+            [[ -e $cfg.chargepoint-backup ]] || cp -p -- "$cfg" "$cfg.chargepoint-backup"
+            if grep -qxF "$END_MARK" "$cfg"; then
+                local tmp
+                tmp="$(mktemp)"
+                awk -v endmark="$END_MARK" -v add="$(printf '%s\n' "${missing[@]}")" \
+                    '$0 == endmark { printf "%s\n", add } { print }' "$cfg" >"$tmp"
+                cat -- "$tmp" >"$cfg"
+                rm -f -- "$tmp"
+            else
+                {
+                    printf '\n%s\n[all]\n' "$BEGIN_MARK"
+                    printf '%s\n' "${missing[@]}"
+                    printf '%s\n' "$END_MARK"
+                } >>"$cfg"
+            fi
+        fi
+        REBOOT_REQUIRED=1
+    fi
+    # The UART belongs to the meter/pilot board, not to a login console.
+    local cmdline
+    cmdline="$(dirname "$cfg")/cmdline.txt"
+    if [[ -f $cmdline ]] && grep -qE '(^|[[:space:]])console=(serial0|ttyAMA0|ttyS0),[0-9]+' "$cmdline"; then
+        note "removing the serial console from ${cmdline#"$ROOT"}"
+        if ((!DRY_RUN)); then
+            [[ -e $cmdline.chargepoint-backup ]] || cp -p -- "$cmdline" "$cmdline.chargepoint-backup"
+            sed -i -E 's/(^|[[:space:]])console=(serial0|ttyAMA0|ttyS0),[0-9]+//g; s/^[[:space:]]+//' "$cmdline"
+        fi
+        REBOOT_REQUIRED=1
+    fi
+    if ((REBOOT_REQUIRED)); then
+        # Bluetooth no longer has a UART: its modem service would only fail.
+        if ((SIMULATE)) || systemctl list-unit-files hciuart.service >/dev/null 2>&1; then
+            sys systemctl disable hciuart.service
+        fi
+        if ((!SIMULATE)); then
+            touch /run/reboot-required
+        fi
+    fi
+}
+
+remove_boot_block() {
+    local cfg="$BOOT_DIR/config.txt"
+    [[ -f $cfg ]] && grep -qxF "$BEGIN_MARK" "$cfg" || return 0
+    note "removing the chargepoint block from ${cfg#"$ROOT"}"
+    if ((!DRY_RUN)); then
+        local tmp
+        tmp="$(mktemp)"
+        # drop the block and the blank line written before it
+        awk -v b="$BEGIN_MARK" -v e="$END_MARK" '
+            $0 == b { skip = 1; if (held) { held = 0 } ; next }
+            skip && $0 == e { skip = 0; next }
+            skip { next }
+            { if (held) print ""; held = 0 }
+            $0 == "" { held = 1; next }
+            { print }
+            END { if (held) print "" }' "$cfg" >"$tmp"
+        cat -- "$tmp" >"$cfg"
+        rm -f -- "$tmp"
+    fi
+    REBOOT_REQUIRED=1
+}
+
+start_service() {
+    say "service"
+    sys systemctl daemon-reload
+    sys systemctl enable chargepoint.service
+    if ((!START)); then
+        note "--no-start: start it with: systemctl start chargepoint"
+        return
+    fi
+    if ((REBOOT_REQUIRED)); then
+        note "not started now: the boot configuration changed; it starts after the reboot"
+        return
+    fi
+    if ((!SIMULATE)) && ! "$OPT/venv/bin/chargepoint" check-config --config "$CONFIG"; then
+        warn "the configuration does not pass check-config: fix ${CONFIG#"$ROOT"}, then: systemctl start chargepoint"
+        return
+    fi
+    if [[ $MODE == upgrade ]]; then
+        note "restarting: a running charging session is stopped cleanly and resumes as a new one"
+        sys systemctl try-restart chargepoint.service
+        sys systemctl start chargepoint.service
+    else
+        sys systemctl start chargepoint.service
+    fi
+}
+
+do_install() {
+    check_platform
+    if [[ $MODE == upgrade && ! -L $OPT/current ]]; then
+        die "nothing to upgrade: ${OPT#"$ROOT"}/current does not exist (run without --upgrade to install)"
+    fi
+    [[ -f $SRC/pyproject.toml ]] || die "$SRC is not a project checkout (no pyproject.toml); use --source DIR"
+    install_packages
+    ensure_user
+    install_release
+    install_config
+    install_system_files
+    configure_boot
+    start_service
+    say "done ($MODE${ROOT:+ into $ROOT})"
+    if ((REBOOT_REQUIRED)); then
+        printf '\n*** REBOOT REQUIRED: the boot configuration changed (UART/PWM/SPI). Run: sudo reboot ***\n\n'
+    fi
+    note "status:   chargepoint status      (as root or a member of group $SERVICE_USER:"
+    note "          sudo adduser \$USER $SERVICE_USER)"
+    note "logs:     journalctl -u chargepoint -f"
+    note "hardware: chargepoint check-hardware --config /etc/chargepoint/chargepoint.toml"
+}
+
+do_uninstall() {
+    check_platform
+    say "stopping and removing the service"
+    if ((SIMULATE)) || systemctl list-unit-files chargepoint.service >/dev/null 2>&1; then
+        sys systemctl disable --now chargepoint.service
+    fi
+    local f
+    for f in "$UNIT" "$UDEV_RULES" "$MODPROBE" "$POLKIT_RULES"; do
+        if [[ -e $f ]]; then
+            fs rm -f -- "$f"
+            note "removed ${f#"$ROOT"}"
+        fi
+    done
+    sys systemctl daemon-reload
+    sys udevadm control --reload-rules
+    if [[ -e $OPT || -L $OPT ]]; then
+        fs rm -rf -- "$OPT"
+        note "removed ${OPT#"$ROOT"}"
+    fi
+    if ((PURGE)); then
+        say "purging configuration, state, user and boot configuration"
+        [[ ! -e $ETC_DIR ]] || fs rm -rf -- "$ETC_DIR"
+        [[ ! -e $STATE_DIR ]] || fs rm -rf -- "$STATE_DIR"
+        remove_boot_block
+        if ((SIMULATE)) || id -u "$SERVICE_USER" >/dev/null 2>&1; then
+            sys userdel "$SERVICE_USER"
+        fi
+        if ((REBOOT_REQUIRED)); then
+            printf '\n*** REBOOT REQUIRED to drop the UART/PWM/SPI boot settings. ***\n\n'
+        fi
+    else
+        note "kept ${CONFIG#"$ROOT"} and ${STATE_DIR#"$ROOT"} (use --uninstall --purge to remove them)"
+        note "kept the boot configuration lines in config.txt"
+    fi
+    say "uninstalled${ROOT:+ from $ROOT}"
+}
+
+if ((DRY_RUN)); then
+    say "dry run: nothing is changed"
+fi
+case "$MODE" in
+install | upgrade) do_install ;;
+uninstall) do_uninstall ;;
+esac
