@@ -124,7 +124,9 @@ def _floor01(x: float) -> float:
     return math.floor(x * 10 + 1e-9) / 10
 
 
-# A piece: (start_us, end_us, limit_in_target_unit, number_phases, profile)
+# A piece: (start_us, end_us, limit in the profile's own unit, number_phases, profile). A filler piece
+# (default limit) has profile None and is in amps. Units are converted when layers are combined, with
+# the phases actually usable in that interval (see `_combine`).
 _Piece = tuple[int, int, float, int | None, ChargingProfile]
 
 
@@ -140,8 +142,8 @@ class _Ctx:
         self.freeze_relative = freeze_relative
 
     def convert(self, limit: float, from_unit: str, number_phases: int | None) -> float:
-        """W = A x voltage x phases; the phases used are those of the period (numberPhases) but never
-        more than the installation has."""
+        """W = A x voltage x phases, with the phases usable (numberPhases, never more than the
+        installation has)."""
         if from_unit == self.unit:
             return limit
         ph = self.phases if number_phases is None else min(number_phases, self.phases)
@@ -162,7 +164,7 @@ def _profile_pieces(p: ChargingProfile, ws: int, we: int, ctx: _Ctx) -> list[_Pi
         return []
     length = _POS_INF if s.duration is None else s.duration * _S
     starts = [per.start_period * _S for per in s.periods]
-    limits = [ctx.convert(per.limit, s.charging_rate_unit, per.number_phases) for per in s.periods]
+    limits = [per.limit for per in s.periods]
     phases = [per.number_phases for per in s.periods]
 
     anchors: list[int]
@@ -287,8 +289,17 @@ def _select(entries: list[tuple[int, ChargingProfile]], connector_id: int, tx_ac
 _Seg = tuple[int, int, float | None, int | None, ChargingProfile | None]
 
 
-def _combine(l1: list[_Piece], l2: list[_Piece], ws: int, we: int, round_limits: bool) -> list[_Seg]:
-    """min(l1, l2) over [ws, we); gaps in both stay None. Adjacent equal (limit, phases) merged."""
+def _unit(pc: _Piece) -> str:
+    return "A" if pc[4] is None else pc[4].schedule.charging_rate_unit
+
+
+def _combine(l1: list[_Piece], l2: list[_Piece], ws: int, we: int, round_limits: bool, ctx: _Ctx
+             ) -> list[_Seg]:
+    """min(l1, l2) over [ws, we); gaps in both stay None. Adjacent equal (limit, phases) merged.
+
+    Both limits are converted to the target unit with the same phase count: the smallest numberPhases
+    of the two periods (a 1-phase TxDefault under a W ChargePointMax may use the whole power on one
+    phase), never more than the installation's phases."""
     bounds = {ws, we}
     for pc in l1:
         bounds.add(pc[0])
@@ -308,17 +319,18 @@ def _combine(l1: list[_Piece], l2: list[_Piece], ws: int, we: int, round_limits:
             i2 += 1
         p1 = l1[i1] if i1 < n1 and l1[i1][0] <= a else None
         p2 = l2[i2] if i2 < n2 and l2[i2][0] <= a else None
-        if p1 is None and p2 is None:
-            lim, ph, src = None, None, None
-        elif p2 is None or (p1 is not None and p1[2] <= p2[2]):
-            assert p1 is not None
-            lim, ph, src = p1[2], p1[3], p1[4]
-            if p2 is not None and p2[3] is not None:
-                ph = p2[3] if ph is None else min(ph, p2[3])
+        ph: int | None = None
+        for pc in (p1, p2):
+            if pc is not None and pc[3] is not None:
+                ph = pc[3] if ph is None else min(ph, pc[3])
+        v1 = None if p1 is None else ctx.convert(p1[2], _unit(p1), ph)
+        v2 = None if p2 is None else ctx.convert(p2[2], _unit(p2), ph)
+        if v1 is None and v2 is None:
+            lim, src = None, None
+        elif v2 is None or (v1 is not None and v1 <= v2):
+            lim, src = v1, p1[4]  # type: ignore[index]
         else:
-            lim, ph, src = p2[2], p2[3], p2[4]
-            if p1 is not None and p1[3] is not None:
-                ph = p1[3] if ph is None else min(ph, p1[3])
+            lim, src = v2, p2[4]  # type: ignore[index]
         if round_limits and lim is not None:
             lim = _floor01(lim)
         if out and out[-1][2] == lim and out[-1][3] == ph and out[-1][1] == a:
@@ -329,9 +341,22 @@ def _combine(l1: list[_Piece], l2: list[_Piece], ws: int, we: int, round_limits:
     return out
 
 
+def _fill_gaps(pieces: list[_Piece], ws: int, we: int, value: float) -> list[_Piece]:
+    out: list[_Piece] = []
+    cur = ws
+    for pc in pieces:
+        if pc[0] > cur:
+            out.append((cur, pc[0], value, None, None))  # type: ignore[arg-type]
+        out.append(pc)
+        cur = pc[1]
+    if cur < we:
+        out.append((cur, we, value, None, None))  # type: ignore[arg-type]
+    return out
+
+
 def _compute(installed: InstalledProfiles | Iterable[tuple[int, ChargingProfile]], connector_id: int,
              ws: int, we: int, unit: str, *, tx_start: datetime | None, tx_id: int | None, voltage: float,
-             phases: int, freeze_relative: bool, round_limits: bool
+             phases: int, freeze_relative: bool, round_limits: bool, default: float | None = None
              ) -> tuple[list[_Seg], list[_Piece], bool]:
     if unit not in ("A", "W"):
         raise ValueError(f"unit {unit!r}: allowed A, W")
@@ -344,8 +369,10 @@ def _compute(installed: InstalledProfiles | Iterable[tuple[int, ChargingProfile]
     groups, caps = _select(entries, connector_id, tx_active, tx_id)
     l1 = _layer(groups, ws, we, ctx)
     l2 = _layer(caps, ws, we, ctx)
+    if default is not None:
+        l1 = _fill_gaps(l1, ws, we, default)
     any_relevant = any(groups) or any(caps)
-    return _combine(l1, l2, ws, we, round_limits), l1, any_relevant
+    return _combine(l1, l2, ws, we, round_limits, ctx), l1, any_relevant
 
 
 def composite_schedule(
@@ -376,20 +403,21 @@ def composite_schedule(
     since they remain "applicable to all Connectors" — the safer reading, it never leaves a gap
     without the station's default policy.
 
-    Where no profile limits, `default_limit_a` (converted to W if asked) fills the gap: the schedule
-    always covers the whole window. Limits are rounded down to 0.1 (§7.13 one decimal). The
+    Where no TxProfile/TxDefaultProfile is in effect, `default_limit_a` (the connector's own maximum;
+    for connector 0 the station's; converted to W if asked) takes their place, still capped by
+    ChargePointMaxProfile: the schedule always covers the whole window. Limits are rounded down to 0.1 (§7.13 one decimal). The
     minChargingRate reported is that of the Tx/TxDefault profile in effect at `start`.
     A window of duration 0 returns the single period in effect at `start`.
     """
     ws = _us(start)
     we = ws + max(duration_s, 1) * _S
     segs, l1, _ = _compute(installed_profiles, connector_id, ws, we, unit, tx_start=tx_start, tx_id=tx_id,
-                           voltage=voltage, phases=phases, freeze_relative=False, round_limits=True)
-    default = default_limit_a if unit == "A" else default_limit_a * voltage * phases
-    default = _floor01(default)
+                           voltage=voltage, phases=phases, freeze_relative=False, round_limits=True,
+                           default=default_limit_a)
     periods: list[CompositePeriod] = []
     for a, _b, lim, ph, _src in segs:
-        value = default if lim is None else lim
+        assert lim is not None  # the default fills every gap
+        value = lim
         sp = (a - ws) // _S
         if periods and periods[-1].start_period == sp:
             periods.pop()  # two changes inside one second: the later one holds from this second on
@@ -399,8 +427,8 @@ def composite_schedule(
     if duration_s <= 0:
         periods = periods[:1]
     mcr = None
-    if l1 and l1[0][0] == ws:
-        prof = l1[0][4]
+    prof = l1[0][4] if l1 and l1[0][0] == ws else None
+    if prof is not None:
         raw = prof.schedule.min_charging_rate
         if raw is not None:
             first = prof.schedule.periods[0].number_phases
