@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import email.parser
 import fcntl
+import gzip
 import hashlib
 import inspect
 import json
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -154,10 +156,15 @@ def _verify_wheel(path: Path, version: str) -> None:
 
 def _verify_sdist(path: Path, version: str) -> None:
     try:
+        # tarfile stops at the end-of-archive blocks; read the gzip stream to its end so that a truncated
+        # file or a wrong CRC/length trailer is noticed.
+        with gzip.open(path, "rb") as gz:
+            while gz.read(1 << 20):
+                pass
         with tarfile.open(path, "r:gz") as tf:
             pkg_info: str | None = None
             top: set[str] = set()
-            for member in tf:  # reads the whole stream: the gzip CRC at the end is checked too
+            for member in tf:
                 parts = member.name.split("/")
                 if member.name.startswith("/") or ".." in parts:
                     raise InvalidRelease(f"{path.name} contains an unsafe path {member.name!r}")
@@ -170,7 +177,7 @@ def _verify_sdist(path: Path, version: str) -> None:
                     if f:
                         while f.read(65536):
                             pass
-    except (tarfile.TarError, OSError, EOFError, UnicodeError) as e:
+    except (tarfile.TarError, OSError, EOFError, UnicodeError, zlib.error) as e:
         raise InvalidRelease(f"{path.name} is not a valid tar.gz archive (corrupt or truncated): {e}") from None
     if len(top) != 1:
         raise InvalidRelease(f"{path.name} must contain exactly one top-level directory, has {sorted(top)}")

@@ -1,0 +1,323 @@
+"""FirmwareUpdater (UpdateFirmware.req) end to end: loopback HTTP/FTP, a temporary release root, recorded
+FirmwareStatusNotification sequences, a recorded or real process restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections import namedtuple
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fakes_firmware import (
+    FakeClock,
+    FtpServer,
+    HttpServer,
+    Recorder,
+    build_project_wheel,
+    closed_port,
+    extract_installer,
+    failing_installer,
+    make_wheel,
+)
+
+from chargepoint.firmware.update import FirmwareUpdater, ReleaseManager, pip_venv_installer
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+WHEEL2 = "pi_chargepoint-2.0.0-py3-none-any.whl"
+FAILED_DOWNLOAD = ["Downloading", "DownloadFailed"]
+Usage = namedtuple("Usage", "total used free")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    d = root / "releases" / "1.0.0"
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+class Env:
+    """A charger with release 1.0.0 running, a recorded notify and restart, virtual time."""
+
+    def __init__(self, tmp: Path, installer=extract_installer) -> None:
+        self.tmp = tmp
+        self.root = tmp / "root"
+        self.installer = installer
+        mgr = ReleaseManager(self.root, installer=installer)
+        mgr.switch_to(mgr.install(make_wheel(tmp / "art", "1.0.0")))
+        self.before = snapshot(self.root)
+        self.clock = FakeClock(T0)
+        self.restarts = 0
+        self.idle = True
+
+    def updater(self, notify: Recorder | None = None, **kw) -> tuple[FirmwareUpdater, Recorder]:
+        rec = notify or Recorder()
+
+        async def restart() -> None:
+            self.restarts += 1
+
+        kw.setdefault("confirm_timeout_s", 300)
+        u = FirmwareUpdater(ReleaseManager(self.root, installer=self.installer), notify=rec,
+                            connectors_idle=lambda: self.idle, restart=restart, clock=self.clock.now,
+                            sleep=self.clock.sleep, default_retry_interval_s=10, idle_poll_s=5, **kw)
+        return u, rec
+
+    def assert_untouched(self) -> None:
+        mgr = ReleaseManager(self.root)
+        assert mgr.current_version() == "1.0.0"
+        assert snapshot(self.root) == self.before
+        assert self.restarts == 0
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+@pytest.fixture
+def http(tmp_path):
+    with HttpServer() as srv:
+        srv.files[f"/fw/{WHEEL2}"] = make_wheel(tmp_path / "serve", "2.0.0").read_bytes()
+        yield srv
+
+
+async def test_update_happy_path_waits_for_retrieve_date_and_idle(env, http):
+    idle_calls = 0
+    seen_while_busy = []
+
+    def connectors_idle() -> bool:
+        nonlocal idle_calls
+        idle_calls += 1
+        seen_while_busy.append(u.last_status)
+        return idle_calls > 3  # a transaction is running for the first three polls
+
+    u, rec = env.updater()
+    u._idle = connectors_idle
+    assert u.last_status == "Idle"
+    task = u.schedule(f"{http.base}/fw/{WHEEL2}", T0 + timedelta(hours=2), retries=2, retry_interval=30)
+    await task
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
+    assert env.clock.sleeps[0] == 7200  # waited for retrieveDate
+    assert env.clock.sleeps.count(5) == 3  # polled idle while the transaction ran, did not interrupt it
+    assert seen_while_busy[0] == "Downloaded"  # TriggerMessage while waiting reports the real state
+    assert env.restarts == 1
+    mgr = ReleaseManager(env.root)
+    assert (mgr.current_version(), mgr.previous_version()) == ("2.0.0", "1.0.0")
+    p = mgr.pending()
+    assert p is not None and p.version == "2.0.0" and p.deadline == env.clock.now() + timedelta(seconds=300)
+    assert snapshot(env.root) == env.before  # the old release is untouched, ready to roll back to
+    assert u.last_status == "Idle"
+    assert not list((env.root / "downloads").iterdir())
+
+
+async def test_update_over_ftp(env, tmp_path):
+    root = tmp_path / "ftp"
+    (root / "fw").mkdir(parents=True)
+    make_wheel(root / "fw", "2.0.0")
+    with FtpServer(root) as ftp:
+        u, rec = env.updater()
+        await u.schedule(ftp.url("fw", "fwpass", f"fw/{WHEEL2}"), T0)
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
+    assert ReleaseManager(env.root).current_version() == "2.0.0"
+
+
+async def test_unreachable_url(env):
+    u, rec = env.updater()
+    await u.schedule(f"http://127.0.0.1:{closed_port()}/fw/{WHEEL2}", T0, retries=3)
+    assert rec.statuses == FAILED_DOWNLOAD
+    assert "connection refused" in u.last_error and "gave up after 3 attempts" in u.last_error
+    assert env.clock.sleeps == [10, 10]
+    env.assert_untouched()
+    assert u.last_status == "Idle"
+
+
+async def test_404(env, http):
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/fw/pi_chargepoint-3.0.0-py3-none-any.whl", T0)
+    assert rec.statuses == FAILED_DOWNLOAD and "HTTP 404" in u.last_error
+    env.assert_untouched()
+
+
+async def test_truncated_download(env, http):
+    http.truncate[f"/fw/{WHEEL2}"] = 100
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0, retries=2)
+    assert rec.statuses == FAILED_DOWNLOAD and "truncated" in u.last_error
+    assert http.hits[f"/fw/{WHEEL2}"] == 2
+    env.assert_untouched()
+
+
+async def test_corrupt_archive(env, http):
+    good = http.files[f"/fw/{WHEEL2}"]
+    http.files[f"/fw/{WHEEL2}"] = good[: len(good) - 40]  # complete transfer of a broken file
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    assert rec.statuses == FAILED_DOWNLOAD and "not a valid zip archive" in u.last_error
+    env.assert_untouched()
+
+
+async def test_not_a_release_of_this_project(env, http, tmp_path):
+    http.files["/fw/pi_chargepoint-2.0.0-py3-none-any.whl"] = make_wheel(
+        tmp_path / "other", "2.0.0", metadata_name="someone-else").read_bytes()
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    assert rec.statuses == FAILED_DOWNLOAD and "someone-else" in u.last_error
+    env.assert_untouched()
+
+
+async def test_full_disk(env, http):
+    u, rec = env.updater(disk_usage=lambda p: Usage(10**9, 10**9 - 1000, 1000))
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0, retries=5)
+    assert rec.statuses == FAILED_DOWNLOAD and "not enough free disk space" in u.last_error
+    assert http.hits[f"/fw/{WHEEL2}"] == 0
+    env.assert_untouched()
+
+
+async def test_installation_failure(tmp_path, http):
+    env = Env(tmp_path)
+    env.installer = failing_installer
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "InstallationFailed"]
+    assert "simulated" in u.last_error
+    env.assert_untouched()
+    assert not (env.root / "releases" / "2.0.0").exists()
+
+
+async def test_same_version_is_reported_installed_without_restart(env, http, tmp_path):
+    http.files["/fw/pi_chargepoint-1.0.0-py3-none-any.whl"] = make_wheel(tmp_path / "same", "1.0.0").read_bytes()
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/fw/pi_chargepoint-1.0.0-py3-none-any.whl", T0)
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
+    env.assert_untouched()
+
+
+async def test_new_request_replaces_a_waiting_one(env, http):
+    u, rec = env.updater()
+    gate = asyncio.Event()
+
+    async def slow_sleep(s: float) -> None:  # retrieveDate wait that only ends when we say so
+        await gate.wait()
+
+    u._sleep = slow_sleep
+    first = u.schedule(f"{http.base}/fw/nothing.whl", T0 + timedelta(days=1))
+    await asyncio.sleep(0)
+    u._sleep = env.clock.sleep
+    second = u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    await second
+    assert first.cancelled()
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
+    assert http.hits["/fw/nothing.whl"] == 0
+
+
+async def test_release_that_never_confirms_is_rolled_back_and_reported(env, http):
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    assert env.restarts == 1
+
+    # "new process": the 2.0.0 release starts, its BootNotification is never accepted
+    booted, rec2 = env.updater()
+    assert await booted.boot() == "pending"
+    await booted.watchdog  # virtual time runs to the deadline
+    assert env.restarts == 2
+    mgr = ReleaseManager(env.root)
+    assert (mgr.current_version(), mgr.pending()) == ("1.0.0", None)
+    assert rec2.statuses == []  # the failed release reports nothing itself
+
+    # "next process": the restored 1.0.0 reports the failed installation exactly once
+    restored, rec3 = env.updater()
+    assert await restored.boot() == "confirmed"
+    assert rec3.statuses == ["InstallationFailed"]
+    assert "rolled back 2.0.0 -> 1.0.0" in restored.last_error
+    assert restored.last_status == "Idle"
+    again, rec4 = env.updater()
+    assert await again.boot() == "confirmed" and rec4.statuses == []
+    assert snapshot(env.root) == env.before
+
+
+async def test_boot_after_deadline_rolls_back_immediately(env, http):
+    u, _ = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    env.clock.t += timedelta(hours=1)  # e.g. the new release hung until systemd's watchdog killed it
+    late, rec = env.updater()
+    assert await late.boot() == "rolled_back"
+    assert env.restarts == 2 and rec.statuses == []
+    assert ReleaseManager(env.root).current_version() == "1.0.0"
+
+
+async def test_confirmed_release_stays(env, http):
+    u, _ = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    booted, rec = env.updater()
+
+    async def time_stands_still(s: float) -> None:
+        await asyncio.Event().wait()
+
+    booted._sleep = time_stands_still  # the deadline is not reached before the CSMS accepts
+    assert await booted.boot() == "pending"
+    await asyncio.sleep(0.05)
+    assert not booted.watchdog.done()
+    assert await booted.confirm_healthy() is True  # BootNotification accepted
+    await asyncio.sleep(0)
+    assert booted.watchdog.cancelled()
+    env.clock.t += timedelta(days=1)
+    nxt, rec2 = env.updater()
+    assert await nxt.boot() == "confirmed"
+    assert ReleaseManager(env.root).current_version() == "2.0.0"
+    assert rec.statuses == rec2.statuses == [] and env.restarts == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real project wheel, a real venv, a real process restart
+
+
+def _start_process(root: Path) -> dict:
+    """What systemd does with ExecStart=<root>/current/venv/bin/chargepoint: the console script's shebang
+    names releases/<version>/venv/bin/python (the real path), so a running process keeps its own release
+    even after ``current`` is switched.  The process runs its boot check and says which version it is."""
+    shebang = (root / "current" / "venv" / "bin" / "chargepoint").read_text().splitlines()[0]
+    python = shebang[2:].strip()
+    assert python == str((root / "current").resolve() / "venv" / "bin" / "python")
+    code = ("import json, io, contextlib, sys, importlib.metadata as m, chargepoint\n"
+            "running = m.version('pi-chargepoint')\n"
+            "from chargepoint.firmware.update import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf): main(['check-boot', '--root', sys.argv[1]])\n"
+            "out = json.loads(buf.getvalue()); out['running'] = running; out['file'] = chargepoint.__file__\n"
+            "print(json.dumps(out))")
+    proc = subprocess.run([python, "-c", code, str(root)], capture_output=True, text=True, timeout=120, cwd=str(root),
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+async def test_real_wheel_update_process_restart_and_rollback(tmp_path):
+    old = build_project_wheel("0.1.0")
+    new = build_project_wheel("0.1.1")
+    root = tmp_path / "opt-chargepoint"
+    mgr = ReleaseManager(root, installer=pip_venv_installer())
+    await asyncio.to_thread(lambda: mgr.switch_to(mgr.install(old)))
+    starts: list[dict] = []
+
+    async def restart() -> None:
+        starts.append(await asyncio.to_thread(_start_process, root))
+
+    rec = Recorder()
+    with HttpServer() as http:
+        http.files[f"/fw/{new.name}"] = new.read_bytes()
+        u = FirmwareUpdater(ReleaseManager(root, installer=pip_venv_installer()), notify=rec,
+                            connectors_idle=lambda: True, restart=restart, max_boots=1)
+        await u.schedule(f"{http.base}/fw/{new.name}", datetime.now(UTC))
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
+    assert starts[0]["running"] == "0.1.1" and starts[0]["outcome"] == "pending"
+    assert starts[0]["file"].startswith(str(root / "releases" / "0.1.1" / "venv"))
+
+    # the new release crashes before its BootNotification is accepted; systemd starts it again
+    await restart()
+    assert starts[1] == {**starts[1], "running": "0.1.1", "outcome": "rolled_back", "current": "0.1.0"}
+    await restart()
+    assert starts[2]["running"] == "0.1.0" and starts[2]["outcome"] == "confirmed"
+    rec2 = Recorder()
+    restored = FirmwareUpdater(ReleaseManager(root), notify=rec2, connectors_idle=lambda: True, restart=restart)
+    assert await restored.boot() == "confirmed"
+    assert rec2.statuses == ["InstallationFailed"]
