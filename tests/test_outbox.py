@@ -25,6 +25,7 @@ class FakeClock:
 
     def __init__(self) -> None:
         self.now = T0
+        self.mono = 1000.0  # advances only with sleeps, unlike `now`, which a test may step
         self.slept: list[float] = []
         self.requested: list[float] = []
         #: Sleeps at least this long never end (time stands still): shows what wakes the sender.
@@ -40,6 +41,10 @@ class FakeClock:
         await asyncio.sleep(0)
         self.slept.append(seconds)
         self.now += timedelta(seconds=seconds)
+        self.mono += seconds
+
+    def monotonic(self) -> float:
+        return self.mono
 
 
 Reply = dict[str, Any] | BaseException | Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -98,6 +103,7 @@ class Harness:
             retry_interval_s=lambda: self.interval,
             clock=self.clock,
             sleep=self.clock.sleep,
+            monotonic=self.clock.monotonic,
             reconnect_poll_s=5.0,
         )
         self.task: asyncio.Task[None] | None = None
@@ -525,3 +531,18 @@ def test_disk_full_sample_keeps_meter_register_and_message(store: Store) -> None
     assert start is not None and start.local_tx_id == v1
     ob.complete(start, {"transactionId": 9})
     assert ob.transaction_id_for(v1) == 9
+
+
+async def test_clock_stepped_backwards_does_not_hold_the_queue(h: Harness) -> None:
+    h.csms.script = [CallErrorReceived("InternalError")]
+    h.clock.block_from = 10.0  # hold the sender in its retry wait
+    h.enqueue("MeterValues", mv(1))  # created at T0
+    h.sender.set_online(True)
+    await h.csms.until(lambda: len(h.csms.calls) == 1)
+    await settle()
+    assert h.clock.requested == [10.0]
+    h.clock.now = T0 - timedelta(days=1)  # NTP steps the clock back a day during the wait
+    h.clock.block_from = float("inf")
+    h.sender.wake()
+    await h.csms.until(lambda: len(h.outbox) == 0)
+    assert h.clock.slept == [10.0]  # not a day and 10 s

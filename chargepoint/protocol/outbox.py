@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -414,9 +415,10 @@ class OutboxSender:
     refuses) also counts as an attempt, so one poisoned message cannot block the queue forever.
     ``on_result(msg, response)`` runs after the message was removed (the transactionId of a
     StartTransaction is already recorded by then).  ``attempts``/``retry_interval_s`` are read
-    on every use, so ChangeConfiguration takes effect immediately.  ``on_drop(msg, why)`` is told
-    about every discarded message (e.g. a dropped StartTransaction: the CSMS never saw it).  ``clock`` and ``sleep``
-    are injectable for exact tests.
+    on every use, so ChangeConfiguration applies from the next failure on.  ``on_drop(msg, why)``
+    is told about every discarded message (e.g. a dropped StartTransaction: the CSMS never saw
+    it).  ``clock`` (aware UTC datetimes), ``sleep`` and ``monotonic`` are injectable for exact
+    tests.
     """
 
     def __init__(
@@ -432,11 +434,14 @@ class OutboxSender:
         reconnect_poll_s: float = 30.0,
         online: bool = False,
         on_drop: OnDrop | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._outbox = outbox
         self._send = send
         self._on_result = on_result
         self._on_drop = on_drop
+        self._monotonic = monotonic
+        self._deadline: tuple[tuple[int, int], float] | None = None
         self._attempts = attempts
         self._interval = retry_interval_s
         self._clock = clock
@@ -498,8 +503,7 @@ class OutboxSender:
         if msg is None:
             await self._wait(None)
             return
-        due = self._outbox.next_attempt_at(msg, float(self._interval()))
-        delay = (due - self._clock()).total_seconds()
+        delay = self._retry_delay(msg)
         if delay > 0:
             await self._wait(delay)
             return
@@ -535,6 +539,19 @@ class OutboxSender:
                 raise
             except Exception:
                 log.exception("outbox: on_result for %s seq %d failed", msg.action, msg.seq)
+
+    def _retry_delay(self, msg: QueuedMessage) -> float:
+        """Seconds until ``msg`` may be sent.  The wall-clock due time (which survives a restart)
+        is turned once into a monotonic deadline, capped at interval x attempts: a wall clock
+        stepped backwards (Pi without RTC, NTP correction) cannot hold the queue for hours."""
+        if msg.attempts == 0:
+            return 0.0
+        key = (msg.seq, msg.attempts)
+        if self._deadline is None or self._deadline[0] != key:
+            interval = max(0.0, float(self._interval()))
+            wall = (self._outbox.next_attempt_at(msg, interval) - self._clock()).total_seconds()
+            self._deadline = (key, self._monotonic() + max(0.0, min(wall, interval * msg.attempts)))
+        return self._deadline[1] - self._monotonic()
 
     async def _failed(self, msg: QueuedMessage, reason: str) -> None:
         limit = max(1, int(self._attempts()))
