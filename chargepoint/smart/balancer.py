@@ -103,7 +103,9 @@ def balance(
 ) -> dict[int, Offer]:
     """Share `station_limit_a` among `connectors` (see the module docstring). Deterministic."""
     if headroom_a <= unused_margin_a:
-        raise ValueError(f"headroom_a ({headroom_a}) must be greater than unused_margin_a ({unused_margin_a})")
+        raise ValueError(
+            f"headroom_a ({headroom_a}) must be greater than unused_margin_a ({unused_margin_a})"
+        )
     limit_d = _dA(station_limit_a, up=False) if math.isfinite(station_limit_a) and station_limit_a > 0 else 0
     result: dict[int, Offer] = {}
     eligible: list[tuple[ConnectorDemand, int, int, str]] = []  # demand, min_d, cap_d, cap reason

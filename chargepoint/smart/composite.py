@@ -405,8 +405,9 @@ def composite_schedule(
 
     Where no TxProfile/TxDefaultProfile is in effect, `default_limit_a` (the connector's own maximum;
     for connector 0 the station's; converted to W if asked) takes their place, still capped by
-    ChargePointMaxProfile: the schedule always covers the whole window. Limits are rounded down to 0.1 (§7.13 one decimal). The
-    minChargingRate reported is that of the Tx/TxDefault profile in effect at `start`.
+    ChargePointMaxProfile: the schedule always covers the whole window. Limits are rounded down to
+    0.1 (§7.13 one decimal). The minChargingRate reported is that of the Tx/TxDefault profile in
+    effect at `start`.
     A window of duration 0 returns the single period in effect at `start`.
     """
     ws = _us(start)
@@ -432,8 +433,8 @@ def composite_schedule(
         raw = prof.schedule.min_charging_rate
         if raw is not None:
             first = prof.schedule.periods[0].number_phases
-            conv = _Ctx(unit, voltage, phases, None, False).convert(raw, prof.schedule.charging_rate_unit, first)
-            mcr = _floor01(conv)
+            ctx = _Ctx(unit, voltage, phases, None, False)
+            mcr = _floor01(ctx.convert(raw, prof.schedule.charging_rate_unit, first))
     return CompositeSchedule(start=start, duration=max(duration_s, 0), unit=unit, periods=tuple(periods),
                              min_charging_rate=mcr)
 
