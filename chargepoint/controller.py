@@ -188,6 +188,7 @@ class ControllerCore:
             on_change=lambda k, v: self._safe(store.set_config, None, k, v),
         )
         self.keys.subscribe(self._on_key_changed)
+        self.load_persisted_state()
         if self._hardware is None:
             self._hardware, self.build_context = build_hardware(cfg, self.build_context)
         self.station = self._hardware
@@ -412,6 +413,7 @@ class ControllerCore:
             log.info("connector %d: status %s (%s)", cid, action.status, action.error_code, extra=extra)
             self._emit_timeline("status", connector=cid, status=action.status, error_code=action.error_code)
             self._show_indicator(rt)
+            self.on_status_changed(rt, action.status, action.error_code)
             if self.boot_accepted:
                 self._status_queue.put_nowait((cid, action.status, action.error_code))
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
@@ -1017,6 +1019,12 @@ class ControllerCore:
                 )
 
     # ================================================================== authorization (tap flow)
+    def load_persisted_state(self) -> None:
+        """Hook: features load what they persisted (store and keys are ready; connectors not yet built)."""
+
+    def on_status_changed(self, rt: ConnectorRuntime, status: str, error_code: str) -> None:
+        """Hook: a connector's OCPP status changed (e.g. reservations end on Faulted/Unavailable, §5.13)."""
+
     def remember_id_tag_info(self, id_tag: str, info: dict[str, Any]) -> None:
         """Hook: the authorization cache learns from every idTagInfo (Local Auth List profile)."""
 
