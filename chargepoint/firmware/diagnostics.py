@@ -42,7 +42,7 @@ _SECRET_KEY_PATTERNS = [
     r"^token$", r"credentials?$", r"(^|_)psk$",
 ]
 _SECRET_KEY_RE = re.compile("|".join(_SECRET_KEY_PATTERNS))
-_URL_USERINFO_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s\"'<>]+)@")
+_URL_USERINFO_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s\"']+)@")
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
 _KEY_VALUE_RE = re.compile(
     r"(?P<key>[A-Za-z0-9_-]+|\"[^\"\n]*\"|'[^'\n]*')(?P<eq>\s*=\s*)"
@@ -87,6 +87,30 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+def _bracket_depth(line: str) -> int:
+    """Net opening brackets on a line, ignoring brackets inside strings and comments."""
+    depth = 0
+    quote = ""
+    escaped = False
+    for ch in line:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+    return depth
+
+
 def redact_config_text(text: str) -> tuple[str, list[str]]:
     """Redact a TOML configuration line by line (comments and layout stay readable).
 
@@ -110,7 +134,9 @@ def redact_config_text(text: str) -> tuple[str, list[str]]:
             value = m.group(4)
             stripped = value.lstrip()
             end = "\n" if line.endswith("\n") else ""
-            out.append(f'{m.group(1)}{m.group(2)}{m.group(3)}"{REDACTED}"{end}')
+            cm = re.match(r"^\s*(?:\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*'|[^\s#\[{\"']+)(\s+#[^\n]*)\n?$", value)
+            comment = cm.group(1) if cm else ""  # keep a trailing comment after a one-line value
+            out.append(f'{m.group(1)}{m.group(2)}{m.group(3)}"{REDACTED}"{comment}{end}')
             i += 1
             for delim in ('"""', "'''"):
                 if stripped.startswith(delim) and stripped.count(delim) == 1:
@@ -120,10 +146,9 @@ def redact_config_text(text: str) -> tuple[str, list[str]]:
                     break
             else:
                 if stripped[:1] in "[{":
-                    depth = stripped.count("[") + stripped.count("{") - stripped.count("]") - stripped.count("}")
-                    while depth > 0 and i < len(lines):
-                        depth += lines[i].count("[") + lines[i].count("{") - lines[i].count("]") \
-                            - lines[i].count("}")
+                    depth = _bracket_depth(stripped)
+                    while depth > 0 and i < len(lines):  # skip the rest of a multi-line array/table
+                        depth += _bracket_depth(lines[i])
                         i += 1
             continue
 
@@ -275,6 +300,13 @@ def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes, mtime: float) -> Non
     tf.addfile(info, io.BytesIO(data))
 
 
+def _private(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mode = 0o600
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
 def build_archive(
     out_path: Path,
     *,
@@ -331,7 +363,10 @@ def build_archive(
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out_path.with_name(out_path.name + ".tmp")
-    with tempfile.TemporaryDirectory(prefix="diag-") as tmp, tarfile.open(tmp_out, "w:gz") as tf:
+    # 0600: the archive holds the charger's state; it is for the CSMS operator, not for other local users.
+    fd = os.open(tmp_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with tempfile.TemporaryDirectory(prefix="diag-") as tmp, os.fdopen(fd, "wb") as fh, \
+            tarfile.open(fileobj=fh, mode="w:gz") as tf:
         manifest: dict[str, Any] = {
             "created": now.isoformat(),
             "journal_window": {"since": journal_since.isoformat() if journal_since else None,
@@ -355,7 +390,7 @@ def build_archive(
                 except sqlite3.Error as e:
                     notes.append(f"database {db.name} could not be copied: {e}")
                     continue
-                tf.add(copy, arcname=f"diagnostics/state/{db.name}")
+                tf.add(copy, arcname=f"diagnostics/state/{db.name}", filter=_private)
                 manifest["databases"].append({"name": db.name, "redacted_values": n})
         elif state_dir is not None:
             notes.append(f"state directory {state_dir} does not exist")

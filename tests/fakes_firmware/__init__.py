@@ -129,7 +129,7 @@ class FtpServer:
         auth.add_user("fw", "fwpass", str(self.root), perm="elr")
         auth.add_user("up", "uppass", str(self.root), perm="elradfmw")
         auth.add_user("ro", "ropass", str(self.root), perm="elr")
-        handler = type("Handler", (FTPHandler,), {"authorizer": auth, "passive_ports": None,
+        handler = type("Handler", (FTPHandler,), {"authorizer": auth, "passive_ports": None, "auth_failed_timeout": 0.05,
                                                    "banner": "test ftpd"})
         logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
         self.server = FTPServer(("127.0.0.1", 0), handler)
