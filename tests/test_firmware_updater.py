@@ -23,7 +23,7 @@ from fakes_firmware import (
     make_wheel,
 )
 
-from chargepoint.firmware.update import FirmwareUpdater, ReleaseManager, pip_venv_installer
+from chargepoint.firmware.update import FirmwareUpdater, InstallFailed, ReleaseManager, pip_venv_installer
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WHEEL2 = "pi_chargepoint-2.0.0-py3-none-any.whl"
@@ -321,3 +321,21 @@ async def test_real_wheel_update_process_restart_and_rollback(tmp_path):
     restored = FirmwareUpdater(ReleaseManager(root), notify=rec2, connectors_idle=lambda: True, restart=restart)
     assert await restored.boot() == "confirmed"
     assert rec2.statuses == ["InstallationFailed"]
+
+
+def test_real_wheel_with_missing_dependency_is_not_switched_to(tmp_path):
+    """A release that needs a dependency the base environment lacks fails at install, not at boot."""
+    wheel = build_project_wheel("0.1.2", extra_dependency="cp-test-only-dep>=1.0")
+    root = tmp_path / "root"
+    mgr = ReleaseManager(root, installer=pip_venv_installer())
+    with pytest.raises(InstallFailed, match=r"lacks: cp-test-only-dep is not installed \(needs cp-test-only-dep>=1.0"):
+        mgr.install(wheel)
+    assert mgr.installed_versions() == [] and not (root / "releases" / "0.1.2").exists()
+
+    # the same dependency provided by a separate dependency environment (a .pth file points at it)
+    deps = tmp_path / "deps-site-packages"
+    (deps / "cp_test_only_dep-1.3.dist-info").mkdir(parents=True)
+    (deps / "cp_test_only_dep-1.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: cp-test-only-dep\nVersion: 1.3\n")
+    mgr = ReleaseManager(root, installer=pip_venv_installer(extra_site_packages=[deps]))
+    assert mgr.install(wheel) == "0.1.2"

@@ -190,12 +190,44 @@ def _verify_sdist(path: Path, version: str) -> None:
 # Venv creation (injectable: tests use a fast fake)
 
 
-def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0) -> VenvInstaller:
+_SMOKE_TEST = """
+import importlib.metadata as m, chargepoint
+print(m.version('pi-chargepoint'))
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    try:
+        from pip._vendor.packaging.requirements import Requirement
+    except ImportError:
+        Requirement = None
+for spec in (m.requires('pi-chargepoint') or []) if Requirement else []:
+    req = Requirement(spec)
+    if req.marker is not None and not req.marker.evaluate({'extra': ''}):
+        continue
+    try:
+        have = m.version(req.name)
+    except m.PackageNotFoundError:
+        print(f'{req.name} is not installed (needs {spec})')
+        continue
+    if req.specifier and not req.specifier.contains(have, prereleases=True):
+        print(f'{req.name} {have} does not satisfy {spec}')
+"""
+
+
+def _venv_site_packages(python: str) -> Path:
+    out = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    return Path(out)
+
+
+def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
+                       extra_site_packages: list[Path] | None = None) -> VenvInstaller:
     """Production strategy: ``python -m venv --system-site-packages`` + ``pip install --no-index --no-deps``.
 
     The venv is created without its own pip: with --system-site-packages the base environment's pip runs
     inside it and installs into the venv.  --ignore-installed because the base env may hold another
     version of this project, which must neither satisfy nor be touched by this install.
+    ``extra_site_packages``: where the dependencies live if not in the base interpreter's site-packages.
     """
     base = python or getattr(sys, "_base_executable", None) or sys.executable
 
@@ -219,16 +251,25 @@ def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0) -> V
         if artifact.name.endswith(".tar.gz"):
             cmd.append("--no-build-isolation")
         run([*cmd, str(artifact)])
-        # Smoke test before anyone switches to it: the package imports and reports the expected version.
-        check = ("import importlib.metadata as m, chargepoint, sys; "
-                 "sys.stdout.write(m.version('pi-chargepoint'))")
-        proc = subprocess.run([py, "-c", check], capture_output=True, text=True, timeout=120, check=False,
+        if extra_site_packages:
+            # Dependencies kept in a separate environment (e.g. the venv deploy/install.sh created): a .pth
+            # file appends its site-packages after the release's own, so the release's chargepoint wins.
+            site = _venv_site_packages(py)
+            (site / "_chargepoint_deps.pth").write_text("".join(f"{Path(d).resolve()}\n"
+                                                               for d in extra_site_packages))
+        # Smoke test before anyone switches to it: the package imports, reports the expected version and
+        # every dependency it declares is present in a matching version.
+        proc = subprocess.run([py, "-c", _SMOKE_TEST], capture_output=True, text=True, timeout=120, check=False,
                               cwd=str(venv))
-        if proc.returncode != 0 or proc.stdout.strip() != version:
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines or lines[0] != version:
             raise InstallFailed(
                 f"the installed release does not import as version {version}: "
-                f"{(proc.stderr.strip().splitlines() or [proc.stdout.strip()])[-1]}"
+                f"{(proc.stderr.strip().splitlines() or lines or ['no output'])[-1]}"
             )
+        if len(lines) > 1:
+            raise InstallFailed(f"release {version} needs dependencies the base environment lacks: "
+                                + "; ".join(lines[1:]))
 
     return install
 

@@ -220,13 +220,13 @@ _REAL_WHEELS: dict[str, Path] = {}
 _REAL_DIR: Path | None = None
 
 
-def build_project_wheel(version: str) -> Path:
+def build_project_wheel(version: str, extra_dependency: str | None = None) -> Path:
     """Build the real project wheel (from a copy of the repo with its version set), once per session.
 
     A copy, because pip builds in-tree and would leave build/ and *.egg-info in the shared checkout."""
     global _REAL_DIR
     if version in _REAL_WHEELS:
-        return _REAL_WHEELS[version]
+        return _REAL_WHEELS[version]  # a version is built once; it must always come with the same deps
     if _REAL_DIR is None:
         _REAL_DIR = Path(tempfile.mkdtemp(prefix="cp-wheels-"))
     src = _REAL_DIR / f"src-{version}"
@@ -242,6 +242,9 @@ def build_project_wheel(version: str) -> Path:
 
     text, n = re.subn(r'(?m)^version\s*=\s*"[^"]*"', f'version = "{version}"', text, count=1)
     assert n == 1, "pyproject.toml has no version line"
+    if extra_dependency:
+        text, n = re.subn(r"(?m)^dependencies\s*=\s*\[", f'dependencies = [\n    "{extra_dependency}",', text, count=1)
+        assert n == 1, "pyproject.toml has no dependencies list"
     (src / "pyproject.toml").write_text(text)
     out = _REAL_DIR / "dist"
     proc = subprocess.run(
