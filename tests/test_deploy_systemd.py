@@ -111,6 +111,13 @@ def test_unit_keeps_the_hardware_reachable() -> None:
     assert int(s["TimeoutStopSec"][0]) >= 5
 
 
+def test_shell_variables_are_escaped_from_systemd() -> None:
+    """systemd expands $VAR itself in Exec lines; a shell variable must be written $$VAR."""
+    for key in ("ExecStartPre", "ExecStopPost"):
+        for line in unit_settings().get(key, []):
+            assert re.search(r"(?<!\$)\$(?!\$)[A-Za-z_{]", line.replace("$$", "")) is None, line
+
+
 def test_unit_parses_as_ini_sections() -> None:
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # type: ignore[assignment,method-assign]
