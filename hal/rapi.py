@@ -1,0 +1,516 @@
+"""OpenEVSE pilot board over RAPI (serial line, 115200 8N1): one board is both Pilot and Contactor.
+
+Protocol (OpenEVSE firmware ``rapi_proc.h``): ``$CC p1 p2 :SS^XK\\r`` where XK is the XOR of every
+character before ``^`` and SS an optional sequence id (01-FF) that the board echoes in its
+``$OK``/``$NK`` reply, so a late reply to an earlier (timed-out) command is never taken for the
+answer to the current one. The board sends ``$AT evse pilot amps vflags`` on every state change.
+
+Mapping (decided here, see hardware-docs/drivers.md):
+- ``offer(amps)`` -> ``SC amps V`` (volatile: no EEPROM wear) then ``FE`` (enable: PWM on).
+- ``offer(None)`` and ``Contactor.open()`` -> ``FS`` (sleep: constant +12 V, relay open).
+- ``set_unavailable()`` -> ``FD`` (disable: constant -12 V, state F).
+- ``Contactor.close()`` -> ``FE`` if current is offered. The board closes its relay by itself when
+  it is enabled and the EV asks (state C) -- the relay interlock lives in the board's firmware.
+- ``SY interval amps`` arms the board's host-heartbeat supervision: if the Pi stops sending ``SY``
+  pulses, the board limits the current to ``heartbeat_current_a`` by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from hal.driver_options import Options
+from hal.interfaces import (
+    CpState,
+    Emit,
+    FaultCleared,
+    FaultKind,
+    FaultRaised,
+    HalEvent,
+    HardwareConfigError,
+    PilotChanged,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 80
+
+# EVSE state (hex) -> (fault kind, latched, text). Source: rapi_proc.h / J1772EvseController.h.
+BOARD_FAULTS: dict[int, tuple[FaultKind, bool, str]] = {
+    0x05: (FaultKind.DIODE, False, "diode check failed"),
+    0x06: (FaultKind.RCD, True, "GFCI tripped"),
+    # No OCPP code for a missing ground of its own: RCD maps to GroundFailure. Not latched: the board
+    # retries the ground check itself.
+    0x07: (FaultKind.RCD, False, "no ground"),
+    0x08: (FaultKind.WELD, True, "stuck relay"),
+    0x09: (FaultKind.RCD, True, "GFI self-test failed"),
+    0x0A: (FaultKind.OVERTEMP, False, "over temperature"),
+    0x0B: (FaultKind.OVERCURRENT, False, "over current"),
+    0x0E: (FaultKind.WELD, False, "relay closure fault (relay did not close)"),
+}
+PILOT_STATES = {0x01: CpState.A, 0x02: CpState.B, 0x03: CpState.C, 0x04: CpState.D}
+STATE_SLEEPING, STATE_DISABLED = 0xFE, 0xFF
+
+
+class RapiError(Exception):
+    """The board did not answer or refused a command."""
+
+
+def checksum(body: str) -> str:
+    x = 0
+    for ch in body.encode("ascii"):
+        x ^= ch
+    return f"{x:02X}"
+
+
+def encode(command: str, seq: int | None = None) -> bytes:
+    """``encode("SC 16 V") == b"$SC 16 V^65\\r"``; with a sequence id ``$SC 16 V :05^XX\\r``."""
+    body = "$" + command + (f" :{seq:02X}" if seq else "")
+    return (body + "^" + checksum(body) + "\r").encode("ascii")
+
+
+def decode(frame: str) -> tuple[list[str], int | None] | None:
+    """``$OK 1 2 :05^XX`` -> (["OK", "1", "2"], 5); None for a bad checksum or a malformed frame."""
+    if not frame.startswith("$") or "^" not in frame:
+        return None
+    body, _, ck = frame.rpartition("^")
+    if len(ck) != 2 or checksum(body).upper() != ck.upper():
+        return None
+    tokens = body[1:].split()
+    if not tokens:
+        return None
+    seq = None
+    if tokens[-1].startswith(":"):
+        try:
+            seq = int(tokens[-1][1:], 16)
+        except ValueError:
+            return None
+        tokens = tokens[:-1]
+    return tokens, seq
+
+
+class FrameSplitter:
+    """Re-synchronizes on ``$`` and ``\\r``: garbage between frames and overlong frames are dropped."""
+
+    def __init__(self) -> None:
+        self._buf: list[str] | None = None
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[str]:
+        out: list[str] = []
+        for b in data:
+            ch = chr(b)
+            if ch == "$":
+                if self._buf:
+                    self.dropped += 1
+                self._buf = ["$"]
+            elif ch == "\r":
+                if self._buf:
+                    out.append("".join(self._buf))
+                self._buf = None
+            elif self._buf is not None:
+                if 0x20 <= b < 0x7F and len(self._buf) < MAX_FRAME:
+                    self._buf.append(ch)
+                else:
+                    self._buf = None
+                    self.dropped += 1
+        return out
+
+
+class RapiBoard:
+    """The serial link to one OpenEVSE board; shared by its Pilot and Contactor faces."""
+
+    def __init__(self, port: str, *, connector_id: int, baudrate: int = 115200, timeout_s: float = 1.0,
+                 retries: int = 2, poll_s: float = 1.0, heartbeat_s: int = 10, heartbeat_current_a: int = 6,
+                 sequence_ids: bool = True) -> None:
+        self.port = port
+        self.connector_id = connector_id
+        self.baudrate = baudrate
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
+        self.heartbeat_current_a = heartbeat_current_a
+        self.sequence_ids = sequence_ids
+        self.state = CpState.F
+        self.evse_state: int | None = None
+        self.offered: int | None = None
+        self.enabled = False
+        self.bad_frames = 0
+        self.commands_sent = 0
+        self._serial: Any = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._emit: Emit | None = None
+        self._users = 0
+        self._mutex: asyncio.Lock | None = None
+        self._pending: tuple[int | None, asyncio.Future[tuple[bool, list[str]]]] | None = None
+        self._seq = 0
+        self._splitter = FrameSplitter()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._board_fault = False
+        self._active_fault: int | None = None
+        self._want_enabled = False
+
+    # ------------------------------------------------ lifecycle
+
+    async def start(self, emit: Emit) -> None:
+        self._users += 1
+        if self._users > 1:
+            return
+        import serial  # pyserial
+
+        self._emit = emit
+        self._loop = asyncio.get_running_loop()
+        self._mutex = asyncio.Lock()
+        try:
+            self._serial = await asyncio.to_thread(
+                serial.Serial, self.port, self.baudrate, timeout=0.05, write_timeout=self.timeout_s
+            )
+        except (OSError, serial.SerialException) as exc:
+            self._report_board_fault(f"cannot open {self.port}: {exc}")
+            self._users -= 1
+            raise RapiError(f"cannot open {self.port}: {exc}") from exc
+        self._running = True
+        self._thread = threading.Thread(target=self._reader, name=f"rapi-{self.port}", daemon=True)
+        self._thread.start()
+        # Safe state first: disabled (state F) until the controller offers current.
+        with contextlib.suppress(RapiError):
+            await self.command("FD")
+            self.enabled = False
+            await self.command(f"SY {self.heartbeat_s} {self.heartbeat_current_a}")
+            await self.poll_once()
+        self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._heartbeat_loop())]
+
+    async def stop(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        if self._serial is not None:
+            with contextlib.suppress(RapiError):
+                await self.command("FD")  # leave the board in state F
+        self._running = False
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2)
+        if self._serial is not None:
+            await asyncio.to_thread(self._serial.close)
+            self._serial = None
+
+    # ------------------------------------------------ link
+
+    def _reader(self) -> None:
+        """Serial reader thread: bytes -> frames -> event loop."""
+        assert self._loop is not None
+        while self._running:
+            try:
+                data = self._serial.read(self._serial.in_waiting or 1)
+            except Exception as exc:  # device unplugged: report once, keep trying
+                log.error("RAPI %s: read failed: %s", self.port, exc)
+                self._loop.call_soon_threadsafe(self._report_board_fault, f"read failed: {exc}")
+                threading.Event().wait(1.0)
+                continue
+            if data:
+                for frame in self._splitter.feed(data):
+                    self._loop.call_soon_threadsafe(self._on_frame, frame)
+
+    def _on_frame(self, frame: str) -> None:
+        parsed = decode(frame)
+        if parsed is None:
+            self.bad_frames += 1
+            log.debug("RAPI %s: dropped bad frame %r", self.port, frame)
+            return
+        tokens, seq = parsed
+        kind = tokens[0]
+        if kind in ("OK", "NK"):
+            if self._pending is None:
+                return
+            want, fut = self._pending
+            if self.sequence_ids and seq != want:
+                log.debug("RAPI %s: stale reply %r (want seq %s)", self.port, frame, want)
+                return
+            if not fut.done():
+                fut.set_result((kind == "OK", tokens[1:]))
+        elif kind == "AT" and len(tokens) >= 3:
+            self._apply(_hex(tokens[1]), _hex(tokens[2]))
+        elif kind == "ST" and len(tokens) >= 2:
+            self._apply(_hex(tokens[1]), None)
+        elif kind == "AB":
+            log.warning("RAPI %s: board restarted (%s); re-applying settings", self.port, " ".join(tokens[1:]))
+            if self._loop is not None:
+                self._tasks.append(self._loop.create_task(self._reapply()))
+
+    def _next_seq(self) -> int | None:
+        if not self.sequence_ids:
+            return None
+        self._seq = self._seq % 255 + 1  # 01..FF; 00 is reserved as invalid
+        return self._seq
+
+    async def command(self, cmd: str) -> list[str]:
+        """Send one command; returns the reply's parameters. Raises RapiError on $NK or no answer."""
+        ok, params = await self.request(cmd)
+        if not ok:
+            raise RapiError(f"board refused {cmd!r}: $NK {' '.join(params)}")
+        return params
+
+    async def request(self, cmd: str) -> tuple[bool, list[str]]:
+        """Send one command; returns (ok, params) -- some commands answer $NK with useful params."""
+        if self._serial is None or self._mutex is None:
+            raise RapiError("RAPI board not started")
+        async with self._mutex:
+            for _attempt in range(self.retries + 1):
+                seq = self._next_seq()
+                fut: asyncio.Future[tuple[bool, list[str]]] = asyncio.get_running_loop().create_future()
+                self._pending = (seq, fut)
+                try:
+                    await asyncio.to_thread(self._serial.write, encode(cmd, seq))
+                    self.commands_sent += 1
+                    result = await asyncio.wait_for(fut, self.timeout_s)
+                except (TimeoutError, OSError) as exc:
+                    log.warning("RAPI %s: no answer to %r (%s)", self.port, cmd, exc or "timeout")
+                    continue
+                finally:
+                    self._pending = None
+                self._board_ok()
+                return result
+            self._report_board_fault(f"no answer to {cmd!r} after {self.retries + 1} attempts")
+            raise RapiError(f"board on {self.port} does not answer")
+
+    # ------------------------------------------------ faults and state
+
+    def _send(self, event: HalEvent) -> None:
+        if self._emit is not None:
+            self._emit(event)
+
+    def _report_board_fault(self, info: str) -> None:
+        if not self._board_fault:
+            self._board_fault = True
+            self._send(FaultRaised(self.connector_id, FaultKind.PILOT_BOARD, f"RAPI {self.port}: {info}"))
+
+    def _board_ok(self) -> None:
+        if self._board_fault:
+            self._board_fault = False
+            self._send(FaultCleared(self.connector_id, FaultKind.PILOT_BOARD))
+
+    def _apply(self, evse: int | None, pilot: int | None) -> None:
+        if evse is None:
+            return
+        self.evse_state = evse
+        if evse in BOARD_FAULTS:
+            if self._active_fault != evse:
+                self._clear_board_state_fault()
+                kind, latched, text = BOARD_FAULTS[evse]
+                self._active_fault = evse
+                self._send(FaultRaised(self.connector_id, kind, f"board state {evse:02X}: {text}", latched))
+        else:
+            self._clear_board_state_fault()
+        if evse == STATE_DISABLED:
+            new = CpState.F
+        elif pilot in PILOT_STATES:
+            new = PILOT_STATES[pilot]
+        elif evse in PILOT_STATES:
+            new = PILOT_STATES[evse]
+        else:
+            return
+        if new != self.state:
+            self.state = new
+            self._send(PilotChanged(self.connector_id, new))
+
+    def _clear_board_state_fault(self) -> None:
+        if self._active_fault is None:
+            return
+        kind, latched, _ = BOARD_FAULTS[self._active_fault]
+        self._active_fault = None
+        if not latched:
+            self._send(FaultCleared(self.connector_id, kind))
+
+    async def poll_once(self) -> None:
+        params = await self.command("GS")  # $OK evsestate elapsed pilotstate vflags
+        if params:
+            self._apply(_hex(params[0]), _hex(params[2]) if len(params) > 2 else None)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(RapiError):
+                await self.poll_once()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.heartbeat_s / 3.0, 0.1))
+            with contextlib.suppress(RapiError):
+                ok, _ = await self.request("SY")
+                if not ok:  # a pulse was missed earlier: acknowledge to restore the current
+                    log.warning("RAPI %s: board reports a missed heartbeat; acknowledging", self.port)
+                    await self.command("SY 165")
+
+    async def _reapply(self) -> None:
+        with contextlib.suppress(RapiError):
+            await self.command(f"SY {self.heartbeat_s} {self.heartbeat_current_a}")
+            if self._want_enabled and self.offered is not None:
+                await self._set_current(self.offered)
+                await self.command("FE")
+            else:
+                await self.command("FD" if not self._want_enabled else "FS")
+
+    # ------------------------------------------------ pilot and contactor commands
+
+    async def _set_current(self, amps: int) -> int:
+        ok, params = await self.request(f"SC {amps} V")
+        actual = int(params[0]) if params and params[0].isdigit() else amps
+        if not ok:
+            log.warning("RAPI %s: board limited SC %d to %d A", self.port, amps, actual)
+        return actual
+
+    async def offer(self, amps: float | None) -> None:
+        try:
+            if amps is None or amps < 6.0:
+                await self.command("FS")
+                self.enabled, self.offered, self._want_enabled = False, None, True
+                return
+            actual = await self._set_current(int(min(amps, 80.0)))  # never round up
+            self.offered = min(actual, int(amps))
+            self._want_enabled = True
+            if not self.enabled:
+                await self.command("FE")
+                self.enabled = True
+        except RapiError as exc:
+            log.error("RAPI %s: offer(%s) failed: %s", self.port, amps, exc)
+
+    async def set_unavailable(self) -> None:
+        try:
+            await self.command("FD")
+        except RapiError as exc:
+            log.error("RAPI %s: disable failed: %s", self.port, exc)
+        self.enabled, self.offered, self._want_enabled = False, None, False
+
+    async def enable_relay(self) -> None:
+        if self.offered is None:
+            log.warning("RAPI %s: close() without a current offer; the board cannot close its relay",
+                        self.port)
+            return
+        if not self.enabled:
+            try:
+                await self.command("FE")
+                self.enabled = True
+            except RapiError as exc:
+                log.error("RAPI %s: enable failed: %s", self.port, exc)
+
+    async def open_relay(self) -> None:
+        try:
+            await self.command("FS")
+        except RapiError as exc:
+            log.error("RAPI %s: sleep (open relay) failed: %s", self.port, exc)
+        self.enabled, self.offered = False, None
+
+
+def _hex(token: str) -> int | None:
+    try:
+        return int(token, 16)
+    except ValueError:
+        return None
+
+
+class RapiPilot:
+    """Pilot face of a RAPI board."""
+
+    def __init__(self, board: RapiBoard) -> None:
+        self.board = board
+
+    @property
+    def state(self) -> CpState:
+        return self.board.state
+
+    @property
+    def offered_amps(self) -> float | None:
+        return None if self.board.offered is None else float(self.board.offered)
+
+    async def start(self, emit: Emit) -> None:
+        await self.board.start(emit)
+
+    async def stop(self) -> None:
+        await self.board.stop()
+
+    async def offer(self, amps: float | None) -> None:
+        await self.board.offer(amps)
+
+    async def set_unavailable(self) -> None:
+        await self.board.set_unavailable()
+
+
+class RapiContactor:
+    """Contactor face of a RAPI board: close() enables the board, open() puts it to sleep."""
+
+    def __init__(self, board: RapiBoard) -> None:
+        self.board = board
+        self._closed = False
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def start(self, emit: Emit) -> None:
+        await self.board.start(emit)
+
+    async def stop(self) -> None:
+        self._closed = False
+        await self.board.stop()
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.board.enable_relay()
+
+    async def open(self) -> None:
+        self._closed = False
+        await self.board.open_relay()
+
+
+def _board(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any) -> RapiBoard:
+    o = Options(options, key)
+    port = o.raw("port", None)
+    if not isinstance(port, str) or not port:
+        raise HardwareConfigError(key + ".port", port, "the board's serial device, e.g. /dev/ttyUSB0")
+    params: dict[str, Any] = dict(
+        baudrate=o.int("baudrate", 115200, lo=1200, hi=1_000_000),
+        timeout_s=o.float("timeout_s", 1.0, lo=0.05, hi=10.0),
+        retries=o.int("retries", 2, lo=0, hi=5),
+        poll_s=o.float("poll_s", 1.0, lo=0.05, hi=10.0),
+        heartbeat_s=o.int("heartbeat_s", 10, lo=1, hi=255),
+        heartbeat_current_a=o.int("heartbeat_current_a", 6, lo=6, hi=80),
+        sequence_ids=o.bool("sequence_ids", True),
+    )
+    given = [name for name in params if o.has(name)]
+    o.finish()
+    board: RapiBoard = ctx.get_or_create(f"rapi:{port}", lambda: RapiBoard(port, connector_id=connector_id,
+                                                                         **params))
+    if board.connector_id != connector_id:
+        raise HardwareConfigError(key + ".port", port, f"a board not used by connector {board.connector_id}")
+    explicit: set[str] = ctx.get_or_create(f"rapi:{port}:given", set)
+    for name in given:  # an option may be set on either device, but not differently on both
+        value = params[name]
+        if name not in explicit:
+            setattr(board, name, value)
+            explicit.add(name)
+        elif getattr(board, name) != value:
+            raise HardwareConfigError(f"{key}.{name}", value,
+                                      f"the same value as the other device on {port} ({getattr(board, name)!r})")
+    return board
+
+
+def build_pilot(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any) -> RapiPilot:
+    return RapiPilot(_board(options, key, connector_id, ctx))
+
+
+def build_contactor(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any) -> RapiContactor:
+    return RapiContactor(_board(options, key, connector_id, ctx))
