@@ -64,7 +64,7 @@ class Rig:
         deadline = asyncio.get_running_loop().time() + timeout
         while not cond():
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("condition not reached; events: %r" % self.events)
+                raise AssertionError(f"condition not reached; events: {self.events!r}")
             await asyncio.sleep(0.01)
 
     def faults(self, kind: FaultKind) -> list[FaultRaised]:
