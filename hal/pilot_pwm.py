@@ -1,0 +1,300 @@
+"""Control pilot generated directly by the Pi: kernel hardware PWM (sysfs) + MCP3008 behind a peak-hold.
+
+Generator: GPIO18 (PWM0, ``dtoverlay=pwm``) drives a ±12 V op-amp/comparator stage, non-inverting
+in the reference circuit (hardware-docs/wiring.svg): GPIO high -> +12 V, low -> -12 V. Hence
+duty 100 % = constant +12 V (X1, no current offered) and duty 0 % = constant -12 V = state F. A
+stopped or crashed process (PWM disabled, pin low) therefore also gives state F. A board with an
+inverting driver sets ``invert = true``.
+
+Sensing: Python cannot sample inside a 100 µs pulse, so the board holds the high-phase peak
+(BAT54 + 100 nF + 100 kΩ) for MCP3008 channel ``channel``; an optional second channel holds the
+negative peak for the EV diode check. volts = adc_fraction * scale + offset (per board calibration).
+States are classified at the midpoints 10.5/7.5/4.5/1.5 V (and -6 V between E and F) with
+hysteresis and debounce, in a polling thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hal.driver_options import Options
+from hal.interfaces import (
+    CpState,
+    Emit,
+    FaultCleared,
+    FaultKind,
+    FaultRaised,
+    HalEvent,
+    HardwareConfigError,
+    PilotChanged,
+)
+
+log = logging.getLogger(__name__)
+
+# Lower edge of each state's band (high level of the pilot, volts).
+BANDS: list[tuple[CpState, float, float]] = [
+    (CpState.A, 10.5, math.inf),
+    (CpState.B, 7.5, 10.5),
+    (CpState.C, 4.5, 7.5),
+    (CpState.D, 1.5, 4.5),
+    (CpState.E, -6.0, 1.5),
+    (CpState.F, -math.inf, -6.0),
+]
+
+
+def duty_for_amps(amps: float | None) -> float | None:
+    """IEC 61851-1 Annex A duty cycle in percent for ``amps``; None = no PWM (constant +12 V).
+
+    Edge cases as EVerest implements them (HARDWARE-FACTS): below 5.9 A no current can be
+    signalled (None); 5.9-6 A -> 10 %; 51-52.5 A clamped to 51 A (85 %); above 80 A clamped to 96 %.
+    """
+    if amps is None or amps < 5.9:
+        return None
+    a = max(amps, 6.0)
+    if a <= 52.5:
+        return min(a, 51.0) / 0.6
+    return min(a / 2.5 + 64.0, 96.0)
+
+
+def amps_for_duty(duty: float) -> float:
+    """What an EV reads from ``duty`` percent (IEC 61851-1 Table A.7: the 85 % and 96 % edges are inclusive)."""
+    d = round(duty, 6)  # compare edges rounded: 51 / 0.6 is 85.00000000000001 in floating point
+    if d < 8.0:
+        return 0.0
+    if d <= 85.0:
+        return duty * 0.6
+    if d <= 96.0:
+        return (duty - 64.0) * 2.5
+    return 80.0 if d <= 97.0 else 0.0
+
+
+def classify(volts: float, current: CpState | None, hysteresis: float) -> CpState:
+    """State for ``volts``; stays in ``current`` while within its band widened by ``hysteresis``."""
+    if current is not None:
+        for state, lo, hi in BANDS:
+            if state == current and lo - hysteresis <= volts < hi + hysteresis:
+                return current
+    for state, lo, hi in BANDS:
+        if lo <= volts < hi:
+            return state
+    return CpState.F
+
+
+class SysfsPwm:
+    """``/sys/class/pwm/pwmchipN/pwmM``; the root is configurable so tests use a directory tree."""
+
+    def __init__(self, root: Path, chip: int, channel: int, period_ns: int = 1_000_000,
+                 invert: bool = False) -> None:
+        self.chip_dir = root / f"pwmchip{chip}"
+        self.dir = self.chip_dir / f"pwm{channel}"
+        self.channel = channel
+        self.period_ns = period_ns
+        self.invert = invert
+        self.duty_percent: float | None = None
+
+    def _write(self, name: str, value: int | str) -> None:
+        (self.dir / name).write_text(f"{value}\n")
+
+    def open(self, export_timeout_s: float = 2.0) -> None:
+        if not self.chip_dir.is_dir():
+            raise OSError(f"{self.chip_dir} missing: is dtoverlay=pwm set in /boot/firmware/config.txt?")
+        if not self.dir.is_dir():
+            (self.chip_dir / "export").write_text(f"{self.channel}\n")
+            deadline = time.monotonic() + export_timeout_s
+            while not (self.dir / "duty_cycle").exists():  # udev fixes permissions after export
+                if time.monotonic() > deadline:
+                    raise OSError(f"{self.dir} did not appear after export")
+                time.sleep(0.02)
+        # duty must never exceed the period: zero it before changing the period.
+        self._write("duty_cycle", 0)
+        self._write("period", self.period_ns)
+        self.set_percent(0.0)
+        self._write("enable", 1)
+
+    def set_percent(self, percent: float) -> None:
+        fraction = min(max(percent, 0.0), 100.0) / 100.0
+        if self.invert:
+            fraction = 1.0 - fraction
+        self._write("duty_cycle", int(round(self.period_ns * fraction)))
+        self.duty_percent = percent
+
+    def close(self) -> None:
+        self.set_percent(0.0)  # state F; the channel stays enabled at a constant level
+
+
+class PwmPilot:
+    """Pilot generator + sensor of one connector on the Pi itself."""
+
+    def __init__(self, connector_id: int, pwm: SysfsPwm, *, channel: int = 0, negative_channel: int | None = None,
+                 spi_port: int = 0, spi_device: int = 0, scale: float = 24.0, offset: float = -12.0,
+                 neg_scale: float = 24.0, neg_offset: float = -12.0, hysteresis_v: float = 0.4,
+                 debounce_ms: float = 40.0, poll_hz: float = 50.0, diode_threshold_v: float = -10.5,
+                 pin_factory: Any = None) -> None:
+        self.connector_id = connector_id
+        self.pwm = pwm
+        self.channel = channel
+        self.negative_channel = negative_channel
+        self.spi_port, self.spi_device = spi_port, spi_device
+        self.scale, self.offset = scale, offset
+        self.neg_scale, self.neg_offset = neg_scale, neg_offset
+        self.hysteresis_v = hysteresis_v
+        self.poll_hz = poll_hz
+        self.debounce_samples = max(1, math.ceil(debounce_ms / 1000.0 * poll_hz))
+        self.diode_threshold_v = diode_threshold_v
+        self._pf = pin_factory
+        self._state = CpState.F
+        self._offered: float | None = None
+        self._emit: Emit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._adc: Any = None
+        self._adc_neg: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._diode_fault = False
+        self.last_volts: float | None = None
+        self.last_negative_volts: float | None = None
+        self.samples = 0
+
+    @property
+    def state(self) -> CpState:
+        return self._state
+
+    @property
+    def offered_amps(self) -> float | None:
+        return self._offered
+
+    def _hand_over(self, event: HalEvent) -> None:
+        if self._loop is not None and self._emit is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._emit, event)
+
+    async def start(self, emit: Emit) -> None:
+        from gpiozero import MCP3008
+
+        self._emit = emit
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.pwm.open)  # state F (duty 0) before anything else
+        self._adc = MCP3008(channel=self.channel, port=self.spi_port, device=self.spi_device,
+                            pin_factory=self._pf)
+        if self.negative_channel is not None:
+            self._adc_neg = MCP3008(channel=self.negative_channel, port=self.spi_port, device=self.spi_device,
+                                    pin_factory=self._pf)
+        self._state = classify(self.read_volts(), None, 0.0)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name=f"pilot-{self.connector_id}", daemon=True)
+        self._thread.start()
+
+    def read_volts(self) -> float:
+        volts = float(self._adc.value) * self.scale + self.offset
+        self.last_volts = volts
+        return volts
+
+    def _poll(self) -> None:
+        period = 1.0 / self.poll_hz
+        candidate: CpState | None = None
+        count = 0
+        diode_bad = 0
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                volts = self.read_volts()
+                neg = None
+                if self._adc_neg is not None:
+                    neg = float(self._adc_neg.value) * self.neg_scale + self.neg_offset
+                    self.last_negative_volts = neg
+            except Exception as exc:  # SPI error: keep the last state, report once in the log
+                log.error("pilot %s: ADC read failed: %s", self.connector_id, exc)
+                self._stop.wait(1.0)
+                continue
+            self.samples += 1
+            new = classify(volts, self._state, self.hysteresis_v)
+            if new == self._state:
+                candidate, count = None, 0
+            elif new == candidate:
+                count += 1
+            else:
+                candidate, count = new, 1
+            if candidate is not None and count >= self.debounce_samples:
+                self._state = candidate
+                candidate, count = None, 0
+                self._hand_over(PilotChanged(self.connector_id, self._state))
+            if neg is not None:
+                pwm_on = self.pwm.duty_percent is not None and 0.0 < self.pwm.duty_percent < 100.0
+                bad = pwm_on and self._state.vehicle_connected and neg > self.diode_threshold_v
+                diode_bad = diode_bad + 1 if bad else 0
+                if diode_bad >= self.debounce_samples and not self._diode_fault:
+                    self._diode_fault = True
+                    self._hand_over(FaultRaised(self.connector_id, FaultKind.DIODE,
+                                                f"pilot low phase {neg:.1f} V, expected -12 V: EV diode missing"))
+                elif self._diode_fault and not bad and (self._state == CpState.A or pwm_on):
+                    self._diode_fault = False
+                    self._hand_over(FaultCleared(self.connector_id, FaultKind.DIODE))
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -period:  # fell behind (system busy): do not try to catch up in a burst
+                next_t = time.monotonic()
+                delay = 0
+            self._stop.wait(max(delay, 0.0))
+
+    async def offer(self, amps: float | None) -> None:
+        duty = duty_for_amps(amps)
+        await asyncio.to_thread(self.pwm.set_percent, 100.0 if duty is None else duty)
+        self._offered = None if duty is None else amps_for_duty(duty)
+
+    async def set_unavailable(self) -> None:
+        await asyncio.to_thread(self.pwm.set_percent, 0.0)
+        self._offered = None
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2)
+        self._thread = None
+        await asyncio.to_thread(self.pwm.close)
+        self._offered = None
+        for adc in (self._adc, self._adc_neg):
+            if adc is not None:
+                adc.close()
+        self._adc = self._adc_neg = None
+
+
+def build_pilot(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any) -> PwmPilot:
+    o = Options(options, key)
+    root = Path(o.str("sysfs_root", "/sys/class/pwm"))
+    chip = o.int("pwm_chip", 0, lo=0, hi=15)
+    pwm_channel = o.int("pwm_channel", 0, lo=0, hi=3)
+    pwm = SysfsPwm(root, chip, pwm_channel, o.int("period_ns", 1_000_000, lo=990_000, hi=1_010_000),
+                   o.bool("invert", False))
+    channel = o.int("channel", 0, lo=0, hi=7)
+    neg = o.raw("negative_channel", "none")
+    if neg != "none" and (isinstance(neg, bool) or not isinstance(neg, int) or not 0 <= neg <= 7):
+        raise HardwareConfigError(key + ".negative_channel", neg, 'an MCP3008 channel 0-7 or "none"')
+    if neg == channel:
+        raise HardwareConfigError(key + ".negative_channel", neg, f"a channel other than channel ({channel})")
+    dev = PwmPilot(
+        connector_id, pwm,
+        channel=channel, negative_channel=None if neg == "none" else neg,
+        spi_port=o.int("spi_port", 0, lo=0, hi=1), spi_device=o.int("spi_device", 0, lo=0, hi=1),
+        scale=o.float("scale", 24.0, lo=1.0, hi=100.0), offset=o.float("offset", -12.0, lo=-50.0, hi=50.0),
+        neg_scale=o.float("negative_scale", 24.0, lo=1.0, hi=100.0),
+        neg_offset=o.float("negative_offset", -12.0, lo=-50.0, hi=50.0),
+        hysteresis_v=o.float("hysteresis_v", 0.4, lo=0.0, hi=1.0),
+        debounce_ms=o.float("debounce_ms", 40.0, lo=0.0, hi=500.0),
+        poll_hz=o.float("poll_hz", 50.0, lo=5.0, hi=500.0),
+        diode_threshold_v=o.float("diode_threshold_v", -10.5, lo=-12.0, hi=-6.0),
+        pin_factory=ctx.shared.get("gpio_pin_factory") if ctx is not None else None,
+    )
+    o.finish()
+    claimed: dict[str, str] = ctx.get_or_create("pilot_pwm.channels", dict)
+    for what, ident in (("pwm_channel", f"pwm:{root}:{chip}:{pwm_channel}"),
+                        ("channel", f"adc:{dev.spi_port}.{dev.spi_device}:{channel}")):
+        if ident in claimed:
+            raise HardwareConfigError(f"{key}.{what}", o.raw(what), f"one not used by {claimed[ident]}")
+        claimed[ident] = key
+    return dev
