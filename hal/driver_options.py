@@ -122,3 +122,22 @@ def claim_pins(ctx: Any, key: str, pins: Mapping[str, int | None]) -> None:
             )
         local[pin] = f"{key}.{name}"
     claims.update(local)
+
+
+TAG_FORMATS = ("hex", "hex_lower", "hex_reversed", "decimal")
+
+
+def format_tag(uid: bytes, fmt: str) -> str:
+    """How a card UID becomes an OCPP idTag (max. 20 characters, OCPP 1.6 IdToken = CiString20Type).
+
+    ``hex``: uppercase hex as most CSMS and printed card lists use; ``hex_reversed``: byte order reversed
+    (what some readers/libraries report for MIFARE UIDs); ``decimal``: the big-endian number (the
+    10-digit number printed on EM4100 125 kHz cards).
+    """
+    if fmt == "hex_lower":
+        return uid.hex()
+    if fmt == "hex_reversed":
+        return uid[::-1].hex().upper()
+    if fmt == "decimal":
+        return str(int.from_bytes(uid, "big"))
+    return uid.hex().upper()
