@@ -1,0 +1,358 @@
+"""``chargepoint check-hardware``: walk an installer through the wallbox one device at a time.
+
+Each step prints ``PASS``, ``FAIL`` or ``SKIP`` and, when it fails, what to check (wiring, port,
+address, baud rate). Mains is switched (contactor) only after an explicit "yes" -- or ``--yes``.
+Steps that need a person (tap a card, set an EV test adapter) wait for the event with a timeout;
+with ``--yes`` and nobody there they end as SKIP, not FAIL.
+
+``ask`` is a blocking callable (``input``); it runs in a worker thread so the drivers' own tasks
+(pilot sensing, RAPI heartbeat) keep running while the installer reads the question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hal.interfaces import (
+    ConnectorHardware,
+    CpState,
+    Device,
+    FaultKind,
+    FaultRaised,
+    HalEvent,
+    IndicatorPattern,
+    MeterError,
+    StationHardware,
+    TagPresented,
+)
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+@dataclass
+class Timeouts:
+    tag_s: float = 20.0
+    adapter_s: float = 30.0
+    settle_s: float = 1.0
+
+
+@dataclass
+class Session:
+    station: StationHardware
+    ask: Callable[[str], str]
+    say: Callable[[str], None]
+    assume_yes: bool
+    timeouts: Timeouts
+    events: list[HalEvent] = field(default_factory=list)
+    results: list[tuple[str, str]] = field(default_factory=list)
+
+    def report(self, status: str, title: str, detail: str = "", hints: tuple[str, ...] = ()) -> str:
+        self.results.append((status, title))
+        self.say(f"[{status}] {title}" + (f": {detail}" if detail else ""))
+        if status == FAIL:
+            for h in hints:
+                self.say(f"       check: {h}")
+        return status
+
+    async def question(self, text: str, default_yes: bool = False) -> bool:
+        if self.assume_yes:
+            self.say(f"{text} -> yes (--yes)")
+            return True
+        suffix = " [Y/n]" if default_yes else " [y/N]"
+        answer = (await asyncio.to_thread(self.ask, text + suffix)).strip().lower()
+        if not answer:
+            return default_yes
+        return answer in ("y", "yes", "j", "ja")
+
+    async def prompt(self, text: str) -> bool:
+        """Ask the installer to do something; False when they type 's' to skip."""
+        if self.assume_yes:
+            self.say(f"{text} (not asking: --yes; waiting for it to happen)")
+            return True
+        answer = await asyncio.to_thread(self.ask, text + " [Enter = done, s = skip]")
+        return answer.strip().lower() not in ("s", "skip")
+
+    def faults_since(self, mark: int, kinds: tuple[FaultKind, ...] | None = None) -> list[FaultRaised]:
+        return [e for e in self.events[mark:] if isinstance(e, FaultRaised) and (kinds is None or e.kind in kinds)]
+
+
+async def _wait(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _name(dev: Any) -> str:
+    return type(dev).__name__
+
+
+def _mask(tag: str) -> str:
+    if len(tag) <= 6:
+        return tag[:2] + "…"
+    return f"{tag[:4]}…{tag[-2:]} ({len(tag)} characters)"
+
+
+def _fmt(values: tuple[float | None, ...], unit: str, phases: int) -> str:
+    return " / ".join("–" if v is None else f"{v:.1f} {unit}" for v in values[:phases])
+
+
+# ---------------------------------------------------------------- steps
+
+
+async def check_meter(s: Session, conn: ConnectorHardware) -> str:
+    title = f"connector {conn.connector_id} meter"
+    meter = conn.meter
+    where = ""
+    bus = getattr(meter, "bus", None)
+    if bus is not None and hasattr(bus, "describe"):
+        where = f" ({getattr(meter, 'model', None) and meter.model.name}, address {meter.device_id}, {bus.describe()})"
+    try:
+        r = await meter.read()
+    except MeterError as exc:
+        return s.report(FAIL, title + where, str(exc), (
+            "RS-485 wiring: A to A, B to B (swap A/B if nothing answers), GND/shield, 120 Ω termination",
+            "the port in the configuration (ls -l /dev/ttyUSB* /dev/chargepoint-meter /dev/serial0)",
+            "the meter's Modbus address (device_id), baud rate and parity in its menu",
+            "model: the register map must match the meter (hal/meters/*.toml)",
+        ))
+    except Exception as exc:  # a driver bug must not end the walk-through
+        return s.report(FAIL, title + where, f"{type(exc).__name__}: {exc}", ("the meter configuration",))
+    phases = getattr(meter, "phases", 3)
+    s.say(f"       voltage {_fmt(r.voltage_v, 'V', phases)}, current {_fmt(r.current_a, 'A', phases)}, "
+          f"power {'–' if r.power_w is None else f'{r.power_w:.0f} W'}, "
+          f"energy {r.energy_wh / 1000:.3f} kWh"
+          + ("" if r.frequency_hz is None else f", {r.frequency_hz:.2f} Hz"))
+    volts = [v for v in r.voltage_v[:phases] if v is not None]
+    if volts and not all(207.0 <= v <= 253.0 for v in volts):
+        s.say("       note: voltage outside 230 V ± 10 % -- expected 0 V only if the meter sits after the "
+              "contactor; otherwise check the voltage taps and phases")
+    return s.report(PASS, title + where, "meter answers")
+
+
+async def check_pilot(s: Session, conn: ConnectorHardware) -> None:
+    pilot = conn.pilot
+    cid = conn.connector_id
+    hints_sense = (
+        "CP wiring from the socket to the pilot circuit (1 kΩ series resistor, PE as reference)",
+        "pilot driver: scale/offset calibration and the MCP3008 channel (driver pwm), or the serial port "
+        "and baud rate 115200 (driver rapi)",
+        "the ±12 V supply of the pilot op-amp",
+    )
+
+    def volts() -> str:
+        v = getattr(pilot, "last_volts", None)
+        return "" if v is None else f" (measured {v:+.1f} V)"
+
+    await pilot.offer(None)
+    ok = await _wait(lambda: pilot.state == CpState.A, s.timeouts.settle_s)
+    s.report(PASS if ok else FAIL, f"connector {cid} pilot, nothing plugged in",
+             f"state {pilot.state.value}{volts()}, expected A (+12 V)", (*hints_sense,
+             "nothing may be plugged into the socket during this step"))
+    await pilot.set_unavailable()
+    ok = await _wait(lambda: pilot.state == CpState.F, s.timeouts.settle_s)
+    s.report(PASS if ok else FAIL, f"connector {cid} pilot, unavailable", f"state {pilot.state.value}{volts()}, "
+             "expected F (-12 V)", ("the -12 V rail and the op-amp output stage", *hints_sense[1:2]))
+    await pilot.offer(None)
+    if not await s.prompt(f"Connector {cid}: plug in an EV test adapter set to state B (vehicle connected)."):
+        s.report(SKIP, f"connector {cid} pilot with test adapter", "skipped by the installer")
+        return
+    adapter_hints = (*hints_sense, "the test adapter's state switch and its CP/PE contacts")
+    ok = await _wait(lambda: pilot.state == CpState.B, s.timeouts.adapter_s)
+    if not ok:
+        status = SKIP if s.assume_yes else FAIL
+        s.report(status, f"connector {cid} pilot, test adapter in B", f"state {pilot.state.value}{volts()} "
+                 f"after {s.timeouts.adapter_s:.0f} s, expected B (+9 V)", adapter_hints)
+        return
+    s.report(PASS, f"connector {cid} pilot, test adapter in B", f"state B{volts()}")
+    await pilot.offer(16.0)
+    s.say(f"       offering 16 A on the pilot (duty {16 / 0.6:.1f} %)")
+    if not await s.prompt(f"Connector {cid}: set the test adapter to state C (vehicle asks for power)."):
+        s.report(SKIP, f"connector {cid} pilot, test adapter in C", "skipped by the installer")
+    else:
+        ok = await _wait(lambda: pilot.state == CpState.C, s.timeouts.adapter_s)
+        status = PASS if ok else (SKIP if s.assume_yes else FAIL)
+        s.report(status, f"connector {cid} pilot, test adapter in C", f"state {pilot.state.value}{volts()}, "
+                 "expected C (+6 V)", adapter_hints)
+    await pilot.offer(None)
+    await s.prompt(f"Connector {cid}: set the test adapter back to A and unplug it.")
+    await _wait(lambda: pilot.state == CpState.A, s.timeouts.adapter_s if not s.assume_yes else s.timeouts.settle_s)
+
+
+async def check_contactor(s: Session, conn: ConnectorHardware) -> str:
+    c = conn.contactor
+    cid = conn.connector_id
+    title = f"connector {cid} contactor"
+    if hasattr(c, "board") and not hasattr(c, "mirror_closed"):
+        return s.report(SKIP, title, "the pilot board switches its relay itself when an EV asks for power; "
+                        "verify it with the test adapter in state C and a voltage tester")
+    mirror = getattr(c, "mirror_closed", None)
+    hints = ("relay driver input on the relay_pin (GPIO17) and its 12 V supply; the coil relay for a 230 V coil",
+             "mirror contact wiring (GPIO27 to the auxiliary contact, other side to GND) and mirror_contact "
+             "= \"nc\" or \"no\" as fitted")
+    if mirror is not None:
+        s.say(f"       mirror contact reads {'CLOSED' if mirror else 'open'} with the relay off")
+        if mirror:
+            return s.report(FAIL, title, "mirror contact reads closed while the contactor is off: welded "
+                            "contactor or wrong mirror_contact setting", hints)
+    if not await s.question(f"Connector {cid}: switch the contactor ON for about one second? The socket "
+                            "becomes live if mains is on -- nobody may touch it"):
+        return s.report(SKIP, title, "not switched (no confirmation)")
+    mark = len(s.events)
+    await c.close()
+    await asyncio.sleep(0.3)
+    closed_reading = getattr(c, "mirror_closed", None)
+    await asyncio.sleep(0.7)
+    await c.open()
+    wait_checks = getattr(c, "wait_checks", None)
+    if wait_checks is not None:
+        await wait_checks()
+    else:
+        await asyncio.sleep(s.timeouts.settle_s)
+    open_reading = getattr(c, "mirror_closed", None)
+    welds = s.faults_since(mark, (FaultKind.WELD,))
+    if closed_reading is None:
+        if s.assume_yes:
+            return s.report(SKIP, title, "switched on and off; no mirror contact to verify it")
+        heard = await s.question("Did the contactor click on and then off?")
+        return s.report(PASS if heard else FAIL, title, "no mirror contact; installer " +
+                        ("heard" if heard else "did not hear") + " it", hints[:1])
+    s.say(f"       mirror contact: {'closed' if closed_reading else 'OPEN'} while on, "
+          f"{'CLOSED' if open_reading else 'open'} after switching off")
+    if welds or open_reading:
+        return s.report(FAIL, title, "contactor did not open (welded?) -- keep the wallbox out of service: "
+                        + "; ".join(f.info for f in welds), hints)
+    if not closed_reading:
+        return s.report(FAIL, title, "mirror contact did not follow: contactor did not close", hints)
+    return s.report(PASS, title, "closed and opened, mirror contact followed")
+
+
+async def check_rcm(s: Session, conn: ConnectorHardware) -> str:
+    title = f"connector {conn.connector_id} residual current monitor"
+    if conn.rcm is None:
+        return s.report(SKIP, title, "none configured")
+    if not await s.question(f"Connector {conn.connector_id}: run the RCM self-test now?", default_yes=True):
+        return s.report(SKIP, title, "skipped by the installer")
+    ok = await conn.rcm.self_test()
+    return s.report(PASS if ok else FAIL, title, "self-test " + ("passed" if ok else "failed"), (
+        "fault output to fault_pin (GPIO5) through its optocoupler; fault_active_high as the module drives it",
+        "test input from test_pin (GPIO6); the module's supply",
+        "a latched RCM fault needs the module's own reset first",
+    ))
+
+
+async def check_lock(s: Session, conn: ConnectorHardware) -> str:
+    title = f"connector {conn.connector_id} socket lock"
+    lock = conn.lock
+    if lock is None:
+        return s.report(SKIP, title, "none configured")
+    if not await s.question(f"Connector {conn.connector_id}: lock and unlock the socket now? Nothing may be "
+                            "plugged in", default_yes=True):
+        return s.report(SKIP, title, "skipped by the installer")
+    hints = ("motor wiring to the H-bridge (lock_pin GPIO22, unlock_pin GPIO23) and its 12 V supply",
+             "feedback switch on feedback_pin (GPIO24) and feedback_active_low",
+             "pulse_s for this actuator (0.3-1 s)")
+    locked = await lock.lock()
+    unlocked = await lock.unlock() if locked else False
+    if locked and unlocked and not lock.is_locked:
+        return s.report(PASS, title, "locked and unlocked, feedback followed")
+    if locked and not unlocked:
+        return s.report(FAIL, title, "locked but did NOT unlock -- a cable would be stuck", hints)
+    return s.report(FAIL, title, "did not lock", hints)
+
+
+async def check_indicator(s: Session, ind: Any, where: str) -> str:
+    title = f"{where} indicator"
+    for pattern, what in ((IndicatorPattern.IDLE, "green"), (IndicatorPattern.FAULT, "red"),
+                          (IndicatorPattern.CHARGING, "blue")):
+        ind.show(pattern)
+        s.say(f"       {what} on")
+        await asyncio.sleep(s.timeouts.settle_s)
+    ind.show(IndicatorPattern.OFF)
+    if s.assume_yes:
+        return s.report(SKIP, title, "shown green, red, blue; nobody asked to confirm")
+    seen = await s.question("Did you see green, then red, then blue?")
+    return s.report(PASS if seen else FAIL, title, "installer " + ("saw" if seen else "did not see") + " it",
+                    ("LED pins (green GPIO16, red GPIO20, blue GPIO12) and their transistors",))
+
+
+async def check_reader(s: Session, reader: Device, index: int) -> str:
+    title = f"RFID reader {index} ({_name(reader)})"
+    gone = [f for f in s.events if isinstance(f, FaultRaised) and f.kind == FaultKind.READER]
+    hints = ("PC/SC: `pcsc_scan` lists the reader; blacklist the pn533/nfc kernel modules for an ACR122U",
+             "RDM6300: port (e.g. /dev/serial0), 9600 baud, module TX to the Pi's RX (GPIO15), 5 V supply",
+             "hold the card flat on the reader for a second")
+    mark = len(s.events)
+    if not await s.prompt(f"Tap a card on RFID reader {index} (waiting {s.timeouts.tag_s:.0f} s)."):
+        return s.report(SKIP, title, "skipped by the installer")
+    ok = await _wait(lambda: any(isinstance(e, TagPresented) for e in s.events[mark:]), s.timeouts.tag_s)
+    if not ok:
+        why = f"no tag within {s.timeouts.tag_s:.0f} s" + (f"; reader fault: {gone[-1].info}" if gone else "")
+        return s.report(SKIP if s.assume_yes and not gone else FAIL, title, why, hints)
+    tag = next(e for e in s.events[mark:] if isinstance(e, TagPresented)).id_tag
+    return s.report(PASS, title, f"tag {_mask(tag)}")
+
+
+# ---------------------------------------------------------------- walk-through
+
+
+async def check_hardware(station: StationHardware, *, ask: Callable[[str], str], say: Callable[[str], None],
+                         assume_yes: bool, timeouts: Timeouts | None = None) -> bool:
+    """Walk through every device; True when nothing failed (SKIPs are allowed)."""
+    s = Session(station, ask, say, assume_yes, timeouts or Timeouts())
+    say("Hardware check. Outputs start off; mains is switched only after you confirm.")
+    started: list[Device] = []
+    try:
+        for dev in station.devices():
+            if dev in started:
+                continue
+            try:
+                await dev.start(s.events.append)
+                started.append(dev)
+            except Exception as exc:
+                s.report(FAIL, f"start {_name(dev)}", f"{type(exc).__name__}: {exc}",
+                         ("the device's port/pins in the configuration and that the service is stopped "
+                          "(sudo systemctl stop chargepoint)",))
+        await asyncio.sleep(0.3)
+        for f in s.faults_since(0):
+            s.say(f"       fault reported at start: connector {f.connector_id} {f.kind.value}: {f.info}")
+        for conn in station.connectors:
+            say(f"--- connector {conn.connector_id}")
+            if conn.meter in started:
+                await check_meter(s, conn)
+            if conn.pilot in started:
+                await check_pilot(s, conn)
+            if conn.contactor in started:
+                await check_contactor(s, conn)
+            if conn.rcm is None or conn.rcm in started:
+                await check_rcm(s, conn)
+            if conn.lock is None or conn.lock in started:
+                await check_lock(s, conn)
+            if conn.indicator is not None and conn.indicator in started:
+                await check_indicator(s, conn.indicator, f"connector {conn.connector_id}")
+        if station.indicator is not None and station.indicator in started:
+            await check_indicator(s, station.indicator, "station")
+        for i, reader in enumerate(station.readers):
+            if reader in started:
+                await check_reader(s, reader, i)
+    finally:
+        for conn in station.connectors:  # safe state before stopping: contactor open, pilot F
+            with contextlib.suppress(Exception):
+                if conn.contactor in started:
+                    await conn.contactor.open()
+            with contextlib.suppress(Exception):
+                if conn.pilot in started:
+                    await conn.pilot.set_unavailable()
+        for dev in reversed(started):
+            with contextlib.suppress(Exception):
+                await dev.stop()
+    counts = {k: sum(1 for st, _ in s.results if st == k) for k in (PASS, FAIL, SKIP)}
+    say(f"Result: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped.")
+    return counts[FAIL] == 0
