@@ -112,7 +112,8 @@ class ConnectorRuntime:
     stop_tag: str | None = None
     indication: IndicatorPattern | None = None
     last_tx_seq: int = 0  # seq of the newest queued Start/StopTransaction of this connector
-    tx_work_pending: int = 0  # Begin/EndTransaction decided but not yet queued
+    tx_issued: int = 0  # Begin/EndTransaction actions decided so far
+    tx_done: int = 0  # … and carried out (queued in the outbox)
 
 
 class ControllerCore:
@@ -144,7 +145,7 @@ class ControllerCore:
         self.registration = "Unknown"
         self.clock_offset = timedelta(0)
         self._queue: asyncio.Queue[tuple[int, cm.Event]] = asyncio.Queue()
-        self._status_queue: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
+        self._status_queue: asyncio.Queue[tuple[int, str, str, int]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[Any]] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -415,14 +416,14 @@ class ControllerCore:
             self._show_indicator(rt)
             self.on_status_changed(rt, action.status, action.error_code)
             if self.boot_accepted:
-                self._status_queue.put_nowait((cid, action.status, action.error_code))
+                self._status_queue.put_nowait((cid, action.status, action.error_code, rt.tx_issued))
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
                 self._recompute_all_limits()
         elif isinstance(action, cm.BeginTransaction):
-            rt.tx_work_pending += 1
+            rt.tx_issued += 1
             self._chain(rt, self._begin_transaction(rt, action.id_tag))
         elif isinstance(action, cm.EndTransaction):
-            rt.tx_work_pending += 1
+            rt.tx_issued += 1
             self._chain(rt, self._end_transaction(rt, action.reason))
         elif isinstance(action, cm.SessionTimedOut):
             log.info(
@@ -471,7 +472,7 @@ class ControllerCore:
             except Exception:
                 log.exception("connector %d: transaction bookkeeping failed", rt.id)
             finally:
-                rt.tx_work_pending -= 1
+                rt.tx_done += 1
 
         rt.tx_chain = asyncio.create_task(run(), name=f"tx-{rt.id}")
 
@@ -969,17 +970,17 @@ class ControllerCore:
         before it for the same connector was delivered, so the central system never sees "Charging" before
         the transaction it belongs to."""
         while True:
-            cid, status, code = await self._status_queue.get()
+            cid, status, code, barrier = await self._status_queue.get()
             rt = self.connectors.get(cid)
-            if rt is not None and self.outbox is not None:
+            if rt is not None and self.outbox is not None and barrier > 0:
                 for _ in range(200):
                     if not self.boot_accepted:
                         break
-                    if rt.tx_work_pending <= 0:
+                    if rt.tx_done >= barrier:
                         head = self.outbox.head()
                         if head is None or head.seq > rt.last_tx_seq:
                             break
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.02)
             if self.boot_accepted:
                 await self._send_status(cid, status, code)
 
@@ -1000,9 +1001,9 @@ class ControllerCore:
 
     async def _send_all_statuses(self) -> None:
         status, code = self.station_status()
-        self._status_queue.put_nowait((0, status, code))
+        self._status_queue.put_nowait((0, status, code, 0))
         for rt in self.connectors.values():
-            self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code))
+            self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code, rt.tx_issued))
 
     def _on_key_changed(self, name: str, value: Any) -> None:
         if name == "HeartbeatInterval" and self._heartbeat_task is not None:
@@ -1158,7 +1159,7 @@ class ControllerCore:
                 await self.apply_now(rt.id, cm.Availability(operative))
         if connector_id == 0 and self.boot_accepted:
             status, code = self.station_status()
-            self._status_queue.put_nowait((0, status, code))
+            self._status_queue.put_nowait((0, status, code, 0))
         return "Scheduled" if scheduled else "Accepted"
 
     def _apply_pending_availability(self, rt: ConnectorRuntime) -> None:
@@ -1186,7 +1187,7 @@ class ControllerCore:
             await asyncio.sleep(0.1)
         for rt in self.connectors.values():
             self.post(rt.id, cm.ResetFaults())
-        self._emit_timeline("reset", kind=kind)
+        self._emit_timeline("reset", reset_type=kind)
         log.warning("%s reset requested by the central system: restarting", kind)
         await self.stop()
         if self._restart is not None:

@@ -146,18 +146,12 @@ class CentralSystem:
         self.transaction_ids = itertools.count(1001)
         self._on_record = on_record
         self._server: Any = None
-        self._changed = asyncio.Condition()
         self.last_request_headers: Any = None
 
     def _record(self, record: Record) -> None:
         self.records.append(record)
         if self._on_record:
             self._on_record(record)
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     @property
     def url(self) -> str:
@@ -224,18 +218,16 @@ class CentralSystem:
         return [r.payload for r in self.records if r.direction == "in" and r.action == action]
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-        async def waiter() -> Any:
-            async with self._changed:
-                while True:
-                    value = predicate()
-                    if value:
-                        return value
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), 0.1)
-                    except TimeoutError:
-                        pass
-
-        return await asyncio.wait_for(waiter(), timeout)
+        """Poll ``predicate`` until it returns something truthy (or raise TimeoutError)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if loop.time() > deadline:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            await asyncio.sleep(0.01)
 
     async def wait_for_message(
         self,
@@ -244,11 +236,11 @@ class CentralSystem:
         timeout: float = 10.0,
         where: Callable[[dict[str, Any]], bool] = lambda p: True,
     ) -> dict[str, Any]:
-        def found() -> Any:
-            matching = [p for p in self.received(action) if where(p)]
-            return matching[count - 1] if len(matching) >= count else None
+        def matching() -> list[dict[str, Any]]:
+            return [p for p in self.received(action) if where(p)]
 
-        return await self.wait_for(found, timeout)
+        await self.wait_for(lambda: len(matching()) >= count, timeout)
+        return matching()[count - 1]
 
     async def wait_connected(self, cp_id: str, timeout: float = 10.0) -> _Session:
         return await self.wait_for(lambda: self.sessions.get(cp_id), timeout)
