@@ -201,7 +201,7 @@ class ConnectorState:
     stopping_reason: str | None = field(default=None)
 
     def in_fault_hold(self, now: float) -> bool:
-        return self.last_fault_at is not None and now - self.last_fault_at < safety.FAULT_STATE_F_MIN_S
+        return self.last_fault_at is not None and now < self.last_fault_at + safety.FAULT_STATE_F_MIN_S
 
     @property
     def all_faults(self) -> frozenset[FaultKind]:
@@ -310,7 +310,7 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         s.session_tag is not None
         and not s.in_transaction
         and not s.pilot.vehicle_connected
-        and now - s.session_since >= s.connection_timeout_s
+        and now >= s.session_since + s.connection_timeout_s
     ):
         actions.append(SessionTimedOut(s.session_tag))
         s = replace(s, session_tag=None)
@@ -379,7 +379,7 @@ def _apply_outputs(s: ConnectorState, now: float) -> tuple[ConnectorState, list[
         elif not safety.soft_conditions(s):
             if s.withdrawn_at is None:
                 s = replace(s, withdrawn_at=now)
-            if now - s.withdrawn_at >= safety.FORCE_OPEN_AFTER_S:  # type: ignore[operator]
+            if now >= s.withdrawn_at + safety.FORCE_OPEN_AFTER_S:  # type: ignore[operator]
                 s = replace(s, contactor_closed=False, withdrawn_at=None)
                 out.append(OpenContactor("EV stayed in C 6 s after the offer was withdrawn"))
         else:

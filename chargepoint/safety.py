@@ -50,4 +50,4 @@ def contactor_allowed(state: ConnectorState, now: float) -> bool:
         return False
     if soft_conditions(state) and state.withdrawn_at is None:
         return True
-    return state.withdrawn_at is not None and now - state.withdrawn_at < FORCE_OPEN_AFTER_S
+    return state.withdrawn_at is not None and now < state.withdrawn_at + FORCE_OPEN_AFTER_S

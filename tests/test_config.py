@@ -1,0 +1,134 @@
+"""Configuration file: every error names the key, the value and what is allowed; check-config CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chargepoint.config import ConfigError, load_config, parse_config
+from chargepoint.keys import ConfigurationKeys
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "deploy" / "chargepoint.example.toml"
+
+GOOD = """
+[chargepoint]
+id = "CP-1"
+[csms]
+url = "wss://csms.example.com/ocpp"
+[[connectors]]
+id = 1
+pilot = { driver = "sim" }
+contactor = { driver = "sim" }
+meter = { driver = "sim" }
+"""
+
+
+def test_minimal_config() -> None:
+    import tomllib
+
+    cfg = parse_config(tomllib.loads(GOOD))
+    assert cfg.charge_point_id == "CP-1" and cfg.connectors[0].min_current_a == 6.0
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.connectors and cfg.csms.url.startswith(("ws://", "wss://"))
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "hint"),
+    [
+        (('url = "wss://csms.example.com/ocpp"', 'url = "http://x"'), "csms.url", "ws:// or wss://"),
+        (('id = "CP-1"', 'id = "CP 1/x"'), "chargepoint.id", "no '/'"),
+        (
+            ('pilot = { driver = "sim" }', 'pilot = { driver = "laser" }'),
+            "connectors[0].pilot.driver",
+            "one of",
+        ),
+        (('meter = { driver = "sim" }', ""), "connectors[0].meter", "required"),
+        (("id = 1\n", "id = 1\nmax_current_a = 100\n"), "connectors[0].max_current_a", "from 6"),
+        (
+            ("id = 1\n", "id = 1\nmin_current_a = 20\nmax_current_a = 16\n"),
+            "connectors[0].min_current_a",
+            "at most",
+        ),
+        (("[csms]", '[ocpp]\nHeartbeatInterval = "often"\n[csms]'), "ocpp.HeartbeatInterval", "whole number"),
+        (("[csms]", "[ocpp]\nNoSuchKey = 1\n[csms]"), "ocpp.NoSuchKey", "not an OCPP"),
+        (("[csms]", "[bogus]\n[csms]"), "bogus", "unknown section"),
+    ],
+)
+def test_errors_name_key_and_fix(change: tuple[str, str], key: str, hint: str) -> None:
+    import tomllib
+
+    text = GOOD.replace(*change, 1)
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text))
+    assert any(p.key == key for p in err.value.problems), str(err.value)
+    assert hint in str(err.value)
+
+
+def test_all_problems_reported_together() -> None:
+    import tomllib
+
+    text = GOOD.replace('"CP-1"', '""').replace("wss://csms.example.com/ocpp", "ftp://x")
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text))
+    assert {p.key for p in err.value.problems} >= {"chargepoint.id", "csms.url"}
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    out = subprocess.run(
+        [sys.executable, "-m", "chargepoint", "check-config", str(good)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0 and "OK" in out.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("wss://", "https://"))
+    out = subprocess.run(
+        [sys.executable, "-m", "chargepoint", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and "csms.url" in out.stderr and "Traceback" not in out.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[chargepoint\nid=")
+    out = subprocess.run(
+        [sys.executable, "-m", "chargepoint", "check-config", str(broken)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and "valid TOML" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "chargepoint", "check-config", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_keys_types_and_answers() -> None:
+    changed: list[tuple[str, str]] = []
+    keys = ConfigurationKeys(number_of_connectors=2, on_change=lambda k, v: changed.append((k, v)))
+    assert keys["NumberOfConnectors"] == 2
+    assert keys.change("LocalPreAuthorize", "TRUE") == "Accepted" and keys["LocalPreAuthorize"] is True
+    assert keys.change("LocalPreAuthorize", "yes") == "Rejected"
+    assert keys.change("MeterValueSampleInterval", "-1") == "Rejected"
+    assert keys.change("SupportedFeatureProfiles", "Core") == "Rejected"
+    assert keys.change("AuthorizationKey", "short") == "Rejected"
+    assert keys.change("AuthorizationKey", "0123456789abcdef0123") == "Accepted"
+    known, unknown = keys.get_configuration(["AuthorizationKey"])
+    assert known == [] and unknown == ["AuthorizationKey"]
+    assert changed == [("LocalPreAuthorize", "true"), ("AuthorizationKey", "0123456789abcdef0123")]
+    too_many = ",".join(["Voltage"] * 7)
+    assert keys.change("MeterValuesSampledData", too_many) == "Rejected"
