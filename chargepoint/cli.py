@@ -21,50 +21,70 @@ log = logging.getLogger("chargepoint")
 
 
 def _setup_logging(level: str) -> None:
-    try:
-        from chargepoint.logsetup import setup_logging
+    """Journal fields under systemd, text on stderr elsewhere; secrets redacted (chargepoint.logsetup)."""
+    from chargepoint.logsetup import setup_logging
 
+    try:
         setup_logging(level)
-    except Exception:  # logsetup is optional on a half-installed system
-        logging.basicConfig(
-            level=getattr(logging, level.upper(), logging.INFO),
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        )
+    except ValueError as exc:  # a bad level from the command line or the configuration
+        setup_logging("info")
+        log.warning("%s; using info", exc)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     if level != "debug":
         logging.getLogger("ocpp").setLevel(logging.WARNING)
 
 
+#: Exit status asking systemd to start the service again (the unit's RestartForceExitStatus=).
+EXIT_RESTART = 75
+
+
 def _restart_process(kind: str) -> None:
-    """Reset: replace this process with a fresh one (same PID; systemd keeps supervising it)."""
+    """Reset outside systemd: replace this process with a fresh one."""
     logging.shutdown()
     os.execv(sys.executable, [sys.executable, "-m", "chargepoint", *sys.argv[1:]])
 
 
-async def _run_controller(controller: Any, body: Any = None) -> int:
+def _release_root() -> Path:
+    return Path(os.environ.get("CHARGEPOINT_RELEASE_ROOT", "/opt/chargepoint"))
+
+
+def _restart_after_run(kind: str) -> int:
+    """The controller asked for a restart (Reset, firmware installed) and has stopped.
+
+    Under systemd the process ends with EXIT_RESTART and systemd starts the unit again: through the
+    release links (a new firmware runs; the previous release's ExecStartPre check-boot counts the start)
+    and with a fresh watchdog and start timeout. Outside systemd the process replaces itself; after a
+    firmware update with the ``current`` release's entry point when there is one.
+    """
+    from chargepoint.logsetup import under_systemd
+
+    if under_systemd():
+        log.warning("%s restart: exiting with status %d for systemd to start the service again",
+                    kind, EXIT_RESTART)
+        return EXIT_RESTART
+    logging.shutdown()
+    entry = _release_root() / "current" / "venv" / "bin" / "chargepoint"
+    if kind == "Firmware" and os.access(entry, os.X_OK):
+        os.execv(str(entry), [str(entry), *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-m", "chargepoint", *sys.argv[1:]])
+    return EXIT_RESTART  # not reached
+
+
+async def _run_controller(controller: Any, body: Any = None, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set). systemd readiness, watchdog, status line and status
+    socket come with the controller (chargepoint.features.service)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     if body is not None:
         return await body
-    await controller.start()
-    service = None
     try:
-        from chargepoint.service import attach_service
-
-        service = attach_service(controller)
-    except ImportError:
-        pass
-    try:
+        await controller.start()
         await stop.wait()
     finally:
         log.info("stopping: outputs go to their safe state")
-        if service is not None:
-            with contextlib.suppress(Exception):
-                await service.close()
         await controller.stop()
     return 0
 
@@ -81,8 +101,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     except HardwareConfigError as exc:
         print(f"{args.config}: hardware configuration: {exc}", file=sys.stderr)
         return 2
-    controller = Controller(config, hardware=hardware, build_context=ctx, restart=_restart_process)
-    return asyncio.run(_run_controller(controller))
+    restart: list[str] = []
+
+    async def main() -> int:
+        stop = asyncio.Event()
+
+        def request_restart(kind: str) -> None:
+            restart.append(kind)
+            stop.set()
+
+        controller = Controller(config, hardware=hardware, build_context=ctx, restart=request_restart)
+        return await _run_controller(controller, stop=stop)
+
+    code = asyncio.run(main())
+    if restart:
+        return _restart_after_run(restart[0])
+    return code
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -167,18 +201,14 @@ def cmd_check_hardware(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        from chargepoint.status_socket import fetch_status, format_status
+        from chargepoint.status_socket import StatusUnavailable, fetch_status, format_status
     except ImportError as exc:
         print(f"status is not available: {exc}", file=sys.stderr)
         return 2
     try:
         snapshot = asyncio.run(fetch_status(args.socket))
-    except (OSError, ConnectionError) as exc:
-        print(
-            f"cannot reach the controller at {args.socket}: {exc}. Is the service running "
-            f"(systemctl status chargepoint) and are you root or in the chargepoint group?",
-            file=sys.stderr,
-        )
+    except StatusUnavailable as exc:
+        print(f"chargepoint status: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(snapshot, indent=2) if args.json else format_status(snapshot))
     return 0
@@ -196,7 +226,17 @@ def cmd_firmware(args: argparse.Namespace) -> int:
         return fw.cli_update(args.source, root)
     if args.command == "rollback":
         return fw.cli_rollback(root)
-    return diag.cli_diagnostics(Path(args.out), Path(args.config), Path(args.state_dir))
+    from datetime import UTC, datetime, timedelta
+
+    from chargepoint import __version__
+
+    versions: dict[str, Any] = {"chargepoint": __version__}
+    if root.is_dir():
+        with contextlib.suppress(OSError):
+            versions["releases"] = fw.ReleaseManager(root).status()
+    since = datetime.now(UTC) - timedelta(hours=args.hours) if args.hours else None
+    config = Path(args.config) if args.config else None
+    return diag.cli_diagnostics(Path(args.out), config, Path(args.state_dir), since=since, versions=versions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_hardware)
 
     p = sub.add_parser("status", help="what the running controller is doing")
-    p.add_argument("--socket", default="/run/chargepoint/status.sock")
+    p.add_argument("--socket", default="/run/chargepoint/status.sock", help="the service's status socket")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -245,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_firmware)
     p = sub.add_parser("diagnostics", help="write a diagnostics archive")
     p.add_argument("out")
-    p.add_argument("--config", default="/etc/chargepoint/chargepoint.toml")
+    p.add_argument("--config", default="/etc/chargepoint/chargepoint.toml",
+                   help="configuration to include (secrets removed); '' for none")
     p.add_argument("--state-dir", default="/var/lib/chargepoint")
+    p.add_argument("--hours", type=float, default=24.0, help="journal window: the last N hours (default 24)")
     p.add_argument("--root", default=default_root)
     p.set_defaults(func=cmd_firmware)
     return parser
