@@ -364,7 +364,8 @@ def simulated_config(
                 "id": i + 1,
                 "pilot": {"driver": "sim", "ev_reaction_s": ev_reaction_s},
                 "contactor": dict(sim),
-                "meter": dict(sim),
+                # The simulated register survives a restart (kill tests), as a real meter's does.
+                "meter": {**sim, "persist_path": str(Path(state_dir) / f"sim-meter-{i + 1}.wh")},
                 "lock": dict(sim),
                 "rcm": dict(sim),
                 "indicator": dict(sim),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from hal.interfaces import Emit, HardwareConfigError, MeterError, MeterReading
@@ -23,13 +25,22 @@ class SimMeter:
         phases: int = 3,
         initial_wh: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        persist_path: str | Path | None = None,
     ) -> None:
+        """``persist_path``: keep the register in that file (read at start, rewritten on every reading),
+        so a simulated charger killed and restarted sees its meter continue like a real one would."""
         self.ev = ev
         self.voltage_v = voltage_v
         self.phases = phases
         self.failing = False
         self._clock = clock
+        self._persist = Path(persist_path) if persist_path else None
         self._energy_wh = initial_wh
+        if self._persist is not None and self._persist.exists():
+            try:
+                self._energy_wh = float(self._persist.read_text().strip() or initial_wh)
+            except (OSError, ValueError):
+                pass
         self._power_w = 0.0
         self._since = clock()
         ev.subscribe(self._on_change)
@@ -47,6 +58,13 @@ class SimMeter:
         now = self._clock()
         self._energy_wh += self._power_w * (now - self._since) / 3600.0
         self._since = now
+        if self._persist is not None:
+            tmp = self._persist.with_name(self._persist.name + ".tmp")
+            try:
+                tmp.write_text(repr(self._energy_wh))
+                os.replace(tmp, self._persist)
+            except OSError:
+                pass
 
     def _on_change(self) -> None:
         self._integrate()
@@ -87,6 +105,8 @@ def build_meter(options: Mapping[str, Any], key: str, connector_id: int, ctx: Bu
                 raise HardwareConfigError(f"{key}.{name}", options[name], f"a {kind.__name__}") from None
     if kwargs.get("phases", 3) not in (1, 3):
         raise HardwareConfigError(f"{key}.phases", kwargs["phases"], "1 or 3")
+    if options.get("persist_path"):
+        kwargs["persist_path"] = str(options["persist_path"])
     meter = SimMeter(_ev(ctx, connector_id, options, key), **kwargs)
     bench(ctx).meters[connector_id] = meter
     return meter
