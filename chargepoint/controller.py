@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import websockets
+
 from chargepoint import connector as cm
 from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
@@ -823,9 +825,14 @@ class ControllerCore:
 
     # ================================================================== outbox hooks
     async def _send_queued(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one outbox message. A link that is down or drops mid-call is a ConnectionError (the
+        outbox waits for the reconnect and does not count an attempt); CALLERROR/timeout pass through."""
         if not self.link or not self.boot_accepted:
             raise ConnectionError("not connected")
-        return await self.link.call(action, payload)
+        try:
+            return await self.link.call(action, payload)
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionError(f"link closed while sending {action}") from exc
 
     async def _on_queued_result(self, msg: QueuedMessage, response: dict[str, Any]) -> None:
         if msg.action == "StartTransaction":
