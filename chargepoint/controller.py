@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -746,18 +747,24 @@ class ControllerCore:
                 "connectorId": rt.id,
                 "meterValue": [{"timestamp": iso(ts), "sampledValue": values}],
             }
-            if tx.transaction_id is not None:
-                payload["transactionId"] = tx.transaction_id
-            try:
-                with self.store.batch("meter sample", durable=True):
-                    if tx.local_id > 0:
-                        self.store.update_meter(tx.local_id, tx.last_meter_wh, iso(ts))
-                    if values:
-                        self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
-            except StoreWriteError as exc:
-                log.error("connector %d: %s", rt.id, exc)
-                if values:
-                    self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
+            # No transactionId in the payload: the outbox puts it in at send time (offline start).
+            # The persisted register is meterStop if the power goes now (OCPP 1.6 §4.10 PowerLoss).
+            # A volatile (negative) local id has no row to update.
+            persist_register = (
+                functools.partial(self.store.update_meter, tx.local_id, tx.last_meter_wh, iso(ts))
+                if tx.local_id > 0
+                else None
+            )
+            if values:
+                # One commit: the message and the register, so neither survives a power cut alone.
+                self.outbox.enqueue(
+                    "MeterValues", payload, local_tx_id=tx.local_id, created_at=ts, with_store=persist_register
+                )
+            elif persist_register is not None:
+                try:
+                    persist_register()
+                except StoreWriteError as exc:
+                    log.error("connector %d: %s", rt.id, exc)
             self._emit_timeline(
                 "meter_values", connector=rt.id, energy_wh=reading.energy_wh, power_w=reading.power_w
             )
