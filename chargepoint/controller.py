@@ -272,6 +272,9 @@ class ControllerCore:
         if self._stopping:
             return
         self._stopping = True
+        if self.store is not None and any(rt.tx is not None for rt in self.connectors.values()):
+            # an orderly stop: the next start closes open transactions with reason Reboot, not PowerLoss
+            self._safe(self.store.set_pending_reset, None, "Shutdown")
         for rt in self.connectors.values():
             with contextlib.suppress(Exception):
                 await rt.hw.contactor.open()
@@ -564,7 +567,7 @@ class ControllerCore:
                 )
         except StoreWriteError as exc:
             log.error("connector %d: %s; the transaction runs without persistence", rt.id, exc)
-            local_id = -int(time.time() * 1000)
+            local_id = self.store.volatile_local_id()
             rt.last_tx_seq = self.outbox.enqueue(
                 "StartTransaction", payload, local_tx_id=local_id, created_at=start
             )
@@ -609,9 +612,8 @@ class ControllerCore:
         assert self.store is not None and self.outbox is not None and self.sender is not None
         stop = self.now()
         meter_stop = self._register_wh(rt)
+        # No transactionId here: the outbox puts it in at send time (it may not be known yet).
         payload: dict[str, Any] = {"meterStop": meter_stop, "timestamp": iso(stop), "reason": reason}
-        if tx.transaction_id is not None:
-            payload["transactionId"] = tx.transaction_id
         if rt.stop_tag:
             payload["idTag"] = rt.stop_tag
             rt.stop_tag = None
@@ -664,7 +666,8 @@ class ControllerCore:
     async def _recover_transactions(self) -> None:
         """Close transactions left open by a crash or power loss (OCPP 1.6 §4.10: reason PowerLoss/Reboot)."""
         assert self.store is not None and self.outbox is not None
-        pending_reset = self._safe(self.store.take_pending_reset, None)
+        # Read now, cleared only once every stop is queued: a crash in between still says Reboot.
+        pending_reset = self._safe(self.store.get_meta, None, "pending_reset")
         rows = self._safe(self.store.open_transactions, [])
         queued_starts = {m.local_tx_id for m in self.outbox.pending() if m.action == "StartTransaction"}
         for row in rows:
@@ -710,6 +713,8 @@ class ControllerCore:
                 reason,
                 meter_stop,
             )
+        if pending_reset is not None:
+            self._safe(self.store.set_pending_reset, None, None)
 
     async def _sample_loop(self, rt: ConnectorRuntime) -> None:
         """Periodic MeterValues of a transaction (MeterValueSampleInterval, context Sample.Periodic)."""
