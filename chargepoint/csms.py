@@ -134,9 +134,15 @@ class CentralSystem:
     """``async with CentralSystem() as cs:`` listens on 127.0.0.1 on a free port (``cs.url``)."""
 
     def __init__(
-        self, *, port: int = 0, password: str | None = None, on_record: Callable[[Record], None] | None = None
+        self,
+        *,
+        port: int = 0,
+        password: str | None = None,
+        on_record: Callable[[Record], None] | None = None,
+        ssl_context: Any = None,
     ) -> None:
         self.port = port
+        self.ssl_context = ssl_context
         self.password = password
         self.behaviour = CentralSystemBehaviour()
         self.records: list[Record] = []
@@ -155,7 +161,8 @@ class CentralSystem:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ocpp"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/ocpp"
 
     async def __aenter__(self) -> CentralSystem:
         await self.start()
@@ -175,6 +182,7 @@ class CentralSystem:
             subprotocols=["ocpp1.6"],  # type: ignore[list-item]
             select_subprotocol=select,
             process_request=self._check_auth,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

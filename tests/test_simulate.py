@@ -14,9 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 async def _start(cs: CentralSystem, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chargepoint", "simulate", "--csms", cs.url, "--id", "SIM-1",
-        "--state-dir", str(tmp_path / "state"), *extra,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        sys.executable,
+        "-m",
+        "chargepoint",
+        "simulate",
+        "--csms",
+        cs.url,
+        "--id",
+        "SIM-1",
+        "--state-dir",
+        str(tmp_path / "state"),
+        *extra,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
 
 
