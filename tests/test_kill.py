@@ -225,3 +225,101 @@ async def test_random_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> No
     assert billed <= final_register_wh + len(txs), (billed, final_register_wh)
     assert final_register_wh - billed <= slack, (billed, final_register_wh, power_losses)
     assert final_register_wh > 0
+
+
+# ---------------------------------------------------------------- restarts in-process (exact checks)
+
+
+async def _controller(url: str, state_dir: Path, keys: dict[str, Any] | None = None) -> Any:
+    from chargepoint.config import simulated_config
+    from chargepoint.controller import Controller
+
+    config = simulated_config(
+        charge_point_id=CP_ID, csms_url=url, state_dir=state_dir, ev_reaction_s=0.0,
+        ocpp_keys={"MeterValueSampleInterval": 1, "AllowOfflineTxForUnknownId": True, **(keys or {})},
+    )  # fmt: skip
+    controller = Controller(config, restart=lambda kind: None)
+    await controller.start()
+    return controller
+
+
+async def test_offline_start_then_power_loss_is_sent_first_and_stopped_with_last_register(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    async with CentralSystem() as csms:
+        await csms.close()  # offline from the start: the StartTransaction never leaves
+        first = await _controller(csms.url, state_dir)
+        try:
+            bench = first.build_context.shared["sim_bench"]
+            bench.ev(1).plug()
+            bench.readers[0].present("OFFLINE1")
+            await csms.wait_for(lambda: first.connectors[1].hw.contactor.is_closed, 5)
+            await csms.wait_for(lambda: len(first.outbox) >= 3, 5)  # Start + 2 samples
+            queued = [(m.action, m.payload) for m in first.outbox.pending()]
+        finally:
+            await first.stop()
+            # An orderly stop leaves the "Shutdown" marker (-> Reboot); a power cut leaves none.
+            first.store.set_pending_reset(None)
+            first.store.close()  # stop() keeps the store open (exclusive lock)
+        await csms.start()
+        second = await _controller(csms.url, state_dir)
+        try:
+            await csms.wait_for(lambda: len(second.outbox) == 0 and csms.received("StopTransaction"), 10)
+        finally:
+            await second.stop()
+    result = ledger(csms.records)
+    assert not result.problems and result.retransmissions == 0, result.problems
+    [tx] = result.transactions
+    assert [a for a, _ in queued][0] == "StartTransaction"
+    assert tx.start == queued[0][1]  # the event's own timestamp and meterStart, sent first
+    actions = [r.action for r in csms.records if r.action in ("StartTransaction", "MeterValues", "StopTransaction")]
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+    stop = tx.stops[0][1]
+    assert stop["reason"] == "PowerLoss"
+    assert stop["transactionId"] in tx.ids
+    last_sample = tx.meter_values[-1][1]
+    assert stop["meterStop"] == last_sample > tx.start["meterStart"]
+    # The stop's time is the last persisted sample's, not the restart's.
+    last_mv = [r.payload for r in csms.records if r.action == "MeterValues"][-1]
+    assert stop["timestamp"] == last_mv["meterValue"][0]["timestamp"]
+
+
+async def test_restart_after_reset_stops_with_reboot(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    async with CentralSystem() as csms:
+        first = await _controller(csms.url, state_dir)
+        try:
+            await csms.wait_for(lambda: first.boot_accepted, 10)
+            bench = first.build_context.shared["sim_bench"]
+            bench.ev(1).plug()
+            bench.readers[0].present("RESET1")
+            await csms.wait_for_message("StartTransaction")
+            await csms.wait_for(lambda: first.connectors[1].tx and first.connectors[1].tx.transaction_id, 5)
+            first.store.set_pending_reset("Hard")  # what reset() records before restarting
+        finally:
+            await first.stop()
+            first.store.close()
+        second = await _controller(csms.url, state_dir)
+        try:
+            stop = await csms.wait_for_message("StopTransaction", timeout=10)
+            assert second.store.get_meta("pending_reset") is None
+        finally:
+            await second.stop()
+    assert stop["reason"] == "Reboot" and stop["transactionId"] == 1001
+
+
+async def test_start_answered_invalid_stops_the_transaction(tmp_path: Path) -> None:
+    async with CentralSystem() as csms:
+        csms.behaviour.start_status = lambda tag: "Invalid"
+        controller = await _controller(csms.url, tmp_path / "state")
+        try:
+            await csms.wait_for(lambda: controller.boot_accepted, 10)
+            bench = controller.build_context.shared["sim_bench"]
+            bench.ev(1).plug()
+            bench.readers[0].present("BADTAG")
+            stop = await csms.wait_for_message("StopTransaction", timeout=10)
+            await csms.wait_for(lambda: not controller.connectors[1].hw.contactor.is_closed, 5)
+        finally:
+            await controller.stop()
+    assert stop["reason"] == "DeAuthorized" and stop["transactionId"] == 1001
