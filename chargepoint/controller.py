@@ -246,7 +246,7 @@ class ControllerCore:
             ),
             on_session=self._on_session,
             on_disconnect=self._on_disconnect,
-            password=cfg.csms.password,
+            password=lambda: self.keys["AuthorizationKey"] or cfg.csms.password,  # type: ignore[index]
             ca_file=cfg.csms.ca_file,
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
@@ -1025,6 +1025,11 @@ class ControllerCore:
             self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code, rt.tx_issued))
 
     def _on_key_changed(self, name: str, value: Any) -> None:
+        if name == "AuthorizationKey" and self.link is not None:
+            # Security whitepaper (1.6 edition 2), security profile 1/2: reconnect with the new key.
+            log.warning("AuthorizationKey changed by the central system: reconnecting with the new key")
+            asyncio.get_running_loop().call_later(0.5, lambda: self._spawn(self.link.close(), "reconnect"))  # type: ignore[union-attr]
+            return
         if name == "HeartbeatInterval" and self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())

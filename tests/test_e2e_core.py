@@ -296,3 +296,21 @@ async def test_reconnect_sends_current_status(station: Station) -> None:
         lambda: len([s for s in station.csms.received("StatusNotification") if s["connectorId"] == 1]) >= 2, 5
     )
     assert len(station.csms.received("BootNotification")) == n == 1
+
+
+async def test_authorization_key_change_reconnects_with_new_password(tmp_path: Path) -> None:
+    async with running_station(
+        tmp_path, password="first-password-12345", csms_password="first-password-12345"
+    ) as st:
+        new_key = "second-password-1234"
+        ans = await st.call("ChangeConfiguration", {"key": "AuthorizationKey", "value": new_key})
+        assert ans["status"] == "Accepted"
+        st.csms.password = new_key
+        await st.csms.wait_for(lambda: st.csms.connections >= 2, 10)
+        await st.csms.wait_for(lambda: st.controller.link.session is not None, 10)
+        import base64
+
+        expected = "Basic " + base64.b64encode(f"CP-TEST:{new_key}".encode()).decode()
+        assert st.csms.last_request_headers["Authorization"] == expected
+        conf = await st.call("GetConfiguration", {"key": ["AuthorizationKey"]})
+        assert conf["unknownKey"] == ["AuthorizationKey"]  # write-only

@@ -228,7 +228,7 @@ class OcppLink:
         session_factory: Callable[[Any], OcppSession],
         on_session: Callable[[OcppSession], Awaitable[None]],
         on_disconnect: Callable[[], None],
-        password: str | None = None,
+        password: str | None | Callable[[], str | None] = None,
         ca_file: str | None = None,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 300.0,
@@ -250,9 +250,10 @@ class OcppLink:
         self._ws: Any = None
 
     def _headers(self) -> dict[str, str]:
-        if not self._password:
+        password = self._password() if callable(self._password) else self._password
+        if not password:
             return {}
-        token = base64.b64encode(f"{self.charge_point_id}:{self._password}".encode()).decode()
+        token = base64.b64encode(f"{self.charge_point_id}:{password}".encode()).decode()
         return {"Authorization": f"Basic {token}"}
 
     def _ssl(self) -> ssl.SSLContext | None:
