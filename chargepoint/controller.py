@@ -763,7 +763,11 @@ class ControllerCore:
             if values:
                 # One commit: the message and the register, so neither survives a power cut alone.
                 self.outbox.enqueue(
-                    "MeterValues", payload, local_tx_id=tx.local_id, created_at=ts, with_store=persist_register
+                    "MeterValues",
+                    payload,
+                    local_tx_id=tx.local_id,
+                    created_at=ts,
+                    with_store=persist_register,
                 )
             elif persist_register is not None:
                 try:
@@ -983,6 +987,19 @@ class ControllerCore:
         except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
             log.warning("%s not delivered: %s", action, exc)
             return None
+
+    async def data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None
+    ) -> dict[str, Any]:
+        """DataTransfer from the charge point (OCPP 1.6 §4.3). Returns the central system's answer."""
+        if not self.link or not self.boot_accepted:
+            raise ConnectionError("not connected to the central system")
+        payload: dict[str, Any] = {"vendorId": vendor_id}
+        if message_id is not None:
+            payload["messageId"] = message_id
+        if data is not None:
+            payload["data"] = data
+        return await self.link.call("DataTransfer", payload)
 
     async def _status_sender(self) -> None:
         """StatusNotifications in order. A status waits (up to 10 s) until the Start/StopTransaction queued

@@ -314,3 +314,40 @@ async def test_authorization_key_change_reconnects_with_new_password(tmp_path: P
         assert st.csms.last_request_headers["Authorization"] == expected
         conf = await st.call("GetConfiguration", {"key": ["AuthorizationKey"]})
         assert conf["unknownKey"] == ["AuthorizationKey"]  # write-only
+
+
+async def test_data_transfer_from_the_charge_point(station: Station) -> None:
+    answer = await station.controller.data_transfer("org.openwallbox", "hello", "42")
+    assert answer["status"] == "Accepted"
+    assert station.csms.received("DataTransfer") == [
+        {"vendorId": "org.openwallbox", "messageId": "hello", "data": "42"}
+    ]
+
+
+async def test_clock_aligned_meter_values(tmp_path: Path) -> None:
+    keys = {"ClockAlignedDataInterval": 1, "MeterValuesAlignedData": "Energy.Active.Import.Register,Voltage"}
+    async with running_station(tmp_path, keys=keys) as st:
+        idle = await st.csms.wait_for_message("MeterValues", timeout=4)
+        assert (
+            "transactionId" not in idle
+            and idle["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
+        )
+        ts = idle["meterValue"][0]["timestamp"]
+        assert ts[17:19].isdigit() and ts.endswith("Z")
+        await st.start_charging()
+        tx_mv = await st.csms.wait_for_message("MeterValues", where=lambda p: "transactionId" in p, timeout=4)
+        assert tx_mv["transactionId"] == 1001
+        assert {v["measurand"] for v in tx_mv["meterValue"][0]["sampledValue"]} == {
+            "Energy.Active.Import.Register",
+            "Voltage",
+        }
+
+
+async def test_hard_reset(tmp_path: Path) -> None:
+    restarts: list[str] = []
+    async with running_station(tmp_path, restart=restarts.append) as st:
+        await st.start_charging()
+        assert (await st.call("Reset", {"type": "Hard"}))["status"] == "Accepted"
+        stop = await st.csms.wait_for_message("StopTransaction")
+        assert stop["reason"] == "HardReset"
+        await st.csms.wait_for(lambda: restarts == ["Hard"], 5)
