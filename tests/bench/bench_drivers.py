@@ -34,6 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hal.registry import BuildContext, build  # noqa: E402
+from tests.fakes.vpcd_card import (  # noqa: E402
+    VPCD_DRIVER,
+    VPCD_PORT,
+    pcscd_command,
+    tcp_listeners,
+    vpcd_reader_conf,
+    wait_own_netns,
+)
 
 BAUD = 9600
 
@@ -128,21 +136,29 @@ async def bench_cpu(tmp: Path, meter_port: str, rapi_port: str, rdm_port: str, s
     ]
     meter = build("meter", {"driver": "modbus", "model": "sdm630", "port": meter_port, "baudrate": BAUD}, "c1.meter",
                   1, ctx)
-    pcsc_note = "PC/SC reader not included (pcscd/vpcd/pyscard missing)"
+    pcsc_note = "PC/SC reader not included (pcscd/vpcd/pyscard/unshare missing or not root)"
     pcscd = None
-    if shutil.which("pcscd") and Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists() and os.geteuid() == 0:
+    if shutil.which("pcscd") and VPCD_DRIVER.exists() and shutil.which("unshare") and os.geteuid() == 0:
         with contextlib.suppress(ImportError):
             import smartcard.scard  # noqa: F401
 
             conf = tmp / "reader.conf.d"
             conf.mkdir()
-            (conf / "vpcd").write_text('FRIENDLYNAME "Virtual PCD"\nDEVICENAME /dev/null:0x9D7B\n'
-                                       "LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID 0x9D7B\n")
-            pcscd = subprocess.Popen(["pcscd", "--foreground", "--config", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
-            devices.append(build("reader", {"driver": "pcsc"}, "readers[1]", 0, ctx))
-            pcsc_note = "PC/SC reader included (polling 250 ms; pcscd's own CPU reported separately)"
+            (conf / "vpcd").write_text(vpcd_reader_conf())
+            # own network namespace: vpcd listens on 0.0.0.0 (see tests/fakes/vpcd_card.py)
+            pcscd = subprocess.Popen(pcscd_command(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ready, deadline = False, time.monotonic() + 10
+            while not ready and pcscd.poll() is None and time.monotonic() < deadline:
+                ready = wait_own_netns(pcscd.pid, 0.5) and bool(tcp_listeners(pcscd.pid, VPCD_PORT))
+                time.sleep(0.05)
+            if ready:
+                devices.append(build("reader", {"driver": "pcsc"}, "readers[1]", 0, ctx))
+                pcsc_note = "PC/SC reader included (polling 250 ms; pcscd's own CPU reported separately)"
+            else:
+                pcsc_note = "PC/SC reader not included (pcscd with vpcd did not start in its own network namespace)"
+                pcscd.kill()
+                pcscd.wait()
+                pcscd = None
     events: list[object] = []
     for d in devices + [meter]:
         await d.start(events.append)
