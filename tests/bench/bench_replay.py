@@ -50,8 +50,44 @@ async def main():
 asyncio.run(main())
 """
 
+#: ``--bare-csms``: a minimal central system that answers every CALL at once without the ocpp
+#: library (no schema validation, no case conversion): measures what the charger alone can do.
+BARE_CSMS = f"""
+import asyncio, json, sys
+from datetime import datetime, UTC
+import websockets
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+count = 0
+async def handler(ws):
+    global count
+    async for raw in ws:
+        msg = json.loads(raw)
+        if msg[0] != 2:
+            continue
+        action = msg[2]
+        now = datetime.now(UTC).isoformat()
+        answer = {{}}
+        if action == "MeterValues":
+            count += 1
+        elif action == "BootNotification":
+            answer = {{"status": "Accepted", "currentTime": now, "interval": 3600}}
+        elif action == "Heartbeat":
+            answer = {{"currentTime": now}}
+        elif action in ("Authorize", "StopTransaction"):
+            answer = {{"idTagInfo": {{"status": "Accepted"}}}}
+        elif action == "StartTransaction":
+            answer = {{"transactionId": 1, "idTagInfo": {{"status": "Accepted"}}}}
+        await ws.send(json.dumps([3, msg[1], answer]))
+async def main():
+    async with websockets.serve(handler, "127.0.0.1", int(sys.argv[1]), subprotocols=["ocpp1.6"]):
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        print(count, flush=True)
+asyncio.run(main())
+"""
 
-async def run(messages: int, profile: str | None, separate: bool) -> None:
+
+async def run(messages: int, profile: str | None, separate: bool, bare: bool = False) -> None:
     logging.basicConfig(level=logging.ERROR)
     state_dir = Path(tempfile.mkdtemp(prefix="bench-replay-"))
     async with CentralSystem() as csms:
@@ -121,7 +157,7 @@ async def run(messages: int, profile: str | None, separate: bool) -> None:
         remote = None
         if separate:
             remote = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", REMOTE_CSMS, str(csms.port),
+                sys.executable, "-c", BARE_CSMS if bare else REMOTE_CSMS, str(csms.port),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             assert remote.stdout is not None and remote.stdin is not None
@@ -153,6 +189,7 @@ async def run(messages: int, profile: str | None, separate: bool) -> None:
         else:
             delivered = len(csms.received("MeterValues"))
         where = "in its own process" if separate else "in the charger's event loop"
+        where = "bare, no ocpp library, in its own process" if bare else where
         print(f"replayed {queued} messages in {elapsed:.2f} s after reconnect: {queued / elapsed:.0f} messages/s; "
               f"central system ({where}) saw {delivered} MeterValues")  # fmt: skip
         if during:
@@ -171,10 +208,23 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--profile", help="write a cProfile of the replay to this file and print the top")
     parser.add_argument(
+        "--sync-validation",
+        action="store_true",
+        help="validate OCPP payloads on the loop (ocpp.messages.ASYNC_VALIDATION = False) instead of "
+        "a thread hop per message: what link.py could choose",
+    )
+    parser.add_argument(
+        "--bare-csms", action="store_true", help="answer with a minimal websocket server (the charger's own limit)"
+    )
+    parser.add_argument(
         "--same-loop", action="store_true", help="run the returning central system in the charger's event loop"
     )
     args = parser.parse_args()
-    asyncio.run(run(args.messages, args.profile, not args.same_loop))
+    if args.sync_validation:
+        import ocpp.messages
+
+        ocpp.messages.ASYNC_VALIDATION = False
+    asyncio.run(run(args.messages, args.profile, not args.same_loop or args.bare_csms, args.bare_csms))
 
 
 if __name__ == "__main__":
