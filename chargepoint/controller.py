@@ -539,6 +539,7 @@ class ControllerCore:
         return wh
 
     async def _begin_transaction(self, rt: ConnectorRuntime, id_tag: str) -> None:
+        start = self.now()  # the event's time, not after a slow meter read
         await self._read_meter(rt)
         assert (
             self.store is not None
@@ -546,7 +547,6 @@ class ControllerCore:
             and self.sender is not None
             and self.keys is not None
         )
-        start = self.now()
         meter_start = self._register_wh(rt)
         reservation_id = self.take_reservation_for(rt.id, id_tag)
         payload: dict[str, Any] = {
@@ -605,12 +605,12 @@ class ControllerCore:
         tx = rt.tx
         if tx is None:
             return
+        stop = self.now()  # the event's time, not after a slow meter read
         if rt.sampler is not None:
             rt.sampler.cancel()
             rt.sampler = None
         await self._read_meter(rt)
         assert self.store is not None and self.outbox is not None and self.sender is not None
-        stop = self.now()
         meter_stop = self._register_wh(rt)
         # No transactionId here: the outbox puts it in at send time (it may not be known yet).
         payload: dict[str, Any] = {"meterStop": meter_stop, "timestamp": iso(stop), "reason": reason}
