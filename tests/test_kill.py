@@ -30,6 +30,7 @@ from chargepoint.csms import CentralSystem, Record
 
 SEED = int(os.environ.get("KILL_TEST_SEED", "1606"))
 KILLS = 52
+OFFLINE_ROUNDS = range(20, 32)  # the central system is away during these lives
 CP_ID = "CP-KILL"
 SAMPLE_S = 1.0
 MAX_POWER_W = 32 * 230 * 3  # simulated_config: 32 A, 3 phases, 230 V
@@ -137,6 +138,7 @@ class Charger:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "chargepoint", "simulate", "--csms", url, "--id", CP_ID,
                 "--state-dir", str(state_dir), "--key", f"MeterValueSampleInterval={int(SAMPLE_S)}",
+                "--key", "AllowOfflineTxForUnknownId=true",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, cwd=REPO, env=env,
             )  # fmt: skip
         return cls(proc)
@@ -180,6 +182,10 @@ async def test_random_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> No
     log_path = tmp_path / "charger.log"
     async with CentralSystem() as csms:
         for n in range(KILLS):
+            if n == OFFLINE_ROUNDS.start:
+                await csms.close()  # these lives start, sample and die offline: everything queues
+            if n == OFFLINE_ROUNDS.stop:
+                await csms.start()  # same port
             charger = await Charger.spawn(csms.url, state_dir, log_path)
             try:
                 await _kill_round(rng, csms, charger, n)
@@ -215,6 +221,8 @@ async def test_random_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> No
 
     reasons = [tx.stops[0][1]["reason"] for tx in txs]
     assert "PowerLoss" in reasons and "EVDisconnected" in reasons, reasons
+    offline = [tx for tx in txs if tx.start["idTag"][1:].isdigit() and int(tx.start["idTag"][1:]) in OFFLINE_ROUNDS]
+    assert len(offline) >= 3, "too few transactions started while the central system was away"
     # The register never runs backwards across restarts, and the transactions do not overlap in it.
     for before, after in zip(txs, txs[1:], strict=False):
         assert after.start["meterStart"] >= before.stops[0][1]["meterStop"], (before.start, after.start)
