@@ -558,13 +558,22 @@ class ControllerCore:
         if reservation_id is not None:
             payload["reservationId"] = reservation_id
         try:
-            with self.store.batch("start of a transaction"):
-                local_id = self.store.begin_transaction(
-                    rt.id, id_tag, iso(start), meter_start, reservation_id
-                )
+            if self.outbox.degraded:
+                # The outbox holds messages in memory: let it queue on its own (it writes its spill
+                # back first, in order).  Two commits are safe: a row whose StartTransaction is not
+                # queued gets one from _recover_transactions after a restart.
+                local_id = self.store.begin_transaction(rt.id, id_tag, iso(start), meter_start, reservation_id)
                 rt.last_tx_seq = self.outbox.enqueue(
                     "StartTransaction", payload, local_tx_id=local_id, created_at=start
                 )
+            else:
+                with self.store.batch("start of a transaction"):
+                    local_id = self.store.begin_transaction(
+                        rt.id, id_tag, iso(start), meter_start, reservation_id
+                    )
+                    rt.last_tx_seq = self.outbox.enqueue(
+                        "StartTransaction", payload, local_tx_id=local_id, created_at=start
+                    )
         except StoreWriteError as exc:
             log.error("connector %d: %s; the transaction runs without persistence", rt.id, exc)
             local_id = self.store.volatile_local_id()
@@ -651,17 +660,23 @@ class ControllerCore:
     def _queue_stop(
         self, local_id: int, payload: dict[str, Any], stop: datetime, reason: str, meter_stop: int
     ) -> int:
-        """Queue StopTransaction and close the persisted transaction in one commit; returns the seq."""
+        """Queue StopTransaction and close the persisted transaction in one commit; returns the seq.
+
+        If that commit fails the outbox keeps the message (on disk or in memory) and runs the store
+        part alone: the stop is first marked pending, so a transaction row that could not be deleted
+        is stopped after a restart with the same reason, time and meterStop, never a second story.
+        """
         assert self.store is not None and self.outbox is not None
-        try:
-            with self.store.batch("stop of a transaction"):
-                self.store.mark_stop_pending(local_id, reason, iso(stop), meter_stop, payload.get("idTag"))
-                seq = self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
-                self.store.end_transaction(local_id)
-        except StoreWriteError as exc:
-            log.error("%s; StopTransaction kept in memory", exc)
-            seq = self.outbox.enqueue("StopTransaction", payload, local_tx_id=local_id, created_at=stop)
-        return seq
+        store = self.store
+
+        def close_row() -> None:
+            if local_id > 0:  # a volatile (negative) id has no row
+                store.mark_stop_pending(local_id, reason, iso(stop), meter_stop, payload.get("idTag"))
+                store.end_transaction(local_id)
+
+        return self.outbox.enqueue(
+            "StopTransaction", payload, local_tx_id=local_id, created_at=stop, with_store=close_row
+        )
 
     async def _recover_transactions(self) -> None:
         """Close transactions left open by a crash or power loss (OCPP 1.6 §4.10: reason PowerLoss/Reboot)."""
