@@ -200,3 +200,36 @@ async def test_store_write_failure_keeps_charging(
         await s.wait_status("Available")
         await s.csms.wait_for(lambda: len(s.csms.received("StopTransaction")) == 1, 5)
     assert_ledger(s.csms.records, transactions=1)
+
+
+async def test_store_failing_for_a_whole_session_still_delivers_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full before the tap: the transaction runs on a volatile id, every message goes out from memory,
+    and when the disk is writable again later messages are persisted again."""
+    async with station(tmp_path) as s:
+        store = s.controller.store
+        assert store is not None
+        original_batch = store.batch
+        failing = {"on": True}
+
+        @contextlib.contextmanager
+        def batch(*args: Any, **kwargs: Any) -> Any:
+            with original_batch(*args, **kwargs):
+                yield
+                if failing["on"]:
+                    raise StoreWriteError("could not save state: database or disk is full", "full")
+
+        monkeypatch.setattr(store, "batch", batch)
+        await s.start_charging(tag="NODISK")
+        tx = s.controller.connectors[1].tx
+        assert tx is not None and tx.local_id < 0  # volatile: nothing could be stored
+        await s.csms.wait_for(lambda: len(s.csms.received("MeterValues")) >= 2, 5)
+        assert charging(s)
+        failing["on"] = False  # space again
+        s.bench.ev(1).unplug()
+        await s.wait_status("Available")
+        await s.csms.wait_for(lambda: len(s.csms.received("StopTransaction")) == 1, 5)
+        await drained(s)
+        assert store.open_transactions() == []
+    assert_ledger(s.csms.records, transactions=1)
