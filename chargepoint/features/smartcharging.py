@@ -290,6 +290,22 @@ class SmartChargingFeature(_Base):
 
     def accept_remote_start_profile(self, connector_id: int, profile: dict[str, Any]) -> bool:
         """RemoteStartTransaction chargingProfile (§5.11): a valid TxProfile without transactionId."""
+        if not self._remote_profile_ok(connector_id, profile):
+            return False
+        return super().accept_remote_start_profile(connector_id, profile)
+
+    async def remote_start(
+        self, id_tag: str, connector_id: int | None, profile: dict[str, Any] | None
+    ) -> None:
+        """The ``@after`` hook of RemoteStartTransaction runs even when the answer was Rejected: a start
+        whose profile was refused must not go ahead."""
+        if profile is not None:
+            rt = self.connectors.get(connector_id) if connector_id is not None else self.connector_for_tag(id_tag)
+            if rt is None or not self._remote_profile_ok(rt.id, profile, quiet=True):
+                return
+        await super().remote_start(id_tag, connector_id, profile)
+
+    def _remote_profile_ok(self, connector_id: int, profile: dict[str, Any], quiet: bool = False) -> bool:
         try:
             p = profile_from_ocpp(plain_numbers(profile), received_at=self.now())
             if p.purpose != TX_PROFILE:
@@ -299,9 +315,10 @@ class SmartChargingFeature(_Base):
             validate_profile(p, connector_id, limits=self.profile_limits(), active_transaction_id=-1,
                              number_of_connectors=len(self.connectors))
         except ProfileRejected as exc:
-            log.warning("RemoteStartTransaction chargingProfile rejected: %s", exc.reason)
+            if not quiet:
+                log.warning("RemoteStartTransaction chargingProfile rejected: %s", exc.reason)
             return False
-        return super().accept_remote_start_profile(connector_id, profile)
+        return True
 
     def remote_start_profile(self, connector_id: int, profile: dict[str, Any] | None) -> None:
         super().remote_start_profile(connector_id, profile)
@@ -366,6 +383,13 @@ class SmartChargingFeature(_Base):
             self._sc_limiter(rt.id).note_change(_mono_dt(now))
             self._sc_offer_changed[rt.id] = now
             self._sc_request_recompute()  # others may now use what this connector gave back
+            # The balancer trusts a measurement taken once the EV had time to follow (see module doc);
+            # the core's idle meter poll may be 10 s away, so read then.
+            asyncio.get_running_loop().call_later(EV_REACTION_S + 0.2, self._sc_read_later, rt)
+
+    def _sc_read_later(self, rt: ConnectorRuntime) -> None:
+        if not self._stopping:
+            self._spawn(self._read_meter(rt), f"smart-read-{rt.id}")
 
     # ================================================================== limits
     def _sc_limiter(self, cid: int) -> _RateLimiter:
@@ -472,13 +496,13 @@ class SmartChargingFeature(_Base):
         blocked = self._sc_blocked_tx.get(rt.id)
         if blocked is not None and rt.tx is not None and rt.tx.local_id == blocked:
             claims.append((None, "idTag not accepted"))
-        self._sc_claims[rt.id] = claims
         return claims
 
     def _recompute_limit(self, rt: ConnectorRuntime) -> None:
         """The core's decision (lowest claim, None pauses, below the minimum pauses) plus the 5 s pilot
         rate limit for connectors whose pilot it would change."""
         claims = self.limit_claims(rt)
+        self._sc_claims[rt.id] = claims
         paused = [c for c in claims if c[0] is None]
         if paused:
             amps, source = None, paused[0][1]
