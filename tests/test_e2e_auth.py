@@ -319,3 +319,26 @@ async def test_full_list_empty_clears(e2e_rig: Any) -> None:
     assert len(rig.controller.local_list) == 0
     assert await list_version(rig) == 0  # §5.10: empty list → 0
     assert rig.controller.store.local_list() == (9, [])
+
+
+async def test_store_failure_leaves_list_and_cache_whole(e2e_rig: Any) -> None:
+    from chargepoint.store import StoreWriteError
+
+    rig = await e2e_rig()
+    assert (await send_list(rig, 1, [entry(TAG_A)]))["status"] == "Accepted"
+    assert (await rig.controller.authorize(TAG_B))[0]
+    store = rig.controller.store
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise StoreWriteError("could not save local authorization list: disk full", "full")
+
+    store.replace_local_list = broken
+    store.update_local_list = broken
+    store.cache_clear = broken
+    assert (await send_list(rig, 2, [entry(TAG_C)]))["status"] == "Failed"
+    assert (await send_list(rig, 2, [entry(TAG_C)], "Differential"))["status"] == "Failed"
+    assert rig.controller.local_list.version == 1 and TAG_A in rig.controller.local_list
+    assert await list_version(rig) == 1
+    # ClearCache that cannot be persisted would come back after a restart: Rejected, cache kept
+    assert (await rig.call("ClearCache", {})) == {"status": "Rejected"}
+    assert rig.controller.auth_cache.peek(TAG_B) is not None

@@ -219,3 +219,21 @@ async def test_expired_while_off_is_dropped_at_start(tmp_path: Any, e2e_rig: Any
     again = await e2e_rig(state_dir=state)
     assert len(again.controller.reservations) == 0 and again.controller.store.reservations() == []
     assert "Reserved" not in again.sent_statuses(1)
+
+
+async def test_reserve_now_store_failure_is_rejected_and_not_applied(e2e_rig: Any) -> None:
+    from chargepoint.store import StoreWriteError
+
+    rig = await e2e_rig()
+
+    def broken(*_: Any) -> None:
+        raise StoreWriteError("could not save reservation 1: disk full", "full")
+
+    rig.controller.store.put_reservation = broken
+    assert await reserve(rig, 1, rid=1) == "Rejected"
+    assert len(rig.controller.reservations) == 0
+    await rig.settle(0.1)
+    assert "Reserved" not in rig.sent_statuses(1)
+    rig.bench.ev(1).plug()
+    rig.tap(OTHER)
+    assert (await rig.cs.wait_for_message("StartTransaction"))["idTag"] == OTHER
