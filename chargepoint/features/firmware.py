@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from collections import deque
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ from chargepoint.firmware.update import (
 )
 from chargepoint.logsetup import under_systemd
 from chargepoint.protocol.outbox import CallErrorReceived
+from chargepoint.store import StoreError
 
 if TYPE_CHECKING:
     from chargepoint.controller import ControllerCore
@@ -80,10 +82,12 @@ class _DevReleaseManager(ReleaseManager):
 class FirmwareFeature(_Base):
     """UpdateFirmware / GetDiagnostics, release health confirmation and their status notifications."""
 
-    #: How releases are installed (None: pip into a venv). Tests set a fast installer.
+    #: How releases are installed (None: pip into a venv); a plain function. Tests set a fast one.
     firmware_installer: VenvInstaller | None = None
     #: Seconds a freshly installed release has to get BootNotification accepted.
     firmware_confirm_timeout_s: float = 600.0
+    #: How often to look whether the connectors became idle while an update waits to install.
+    firmware_idle_poll_s: float = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,6 +96,8 @@ class FirmwareFeature(_Base):
         self.diagnostics: DiagnosticsUploader | None = None
         self.firmware_boot_outcome: str | None = None
         self._diag_snapshot: dict[str, Any] | None = None
+        self._diag_config: Path | None = None
+        self._diag_state: Path | None = None
         self._notices: deque[tuple[str, dict[str, Any]]] = deque(maxlen=MAX_PENDING)
         self._notice_lock = asyncio.Lock()
         self._answer_sent = asyncio.Event()
@@ -108,7 +114,7 @@ class FirmwareFeature(_Base):
             log.info("no release tree at %s: firmware updates are answered but not installed", root)
             self.releases = _DevReleaseManager(root)
         else:
-            self.releases = ReleaseManager(root, installer=self.firmware_installer)
+            self.releases = ReleaseManager(root, installer=type(self).firmware_installer)
         self.firmware = FirmwareUpdater(
             self.releases,
             notify=lambda status: self._queue_notice("FirmwareStatusNotification", status),
@@ -116,18 +122,15 @@ class FirmwareFeature(_Base):
             restart=self._firmware_restart,
             download_dir=cfg.state_dir / "firmware",
             confirm_timeout_s=self.firmware_confirm_timeout_s,
+            idle_poll_s=self.firmware_idle_poll_s,
             # Under systemd the previous release's ExecStartPre check-boot already counted this start.
             count_boots=not under_systemd(),
         )
         config_path = Path(cfg.source)
+        self._diag_config = config_path if config_path.is_file() else None
         self.diagnostics = DiagnosticsUploader(
             notify=lambda status: self._queue_notice("DiagnosticsStatusNotification", status),
-            build=archive_builder(
-                state_dir=cfg.state_dir,
-                config_path=config_path if config_path.is_file() else None,
-                versions=self._versions,
-                hardware_summary=self._hardware_summary,
-            ),
+            build=self._build_diagnostics,
             work_dir=cfg.state_dir / "diagnostics",
             charge_point_id=cfg.charge_point_id,
         )
@@ -165,10 +168,16 @@ class FirmwareFeature(_Base):
     ) -> str:
         """GetDiagnostics.req: returns the fileName for the .conf; building + uploading runs in the background."""
         assert self.diagnostics is not None
-        # The archive is built in a worker thread: take the snapshot here, on the loop.
+        # The archive is built in a worker thread; the snapshot and the store copy are taken here, on the loop
+        # that owns the store's connection (the store holds an exclusive lock: nobody else can read the file).
         with contextlib.suppress(Exception):
             self._diag_snapshot = self.snapshot()
-        return self.diagnostics.get_diagnostics(location, retries, retry_interval, start_time, stop_time)
+        self._diag_state = self._copy_store()
+        name = self.diagnostics.get_diagnostics(location, retries, retry_interval, start_time, stop_time)
+        copy = self._diag_state
+        if copy is not None and self.diagnostics.task is not None:
+            self.diagnostics.task.add_done_callback(lambda _t: shutil.rmtree(copy, ignore_errors=True))
+        return name
 
     def hold_status_notifications(self) -> None:
         """A request whose answer is not yet sent started work that reports statuses: hold them."""
@@ -276,6 +285,25 @@ class FirmwareFeature(_Base):
             path.unlink()
 
     # ------------------------------------------------------------------ diagnostics contents
+    def _copy_store(self) -> Path | None:
+        """A consistent, compacted copy of the state store (``VACUUM INTO``: freed pages do not come along)."""
+        if self.store is None:
+            return None
+        target = self.config.state_dir / "diagnostics" / f"store-{os.getpid()}-{id(object())}"
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            self.store.query("VACUUM INTO ?", (str(target / "state.db"),))
+        except (OSError, StoreError) as exc:
+            log.error("diagnostics: the state store could not be copied: %s", exc)
+            shutil.rmtree(target, ignore_errors=True)
+            return None
+        return target
+
+    def _build_diagnostics(self, out_path: Path, since: datetime | None, until: datetime | None) -> Path:
+        build = archive_builder(state_dir=self._diag_state, config_path=self._diag_config,
+                                versions=self._versions, hardware_summary=self._hardware_summary)
+        return build(out_path, since, until)
+
     def _versions(self) -> dict[str, Any]:
         from chargepoint import __version__
 
