@@ -157,6 +157,8 @@ class ControllerCore:
         self.station_operative = True
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # timeline for demo/tests
         self.loop_ticks = 0
+        self.dropped_messages: list[dict[str, Any]] = []
+        self._owns_store = False
 
     # ================================================================== time
     def now(self) -> datetime:
@@ -177,6 +179,7 @@ class ControllerCore:
     # ================================================================== start / stop
     async def start(self) -> None:
         cfg = self.config
+        self._owns_store = self.store is None
         if self.store is None:
             try:
                 self.store = Store.open(cfg.state_dir)
@@ -231,6 +234,7 @@ class ControllerCore:
             retry_interval_s=lambda: float(self.keys["TransactionMessageRetryInterval"]),  # type: ignore[index]
             clock=self.now,
             reconnect_poll_s=5.0,
+            on_drop=self._on_queued_drop,
         )
         await self._recover_transactions()
         for rt in self.connectors.values():
@@ -291,9 +295,11 @@ class ControllerCore:
             tasks.append(self._heartbeat_task)
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if tasks:
+            # wait() never swallows our own cancellation, and a task that ignores cancel cannot hang us
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            for t in pending:
+                log.error("task %s did not stop within 5 s", t.get_name())
         if self.station:
             for device in self.station.devices():
                 with contextlib.suppress(Exception):
@@ -301,6 +307,9 @@ class ControllerCore:
         if self.link:
             with contextlib.suppress(Exception):
                 await self.link.close()
+        if self.store is not None and self._owns_store:
+            with contextlib.suppress(Exception):
+                self.store.close()
         self.stopped.set()
 
     def _safe(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
@@ -881,6 +890,12 @@ class ControllerCore:
         elif msg.action == "StopTransaction" and "idTagInfo" in response:
             self.remember_id_tag_info(msg.payload.get("idTag", ""), response["idTagInfo"])
 
+    async def _on_queued_drop(self, msg: QueuedMessage, why: str) -> None:
+        """A transaction message the central system never accepted was dropped (the outbox logged it)."""
+        self.dropped_messages.append({"action": msg.action, "seq": msg.seq, "why": why})
+        del self.dropped_messages[:-20]
+        self._emit_timeline("dropped", action=msg.action, seq=msg.seq, why=why)
+
     async def on_start_transaction_answer(
         self, rt: ConnectorRuntime, id_tag: str, info: dict[str, Any]
     ) -> None:
@@ -1279,6 +1294,7 @@ class ControllerCore:
             "csms": "connected" if link_up and self.boot_accepted else "connecting" if link_up else "offline",
             "registration": self.registration,
             "queued": len(self.outbox) if self.outbox is not None else 0,
+            "dropped": list(self.dropped_messages),
             "connectors": connectors,
         }
 

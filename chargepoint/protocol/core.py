@@ -72,7 +72,18 @@ class CoreHandlers:
         id_tag: str,
         connector_id: int | None = None,
         charging_profile: dict[str, Any] | None = None,
+        call_unique_id: str = "",
         **_: Any,
+    ) -> Any:
+        """RemoteStartTransaction (§5.11). The ``ocpp`` library runs ``@after`` handlers whatever the answer
+        was, so only requests answered Accepted are remembered (by unique id) for the start that follows."""
+        answer = self._remote_start_decision(id_tag, connector_id, charging_profile)
+        if answer.status == "Accepted":
+            self._accepted_remote_starts = getattr(self, "_accepted_remote_starts", set()) | {call_unique_id}
+        return answer
+
+    def _remote_start_decision(
+        self, id_tag: str, connector_id: int | None, charging_profile: dict[str, Any] | None
     ) -> Any:
         c = self.controller
         if c.registration != "Accepted":
@@ -101,8 +112,13 @@ class CoreHandlers:
         id_tag: str,
         connector_id: int | None = None,
         charging_profile: dict[str, Any] | None = None,
+        call_unique_id: str = "",
         **_: Any,
     ) -> None:
+        accepted: set[str] = getattr(self, "_accepted_remote_starts", set())
+        if call_unique_id not in accepted:
+            return  # answered Rejected: nothing starts
+        accepted.discard(call_unique_id)
         await self.controller.remote_start(id_tag, connector_id, charging_profile)
 
     # -------------------------------------------------------------- RemoteStopTransaction §5.12
