@@ -74,3 +74,28 @@ async def test_unknown_response_is_ignored(station: Station) -> None:
     await session._send(json.dumps([3, "nobody-asked", {}]))
     await session._send(json.dumps([4, "nobody-asked", "GenericError", "", {}]))
     assert (await station.call("ClearCache", {}))["status"] == "Accepted"
+
+
+async def test_decimal_limits_are_not_refused_by_floating_point(station: Station) -> None:
+    """SetChargingProfile's limit has multipleOf 0.1 in the 1.6 schema: 21.4 must pass validation."""
+    profile = {
+        "chargingProfileId": 7,
+        "stackLevel": 0,
+        "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Absolute",
+        "chargingSchedule": {
+            "chargingRateUnit": "A",
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 21.4}],
+        },
+    }
+    answer = await station.call("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": profile})
+    assert "__error__" not in answer
+    bad = dict(
+        profile,
+        chargingSchedule={
+            "chargingRateUnit": "A",
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 21.45}],
+        },
+    )
+    answer = await station.call("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": bad})
+    assert answer["__error__"] == "PropertyConstraintViolation"

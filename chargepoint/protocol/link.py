@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import decimal
 import json
 import logging
 import random
@@ -23,8 +24,10 @@ import re
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import ocpp.v16 as ocpp_v16
 import websockets
 from jsonschema.exceptions import ValidationError as SchemaValidationError
 from ocpp import messages as ocpp_messages
@@ -77,6 +80,46 @@ def _schema_error_code(error: SchemaValidationError) -> str:
     if error.validator == "additionalProperties":
         return "FormationViolation"
     return "PropertyConstraintViolation"  # enum, maxLength, minimum, format, multipleOf …
+
+
+# Actions whose schema has "multipleOf": 0.1: validated with Decimal numbers, as the ocpp library does, so that
+# a limit of 21.4 A is not refused for binary floating point.
+_DECIMAL_ACTIONS = frozenset({"SetChargingProfile", "RemoteStartTransaction"})
+_FAST: dict[str, Any] = {}
+
+
+def _fast_validator(action: str) -> Any:
+    """A compiled validator (fastjsonschema: ~10× faster than jsonschema on a 10,000-entry SendLocalList)."""
+    if action not in _FAST:
+        try:
+            import fastjsonschema
+
+            path = Path(ocpp_v16.__file__).parent / "schemas" / f"{action}.json"
+            _FAST[action] = fastjsonschema.compile(json.loads(path.read_text(encoding="utf-8")))
+        except Exception:  # no such schema or not compilable: the precise path decides alone
+            _FAST[action] = None
+    return _FAST[action]
+
+
+def _first_schema_error(action: str, payload: dict[str, Any]) -> SchemaValidationError | None:
+    """The first violation of the OCPP 1.6 request schema, or None. Valid payloads take the fast path; an
+    invalid one is examined by jsonschema, which names the violated keyword for the error code."""
+    fast = _fast_validator(action)
+    if fast is not None:
+        try:
+            fast(payload)
+            return None
+        except Exception:
+            pass
+    try:
+        if action in _DECIMAL_ACTIONS:
+            validator = get_validator(MessageType.Call, action, "1.6", parse_float=decimal.Decimal)
+            payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+        else:
+            validator = get_validator(MessageType.Call, action, "1.6")
+        return next(iter(sorted(validator.iter_errors(payload), key=lambda e: list(e.path))), None)
+    except (OSError, ValueError):  # a schema the library lacks
+        return None
 
 
 class OcppSession(_LibraryChargePoint):
@@ -137,11 +180,7 @@ class OcppSession(_LibraryChargePoint):
         if not isinstance(payload, dict):
             await self._send_error(unique_id, "FormationViolation", "payload must be a JSON object")
             return
-        try:
-            validator = get_validator(MessageType.Call, action, "1.6")
-            error = next(iter(sorted(validator.iter_errors(payload), key=lambda e: e.path)), None)
-        except Exception:  # a schema the library lacks
-            error = None
+        error = _first_schema_error(action, payload)
         if error is not None:
             where = "/".join(str(p) for p in error.path) or "(payload)"
             await self._send_error(unique_id, _schema_error_code(error), f"{where}: {error.message}"[:255])
