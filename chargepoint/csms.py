@@ -42,6 +42,7 @@ class CentralSystemBehaviour:
         self.start_status: Callable[[str], str] = lambda tag: "Accepted"
         self.fail_actions: set[str] = set()  # answered with a CALLERROR
         self.silent_actions: set[str] = set()  # never answered
+        self.drop_once: set[str] = set()  # the connection is closed instead of answering, once per action
 
 
 class _Session(_CentralSide):
@@ -58,6 +59,10 @@ class _Session(_CentralSide):
                 action, payload = msg[2], msg[3]
                 self.server._record(Record("in", action, payload))
                 if action in self.server.behaviour.silent_actions:
+                    return
+                if action in self.server.behaviour.drop_once:
+                    self.server.behaviour.drop_once.discard(action)
+                    await self._connection.close()
                     return
                 if action in self.server.behaviour.fail_actions:
                     await self._send(json.dumps([4, msg[1], "InternalError", "test failure", {}]))

@@ -146,14 +146,14 @@ async def test_callerror_forever_drops_after_attempts_and_keeps_charging(
 async def test_socket_closed_mid_message_resends_it(tmp_path: Path) -> None:
     async with station(tmp_path) as s:
         dropped: list[str] = []
+        actions = ("StartTransaction", "MeterValues", "StopTransaction")
+        s.csms.behaviour.drop_once = set(actions)  # close the socket instead of answering, once each
 
-        def drop_on_first(record: Record) -> None:
-            if record.direction == "in" and record.action in ("StartTransaction", "MeterValues", "StopTransaction") \
-                    and record.action not in dropped:
+        def note_first(record: Record) -> None:
+            if record.direction == "in" and record.action in actions and record.action not in dropped:
                 dropped.append(record.action)
-                asyncio.get_running_loop().create_task(s.csms.drop_connections())
 
-        s.csms._on_record = drop_on_first
+        s.csms._on_record = note_first
         s.bench.ev(1).plug()
         s.bench.readers[0].present("DROPPY")
         await s.csms.wait_for(lambda: len(dropped) >= 2 and charging(s), 15)
