@@ -102,6 +102,29 @@ async def test_charge_point_max_shared_by_two_cars_never_overloads(tmp_path: Pat
         await st.csms.wait_for(lambda: offered(st, 2) == 16.0, timeout=7)
 
 
+async def test_below_minimum_the_second_car_waits_for_its_turn(tmp_path: Path) -> None:
+    async with running_station(tmp_path, connectors=2) as st:
+        assert (await set_profile(st, 0, profile(1, "ChargePointMaxProfile", [(0, 10)])))["status"] == "Accepted"
+        await st.start_charging(1, "TAG1")
+        assert offered(st, 1) == 10.0
+        st.bench.ev(2).plug()
+        st.bench.readers[0].present("TAG2")
+        await st.csms.wait_for_message("StartTransaction", count=2)
+        await st.wait_status("SuspendedEVSE", 2)
+        await asyncio.sleep(0.2)
+        # 10 A cannot feed two cars at 6 A: car 1 keeps its turn, car 2 is paused (no PWM current)
+        assert offered(st, 1) == 10.0 and offered(st, 2) is None
+        assert st.status(1) == "Charging"
+        snap = st.controller.snapshot()
+        car2 = next(c for c in snap["connectors"] if c["id"] == 2)
+        assert car2["limit_a"] is None and "waiting for its turn" in car2["limit_source"]
+        assert any(cl["amps"] is None for cl in car2["limit_claims"])
+        # the profile is lifted: both fit, car 2 charges
+        assert (await st.call("ClearChargingProfile", {"id": 1})) == {"status": "Accepted"}
+        await st.wait_status("Charging", 2)
+        assert offered(st, 1) is not None and offered(st, 1) + offered(st, 2) <= 32.0  # type: ignore[operator]
+
+
 async def test_tx_profile_step_reaches_pilot_at_the_boundary(tmp_path: Path) -> None:
     async with running_station(tmp_path) as st:
         offers = Offers(st)

@@ -182,6 +182,7 @@ class SmartChargingFeature(_Base):
         self._sc_pending_remote: dict[int, ChargingProfile] = {}
         self._sc_blocked_tx: dict[int, int] = {}  # connector -> local tx id paused for an invalid idTag
         self._sc_claims: dict[int, list[Claim]] = {}
+        self._sc_reads: set[asyncio.Task[Any]] = set()
 
     # ================================================================== start / persistence
     def load_persisted_state(self) -> None:
@@ -202,6 +203,8 @@ class SmartChargingFeature(_Base):
 
     async def stop(self) -> None:
         self._sc_cancel_timers()
+        for task in list(self._sc_reads):
+            task.cancel()
         await super().stop()
 
     def _sc_cancel_timers(self) -> None:
@@ -388,8 +391,11 @@ class SmartChargingFeature(_Base):
             asyncio.get_running_loop().call_later(EV_REACTION_S + 0.2, self._sc_read_later, rt)
 
     def _sc_read_later(self, rt: ConnectorRuntime) -> None:
-        if not self._stopping:
-            self._spawn(self._read_meter(rt), f"smart-read-{rt.id}")
+        if self._stopping:
+            return
+        task = asyncio.create_task(self._read_meter(rt), name=f"smart-read-{rt.id}")
+        self._sc_reads.add(task)  # a reference until done (not in the core's task list: it would grow)
+        task.add_done_callback(self._sc_reads.discard)
 
     # ================================================================== limits
     def _sc_limiter(self, cid: int) -> _RateLimiter:
