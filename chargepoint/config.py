@@ -62,6 +62,7 @@ class ConnectorConfig:
     max_current_a: float = 32.0
     min_current_a: float = 6.0
     phases: int = 3
+    ventilation: bool = False  # IEC 61851-1: energize in state D only where ventilation is provided
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -234,6 +235,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         if max_a is not None and min_a is not None and min_a > max_a:
             r.problem(f"{base}.min_current_a", min_a, f"at most max_current_a ({max_a})")
         phases = r.get(raw, "phases", f"{base}.phases", int, 3, choices=(1, 3))
+        ventilation = r.get(raw, "ventilation", f"{base}.ventilation", bool, False)
         devices: dict[str, dict[str, Any]] = {}
         for kind in DEVICE_KINDS:
             table = raw.get(kind, _MISSING)
@@ -257,7 +259,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 )
             devices[kind] = dict(table)
         for name in raw:
-            if name not in ("id", "max_current_a", "min_current_a", "phases", *DEVICE_KINDS):
+            if name not in ("id", "max_current_a", "min_current_a", "phases", "ventilation", *DEVICE_KINDS):
                 r.problem(f"{base}.{name}", raw[name], "unknown key")
         connectors.append(
             ConnectorConfig(
@@ -265,6 +267,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 max_current_a=max_a or 32.0,
                 min_current_a=min_a or 6.0,
                 phases=phases or 3,
+                ventilation=bool(ventilation),
                 devices=devices,
             )
         )

@@ -199,6 +199,10 @@ class ConnectorState:
     status: str = ""
     error_code: str = "NoError"
     stopping_reason: str | None = field(default=None)
+    # The last pilot reading is stale while the EVSE itself drives −12 V (state F): the car cannot be seen.
+    pilot_stale: bool = True
+    pending_inoperative: bool = False  # ChangeAvailability(Inoperative) Scheduled until the transaction ends
+    ventilation: bool = False  # IEC 61851-1: state D may only be energized where ventilation is provided
 
     def in_fault_hold(self, now: float) -> bool:
         return self.last_fault_at is not None and now < self.last_fault_at + safety.FAULT_STATE_F_MIN_S
@@ -249,8 +253,12 @@ def _derive_status(s: ConnectorState) -> str:
 
 
 def _desired_pilot(s: ConnectorState, now: float) -> float | str | None:
-    if s.faults or s.in_fault_hold(now) or (not s.operative and not s.in_transaction):
+    """F after a fault for ≥ 300 ms, for latched faults and when unavailable; otherwise during a fault
+    constant +12 V (no current offered), so that the car can be seen again (unplugged, short gone)."""
+    if s.in_fault_hold(now) or (s.faults & s.latched) or (not s.operative and not s.in_transaction):
         return F
+    if s.faults:
+        return None
     if (
         s.session_tag is not None
         and s.in_transaction
@@ -268,22 +276,24 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
     actions: list[Action] = []
 
     if isinstance(event, Pilot) and event.state == CpState.F:
-        # -12 V is what the EVSE itself drives in state F: it says nothing about the car. Keep the last
-        # known vehicle state; a real reading arrives once the pilot leaves F.
-        pass
+        # -12 V is what the EVSE itself drives in state F: it says nothing about the car. The last reading
+        # is kept but marked stale; the contactor never closes on a stale reading.
+        s = replace(s, pilot_stale=True)
     elif isinstance(event, Pilot):
-        s = replace(s, pilot=event.state)
+        s = replace(s, pilot=event.state, pilot_stale=False)
         if event.state == CpState.E:
             s = _add_fault(s, FaultKind.CP_SHORT, False, now)
-        elif FaultKind.CP_SHORT in s.faults and event.state != CpState.E:
+        elif FaultKind.CP_SHORT in s.faults:
             s = replace(s, faults=s.faults - {FaultKind.CP_SHORT})
-        if not event.state.vehicle_connected:
-            s = replace(s, finishing=False)
+        if event.state == CpState.A:
+            # Unplugging ends what a car caused: a diode or over-current fault does not outlive the car.
+            car_faults = {FaultKind.DIODE, FaultKind.OVERCURRENT} - s.latched
+            s = replace(s, finishing=False, faults=s.faults - car_faults)
             if s.in_transaction and s.stop_on_ev_disconnect:
                 s, ended = _end_transaction(s, "EVDisconnected")
                 actions.extend(ended)
     elif isinstance(event, Authorize):
-        if not s.in_transaction:
+        if not s.in_transaction and not s.pending_inoperative and s.operative:
             s = replace(s, session_tag=event.id_tag, session_since=now, finishing=False)
     elif isinstance(event, Stop):
         if s.in_transaction:
@@ -299,7 +309,10 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
     elif isinstance(event, ResetFaults):
         s = replace(s, faults=frozenset(), notices=frozenset(), latched=frozenset())
     elif isinstance(event, Availability):
-        s = replace(s, operative=event.operative)
+        if not event.operative and s.in_transaction:
+            s = replace(s, pending_inoperative=True)  # OCPP 1.6 §5.2: Scheduled
+        else:
+            s = replace(s, operative=event.operative, pending_inoperative=False)
     elif isinstance(event, Limit):
         s = replace(s, limit_a=event.amps)
     elif isinstance(event, Reserved):
@@ -362,6 +375,8 @@ def _end_transaction(s: ConnectorState, reason: str) -> tuple[ConnectorState, li
         session_tag=None,
         finishing=s.pilot.vehicle_connected,
     )
+    if s.pending_inoperative:  # a Scheduled ChangeAvailability takes effect with the end of the transaction
+        s = replace(s, operative=False, pending_inoperative=False)
     return s, [EndTransaction(reason)]
 
 
@@ -388,7 +403,7 @@ def _apply_outputs(s: ConnectorState, now: float) -> tuple[ConnectorState, list[
         s = replace(s, withdrawn_at=None)
 
     if desired != s.pilot_command:
-        s = replace(s, pilot_command=desired)
+        s = replace(s, pilot_command=desired, pilot_stale=s.pilot_stale or desired == F)
         out.append(PilotUnavailable() if desired == F else OfferCurrent(desired))  # type: ignore[arg-type]
 
     if not s.contactor_closed and safety.may_close(s, now):

@@ -106,7 +106,6 @@ class ConnectorRuntime:
     reading: MeterReading | None = None
     meter_ok: bool = True
     overcurrent: OvercurrentMonitor = field(default_factory=OvercurrentMonitor)
-    pending_operative: bool | None = None  # ChangeAvailability scheduled until the transaction ends
     tick_handle: asyncio.TimerHandle | None = None
     tx_chain: asyncio.Task[None] | None = None
     sampler: asyncio.Task[None] | None = None
@@ -149,7 +148,7 @@ class ControllerCore:
         self.clock_offset = timedelta(0)
         self._queue: asyncio.Queue[tuple[int, cm.Event]] = asyncio.Queue()
         self._status_queue: asyncio.Queue[tuple[int, str, str, int]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.stopped = asyncio.Event()
@@ -209,6 +208,7 @@ class ControllerCore:
                 connection_timeout_s=float(self.keys["ConnectionTimeOut"]),
                 stop_on_ev_disconnect=bool(self.keys["StopTransactionOnEVSideDisconnect"]),
                 operative=operative,
+                ventilation=cc.ventilation,
             )
             self.connectors[cc.id] = ConnectorRuntime(
                 id=cc.id, hw=hw, state=state, max_current_a=cc.max_current_a, phases=cc.phases
@@ -267,9 +267,16 @@ class ControllerCore:
         self.ready.set()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """A background task: kept until it ends (so stop() can cancel it), its failure logged."""
         task = asyncio.create_task(coro, name=name)
-        self._tasks.append(task)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def stop(self) -> None:
         """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes)."""
@@ -381,13 +388,26 @@ class ControllerCore:
         if isinstance(event, cm.Pilot):
             log.info("connector %d: pilot %s", cid, event.state.value, extra={"CONNECTOR_ID": cid})
             self._emit_timeline("pilot", connector=cid, state=event.state.value)
-        new, actions = cm.step(rt.state, event, now)
-        rt.state = new
-        for action in actions:
-            await self._execute(rt, action, now)
-        self._schedule_tick(rt)
-        if done:
-            done.set_result(None)
+        try:
+            new, actions = cm.step(rt.state, event, now)
+            rt.state = new
+            failed = False
+            for action in actions:
+                try:
+                    await self._execute(rt, action, now)
+                except Exception:
+                    # The hardware did not do what the state machine believes: treat it as a fault, which
+                    # opens the contactor and puts the pilot in F (the next event applies it).
+                    log.exception(
+                        "connector %d: %s failed", cid, type(action).__name__, extra={"CONNECTOR_ID": cid}
+                    )
+                    failed = True
+            if failed and not isinstance(event, cm.Fault):
+                self.post(cid, cm.Fault(FaultKind.OTHER))
+            self._schedule_tick(rt)
+        finally:
+            if done and not done.done():
+                done.set_result(None)
 
     def _schedule_tick(self, rt: ConnectorRuntime) -> None:
         deadline = rt.state.next_deadline()
@@ -550,6 +570,17 @@ class ControllerCore:
     async def _begin_transaction(self, rt: ConnectorRuntime, id_tag: str) -> None:
         start = self.now()  # the event's time, not after a slow meter read
         await self._read_meter(rt)
+        if rt.reading is None:
+            # No meter register since start: a meterStart of 0 would bill the meter's whole history.
+            log.error(
+                "connector %d: the meter has not answered since start; not starting a transaction "
+                "(check the meter's wiring, address and baud rate)",
+                rt.id,
+                extra={"CONNECTOR_ID": rt.id},
+            )
+            self._emit_timeline("refused", id_tag=id_tag, reason="no meter reading")
+            self.post(rt.id, cm.Stop("Other"))  # rt.tx stays None: nothing is queued
+            return
         assert (
             self.store is not None
             and self.outbox is not None
@@ -571,7 +602,9 @@ class ControllerCore:
                 # The outbox holds messages in memory: let it queue on its own (it writes its spill
                 # back first, in order).  Two commits are safe: a row whose StartTransaction is not
                 # queued gets one from _recover_transactions after a restart.
-                local_id = self.store.begin_transaction(rt.id, id_tag, iso(start), meter_start, reservation_id)
+                local_id = self.store.begin_transaction(
+                    rt.id, id_tag, iso(start), meter_start, reservation_id
+                )
                 rt.last_tx_seq = self.outbox.enqueue(
                     "StartTransaction", payload, local_tx_id=local_id, created_at=start
                 )
@@ -663,7 +696,6 @@ class ControllerCore:
             transaction_id=tx.transaction_id,
         )
         self.sender.wake()
-        self._apply_pending_availability(rt)
         self._recompute_all_limits()
 
     def _queue_stop(
@@ -856,7 +888,7 @@ class ControllerCore:
         while True:
             await asyncio.sleep(METER_POLL_CHARGING_S if rt.hw.contactor.is_closed else METER_POLL_IDLE_S)
             reading = await self._read_meter(rt)
-            if reading is None:
+            if reading is None or not rt.meter_ok:  # a stale reading must not trip (or clear) anything
                 continue
             if rt.overcurrent.sample(self.monotonic(), measured_current(reading)):
                 if FaultKind.OVERCURRENT not in rt.state.faults:
@@ -1208,35 +1240,26 @@ class ControllerCore:
 
     # ================================================================== availability
     async def change_availability(self, connector_id: int, operative: bool) -> str:
-        """ChangeAvailability (OCPP 1.6 §5.2): Scheduled while a transaction runs on a target connector."""
+        """ChangeAvailability (OCPP 1.6 §5.2): Scheduled while a transaction runs on a target connector.
+
+        The state machine keeps a scheduled change and applies it in the same step that ends the
+        transaction, so no new session can slip in between."""
         assert self.store is not None
         targets = list(self.connectors.values()) if connector_id == 0 else [self.connectors[connector_id]]
         if connector_id == 0:
             self.station_operative = operative
-        self._safe(
-            self.store.set_availability, None, connector_id, "Operative" if operative else "Inoperative"
-        )
+        value = "Operative" if operative else "Inoperative"
+        self._safe(self.store.set_availability, None, connector_id, value)
         scheduled = False
         for rt in targets:
             if connector_id == 0:
-                self._safe(
-                    self.store.set_availability, None, rt.id, "Operative" if operative else "Inoperative"
-                )
-            if rt.state.in_transaction and not operative:
-                rt.pending_operative = operative
-                scheduled = True
-            else:
-                rt.pending_operative = None
-                await self.apply_now(rt.id, cm.Availability(operative))
+                self._safe(self.store.set_availability, None, rt.id, value)
+            scheduled = scheduled or (rt.state.in_transaction and not operative)
+            await self.apply_now(rt.id, cm.Availability(operative))
         if connector_id == 0 and self.boot_accepted:
             status, code = self.station_status()
             self._status_queue.put_nowait((0, status, code, 0))
         return "Scheduled" if scheduled else "Accepted"
-
-    def _apply_pending_availability(self, rt: ConnectorRuntime) -> None:
-        if rt.pending_operative is not None:
-            self.post(rt.id, cm.Availability(rt.pending_operative))
-            rt.pending_operative = None
 
     # ================================================================== reset
     async def reset(self, kind: str) -> None:
@@ -1251,6 +1274,11 @@ class ControllerCore:
             if rt.tx_chain is not None:
                 with contextlib.suppress(BaseException):
                     await rt.tx_chain
+        # IEC 61851-1 sequence 10.2: give the cars up to 6 s to stop drawing before the outputs go off.
+        for _ in range(70):
+            if not any(rt.state.contactor_closed for rt in self.connectors.values()):
+                break
+            await asyncio.sleep(0.1)
         # Give the queue a moment to deliver the stops while we are still connected.
         for _ in range(50):
             if len(self.outbox) == 0 or not self.sender.online:

@@ -23,9 +23,16 @@ FORCE_OPEN_AFTER_S = 6.0  # IEC 61851-1 sequence 10.2
 FAULT_STATE_F_MIN_S = 0.3  # IEC 61851-1 Table A.5: state F for at least 300 ms after a fault
 
 
+def asks_for_power(state: ConnectorState) -> bool:
+    """State C, or D where the installation provides ventilation (IEC 61851-1), on a fresh reading."""
+    if state.pilot_stale:
+        return False
+    return state.pilot.value == "C" or (state.pilot.value == "D" and state.ventilation)
+
+
 def hard_conditions(state: ConnectorState) -> bool:
     """Conditions that must hold at every instant the contactor is closed."""
-    return state.pilot.wants_power and not state.faults and state.operative
+    return asks_for_power(state) and not state.faults and state.operative
 
 
 def soft_conditions(state: ConnectorState) -> bool:

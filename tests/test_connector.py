@@ -193,3 +193,66 @@ class ConnectorMachine(RuleBasedStateMachine):
 
 ConnectorMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestConnectorInvariant = ConnectorMachine.TestCase
+
+
+# ----------------------------------------------------------------------- found in review
+
+
+def _charging() -> cm.ConnectorState:
+    s, _ = run([(0, cm.Pilot(CpState.B)), (0, cm.Authorize("T")), (1, cm.Pilot(CpState.C))])
+    assert s.contactor_closed
+    return s
+
+
+def test_contactor_never_closes_on_a_reading_taken_before_state_f() -> None:
+    s = _charging()
+    s, _ = run([(2, cm.Fault(FaultKind.OVERTEMP)), (2.0, cm.Pilot(CpState.F))], s)  # the car is invisible now
+    s, a = run([(3, cm.FaultClear(FaultKind.OVERTEMP)), (3.5, cm.Tick())], s)
+    assert not s.contactor_closed and cm.CloseContactor() not in a  # the last reading (C) is stale
+    s, a = run([(3.6, cm.Pilot(CpState.A))], s)  # the fresh reading: the car was unplugged meanwhile
+    assert not s.contactor_closed and cm.EndTransaction("EVDisconnected") in a
+
+
+def test_after_the_fault_hold_the_pilot_shows_12v_so_the_car_can_be_seen() -> None:
+    s = _charging()
+    s, _ = run([(2, cm.Pilot(CpState.E))], s)
+    assert s.status == "Faulted" and s.in_transaction  # a short is not an unplug
+    s, a = run([(2.3, cm.Tick())], s)
+    assert cm.OfferCurrent(None) in a  # not latched: +12 V, no current offered
+    s, _ = run([(2.4, cm.Pilot(CpState.B))], s)
+    assert FaultKind.CP_SHORT not in s.faults and s.status != "Faulted"
+
+
+def test_latched_fault_keeps_state_f() -> None:
+    s = _charging()
+    s, _ = run([(2, cm.Fault(FaultKind.RCD, latched=True)), (3, cm.Tick())], s)
+    assert s.pilot_command == cm.F
+
+
+def test_unplug_clears_an_over_current_fault() -> None:
+    s = _charging()
+    s, _ = run([(2, cm.Fault(FaultKind.OVERCURRENT)), (2.5, cm.Tick()), (2.6, cm.Pilot(CpState.A))], s)
+    assert FaultKind.OVERCURRENT not in s.faults and s.status == "Available"
+
+
+def test_scheduled_inoperative_applies_in_the_step_that_ends_the_transaction() -> None:
+    s = _charging()
+    s, a = run([(2, cm.Availability(False))], s)
+    assert s.operative and s.pending_inoperative and s.contactor_closed and statuses(a) == []
+    s, a = run([(3, cm.Stop("Local"))], s)
+    assert not s.operative and cm.EndTransaction("Local") in a
+    s, a = run([(4, cm.Authorize("OTHER"))], s)  # no new session can slip in
+    assert s.session_tag is None and not any(isinstance(x, cm.BeginTransaction) for x in a)
+
+
+def test_state_d_needs_ventilation() -> None:
+    base = cm.ConnectorState(connector_id=1, limit_a=16.0)
+    s, _ = run([(0, cm.Pilot(CpState.B)), (0, cm.Authorize("T")), (1, cm.Pilot(CpState.D))], base)
+    assert not s.contactor_closed
+    from dataclasses import replace
+
+    s, _ = run(
+        [(0, cm.Pilot(CpState.B)), (0, cm.Authorize("T")), (1, cm.Pilot(CpState.D))],
+        replace(base, ventilation=True),
+    )
+    assert s.contactor_closed

@@ -351,3 +351,30 @@ async def test_hard_reset(tmp_path: Path) -> None:
         stop = await st.csms.wait_for_message("StopTransaction")
         assert stop["reason"] == "HardReset"
         await st.csms.wait_for(lambda: restarts == ["Hard"], 5)
+
+
+async def test_unlock_waits_until_the_car_stopped_drawing(station: Station) -> None:
+    await station.start_charging()
+    ev = station.bench.ev(1)
+    drawing_at_unlock: list[float] = []
+    lock = station.controller.connectors[1].hw.lock
+    original_unlock = lock.unlock
+
+    async def unlock() -> bool:
+        drawing_at_unlock.append(ev.drawn_a)
+        return await original_unlock()
+
+    lock.unlock = unlock
+    # a slow car: it keeps asking for power for 1 s after the offer is withdrawn
+    original = ev.set_offer
+
+    def slow_set_offer(amps: float | None, unavailable: bool = False) -> None:
+        if amps is None and not unavailable:
+            asyncio.get_running_loop().call_later(1.0, original, amps, unavailable)
+        else:
+            original(amps, unavailable)
+
+    ev.set_offer = slow_set_offer
+    assert (await station.call("UnlockConnector", {"connectorId": 1}))["status"] == "Unlocked"
+    assert drawing_at_unlock == [0.0]
+    assert not station.controller.connectors[1].hw.contactor.is_closed

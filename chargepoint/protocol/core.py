@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -150,5 +151,12 @@ class CoreHandlers:
             return call_result.UnlockConnector(status="NotSupported")
         if rt.state.in_transaction:
             await self.controller.apply_now(rt.id, cm.Stop("UnlockCommand"))
+        # Never unlock under load: the car gets up to 6 s to stop drawing (IEC 61851-1 sequence 10.2).
+        for _ in range(70):
+            if not rt.state.contactor_closed:
+                break
+            await asyncio.sleep(0.1)
+        if rt.state.contactor_closed:
+            return call_result.UnlockConnector(status="UnlockFailed")
         ok = await rt.hw.lock.unlock()
         return call_result.UnlockConnector(status="Unlocked" if ok else "UnlockFailed")
