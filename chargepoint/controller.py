@@ -886,7 +886,13 @@ class ControllerCore:
     async def _meter_poll_loop(self, rt: ConnectorRuntime) -> None:
         """Keeps the reading fresh for status, the balancer and the over-current check."""
         while True:
-            await asyncio.sleep(METER_POLL_CHARGING_S if rt.hw.contactor.is_closed else METER_POLL_IDLE_S)
+            closed = rt.hw.contactor.is_closed
+            waited = 0.0
+            while waited < (METER_POLL_CHARGING_S if closed else METER_POLL_IDLE_S):
+                await asyncio.sleep(METER_POLL_CHARGING_S)
+                waited += METER_POLL_CHARGING_S
+                if rt.hw.contactor.is_closed != closed:
+                    break  # charging started or stopped: read now, not up to 10 s later
             reading = await self._read_meter(rt)
             if reading is None or not rt.meter_ok:  # a stale reading must not trip (or clear) anything
                 continue
