@@ -15,8 +15,9 @@ STATUS= line and the local status socket (see :mod:`chargepoint.service`, :mod:`
   StartLimitBurst.
 * STATUS= is :func:`chargepoint.service.summary_line` of ``snapshot()``, every few seconds and on every
   connector status change (repeated text is not resent).
-* Status socket: ``config.status_socket``, else /run/chargepoint/status.sock when /run/chargepoint exists
-  (the unit's RuntimeDirectory); otherwise none. A socket that cannot be bound is logged, not fatal.
+* Status socket: ``config.status_socket``, else /run/chargepoint/status.sock when started by systemd and
+  /run/chargepoint exists (the unit's RuntimeDirectory); otherwise none. A socket that cannot be bound is
+  logged, not fatal.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chargepoint import connector as cm
+from chargepoint.logsetup import under_systemd
 from chargepoint.service import ServiceNotifier, Watchdog, summary_line
 from chargepoint.status_socket import DEFAULT_STATUS_SOCKET, StatusServer
 from hal.interfaces import FaultKind
@@ -45,10 +47,12 @@ NO_ANSWER_FAULTS = frozenset({FaultKind.METER, FaultKind.PILOT_BOARD})
 
 
 def status_socket_path(configured: str | None) -> Path | None:
+    """The configured path; else the default one, but only for the service systemd started (a test run or a
+    second controller on a charger must not rename its socket over the running service's)."""
     if configured:
         return Path(configured)
     default = Path(DEFAULT_STATUS_SOCKET)
-    return default if default.parent.is_dir() else None
+    return default if under_systemd() and default.parent.is_dir() else None
 
 
 class ServiceFeature(_Base):
