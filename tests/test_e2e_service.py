@@ -129,15 +129,22 @@ async def test_watchdog_pings_stop_while_the_dispatcher_is_stalled(tmp_path: Pat
         await sink.wait("WATCHDOG=1", count=2, timeout=3)  # pinging resumes once the loop runs again
 
 
-async def test_watchdog_pings_stop_when_the_hardware_stays_silent(tmp_path: Path, sink: NotifySink,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_watchdog_pings_stop_when_the_pilot_board_stays_silent(tmp_path: Path, sink: NotifySink,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from hal.interfaces import FaultKind
+
     monkeypatch.setattr(ServiceFeature, "hardware_grace_s", 0.3)
     async with controller_with(tmp_path) as (controller, _csms):
         await sink.wait("WATCHDOG=1", count=2, timeout=5)
-        meter = controller.connectors[1].hw.meter
-        meter.failing = True  # type: ignore[attr-defined]
-        await controller._read_meter(controller.connectors[1])  # the poll would notice within 10 s
+        bench = controller.build_context.shared["sim_bench"]  # type: ignore[union-attr]
+        # a silent meter is reported but is no reason for a restart: charging goes on without it
+        controller.connectors[1].hw.meter.failing = True  # type: ignore[attr-defined]
+        await controller._read_meter(controller.connectors[1])
         assert not controller.connectors[1].meter_ok
+        await asyncio.sleep(0.5)
+        assert controller.hardware_healthy()
+        controller.connectors[1].hw.meter.failing = False  # type: ignore[attr-defined]
+        bench.inject(1, FaultKind.PILOT_BOARD)
         await asyncio.sleep(0.2)
         assert controller.hardware_healthy()  # within the grace period: still pinging
         await asyncio.sleep(0.5)
@@ -146,8 +153,7 @@ async def test_watchdog_pings_stop_when_the_hardware_stays_silent(tmp_path: Path
         sink.messages.clear()
         await asyncio.sleep(0.5)
         assert sink.all("WATCHDOG=1") == []
-        meter.failing = False  # type: ignore[attr-defined]
-        await controller._read_meter(controller.connectors[1])
+        bench.clear(1, FaultKind.PILOT_BOARD)
         await sink.wait("WATCHDOG=1", count=2, timeout=3)
 
 

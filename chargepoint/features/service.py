@@ -120,11 +120,15 @@ class ServiceFeature(_Base):
                 self.watchdog.tick()
 
     def hardware_healthy(self) -> bool:
-        """False when every connector's hardware has not answered for ``hardware_grace_s``."""
+        """False when every connector's pilot board has not answered for ``hardware_grace_s``.
+
+        A silent meter does not count: charging goes on without it (PowerMeterFailure is reported), and a
+        watchdog restart mid-session would only close the transaction with PowerLoss and, after five
+        restarts, leave the service stopped."""
         now = self.monotonic()
         silent: list[bool] = []
         for rt in self.connectors.values():
-            if NO_ANSWER_FAULTS & rt.state.all_faults or not rt.meter_ok:
+            if (NO_ANSWER_FAULTS - {FaultKind.METER}) & rt.state.all_faults:
                 since = self._silent_since.setdefault(rt.id, now)
                 silent.append(now - since > self.hardware_grace_s)
             else:
