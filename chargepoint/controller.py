@@ -640,17 +640,19 @@ class ControllerCore:
         rt.sampler = asyncio.create_task(self._sample_loop(rt), name=f"sampler-{rt.id}")
         self._recompute_all_limits()
 
-    def _stop_data_values(self, rt: ConnectorRuntime, context: str) -> list[dict[str, Any]]:
+    def measured_values(
+        self, rt: ConnectorRuntime, reading: MeterReading | None, key: str, context: str
+    ) -> list[dict[str, Any]]:
+        """The sampledValues of ``reading`` for the measurands configuration key ``key`` lists."""
         assert self.keys is not None
-        if rt.reading is None:
+        if reading is None:
             return []
         return sampled_values(
-            rt.reading,
-            self.keys.csl("StopTxnSampledData"),
-            context=context,
-            offered_a=rt.hw.pilot.offered_amps,
-            phases=rt.phases,
+            reading, self.keys.csl(key), context=context, offered_a=rt.hw.pilot.offered_amps, phases=rt.phases
         )
+
+    def _stop_data_values(self, rt: ConnectorRuntime, context: str) -> list[dict[str, Any]]:
+        return self.measured_values(rt, rt.reading, "StopTxnSampledData", context)
 
     async def _end_transaction(self, rt: ConnectorRuntime, reason: str) -> None:
         tx = rt.tx
@@ -793,13 +795,7 @@ class ControllerCore:
             if reading is None or not rt.meter_ok:
                 continue
             ts = self.now()
-            values = sampled_values(
-                reading,
-                self.keys.csl("MeterValuesSampledData"),
-                context="Sample.Periodic",
-                offered_a=rt.hw.pilot.offered_amps,
-                phases=rt.phases,
-            )
+            values = self.measured_values(rt, reading, "MeterValuesSampledData", "Sample.Periodic")
             tx.last_meter_wh = max(tx.last_meter_wh, int(round(reading.energy_wh)))
             stop_values = self._stop_data_values(rt, "Sample.Periodic")
             if stop_values and len(tx.stop_data) < STOP_DATA_LIMIT:
@@ -852,13 +848,7 @@ class ControllerCore:
                 reading = await self._read_meter(rt)
                 if reading is None or not rt.meter_ok:
                     continue
-                values = sampled_values(
-                    reading,
-                    self.keys.csl("MeterValuesAlignedData"),
-                    context="Sample.Clock",
-                    offered_a=rt.hw.pilot.offered_amps,
-                    phases=rt.phases,
-                )
+                values = self.measured_values(rt, reading, "MeterValuesAlignedData", "Sample.Clock")
                 if not values:
                     continue
                 payload: dict[str, Any] = {
@@ -867,13 +857,7 @@ class ControllerCore:
                 }
                 tx = rt.tx
                 if tx is not None:
-                    aligned_stop = sampled_values(
-                        reading,
-                        self.keys.csl("StopTxnAlignedData"),
-                        context="Sample.Clock",
-                        offered_a=rt.hw.pilot.offered_amps,
-                        phases=rt.phases,
-                    )
+                    aligned_stop = self.measured_values(rt, reading, "StopTxnAlignedData", "Sample.Clock")
                     if aligned_stop and len(tx.stop_data) < STOP_DATA_LIMIT:
                         tx.stop_data.append({"timestamp": iso(ts), "sampledValue": aligned_stop})
                     if tx.transaction_id is not None:

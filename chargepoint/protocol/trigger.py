@@ -26,7 +26,7 @@ from typing import Any
 from ocpp.routing import after, on
 from ocpp.v16 import call_result
 
-from chargepoint.metering import iso, sampled_values
+from chargepoint.metering import iso
 from chargepoint.protocol.outbox import CallErrorReceived
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,7 @@ class TriggerHandlers:
         if reading is None or not rt.meter_ok:
             log.warning("triggered MeterValues for connector %d: no meter reading", rt.id)
             return
-        values = sampled_values(
-            reading,
-            c.keys.csl("MeterValuesSampledData"),
-            context="Trigger",
-            offered_a=rt.hw.pilot.offered_amps,
-            phases=rt.phases,
-        )
+        values = c.measured_values(rt, reading, "MeterValuesSampledData", "Trigger")
         if not values:
             log.warning("triggered MeterValues for connector %d: no measurand configured", rt.id)
             return
