@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ USER_AGENT = "pi-chargepoint-firmware/1"
 
 DiskUsage = Callable[[Path], Any]  # shutil.disk_usage-like: returns an object with .free
 Sleep = Callable[[float], Awaitable[None]]
+_T = TypeVar("_T")
 
 
 class TransferError(Exception):
@@ -62,6 +63,31 @@ class DownloadFailed(TransferError):
 
 class UploadFailed(TransferError):
     """Uploading a file did not complete."""
+
+
+async def _with_retries(once: Callable[[int], Awaitable[_T]], error: type[TransferError], *, attempts: int,
+                        interval_s: float, sleep: Sleep, label: str) -> _T:
+    """Run ``once(n)`` for n = 1..attempts until it succeeds, waiting ``interval_s`` between attempts.
+
+    Only ``error`` is caught; a non-retryable one ends at once and is raised as it is. When every attempt
+    failed retryably, the last message is raised with "(gave up after N attempts)" and ``retryable=False``,
+    since the ``retries`` budget (the total number of attempts, OCPP 1.6 §5.9 / §5.19) is used up.
+    """
+    last: TransferError | None = None
+    for n in range(1, attempts + 1):
+        try:
+            return await once(n)
+        except error as e:
+            last = e
+            log.warning("%s attempt %d/%d failed: %s", label, n, attempts, e)
+            if not e.retryable:
+                break
+            if n < attempts:
+                await sleep(interval_s)
+    assert last is not None
+    if last.retryable and attempts > 1:
+        raise error(f"{last.message} (gave up after {attempts} attempts)", retryable=False)
+    raise last
 
 
 @dataclass(frozen=True)
@@ -431,29 +457,19 @@ async def download(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    attempts = max(1, int(retries))
-    last: DownloadFailed | None = None
-    for n in range(1, attempts + 1):
-        try:
-            _check_disk(dest.parent, None, reserve_bytes, disk_usage)
-            size, digest, checked = await asyncio.to_thread(
-                _attempt, url, dest, part, max_bytes=max_bytes, reserve=reserve_bytes,
-                disk_usage=disk_usage, timeout=timeout_s,
-            )
-            log.info("downloaded %s (%d bytes, sha256 %s, checksum: %s) in %d attempt(s)",
-                     safe_url(url), size, digest, checked or "none offered", n)
-            return DownloadResult(dest, size, digest, checked, n)
-        except DownloadFailed as e:
-            last = e
-            log.warning("download attempt %d/%d failed: %s", n, attempts, e)
-            if not e.retryable:
-                break
-            if n < attempts:
-                await sleep(retry_interval_s)
-    assert last is not None
-    if last.retryable and attempts > 1:
-        raise DownloadFailed(f"{last.message} (gave up after {attempts} attempts)", retryable=False)
-    raise last
+
+    async def once(n: int) -> DownloadResult:
+        _check_disk(dest.parent, None, reserve_bytes, disk_usage)
+        size, digest, checked = await asyncio.to_thread(
+            _attempt, url, dest, part, max_bytes=max_bytes, reserve=reserve_bytes,
+            disk_usage=disk_usage, timeout=timeout_s,
+        )
+        log.info("downloaded %s (%d bytes, sha256 %s, checksum: %s) in %d attempt(s)",
+                 safe_url(url), size, digest, checked or "none offered", n)
+        return DownloadResult(dest, size, digest, checked, n)
+
+    return await _with_retries(once, DownloadFailed, attempts=max(1, int(retries)),
+                               interval_s=retry_interval_s, sleep=sleep, label="download")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -547,21 +563,11 @@ async def upload(
     if not file.is_file():
         raise UploadFailed(f"nothing to upload: {file} does not exist", retryable=False)
     name = remote_name or file.name
-    attempts = max(1, int(retries))
-    last: UploadFailed | None = None
-    for n in range(1, attempts + 1):
-        try:
-            target = await asyncio.to_thread(_upload_once, location, file, name, method, field_name, timeout_s)
-            log.info("uploaded %s to %s (attempt %d)", file.name, safe_url(target), n)
-            return safe_url(target)
-        except UploadFailed as e:
-            last = e
-            log.warning("upload attempt %d/%d failed: %s", n, attempts, e)
-            if not e.retryable:
-                break
-            if n < attempts:
-                await sleep(retry_interval_s)
-    assert last is not None
-    if last.retryable and attempts > 1:
-        raise UploadFailed(f"{last.message} (gave up after {attempts} attempts)", retryable=False)
-    raise last
+
+    async def once(n: int) -> str:
+        target = await asyncio.to_thread(_upload_once, location, file, name, method, field_name, timeout_s)
+        log.info("uploaded %s to %s (attempt %d)", file.name, safe_url(target), n)
+        return safe_url(target)
+
+    return await _with_retries(once, UploadFailed, attempts=max(1, int(retries)),
+                               interval_s=retry_interval_s, sleep=sleep, label="upload")
