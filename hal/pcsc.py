@@ -10,66 +10,45 @@ On a Pi, blacklist the kernel's pn533/nfc modules or pcscd cannot claim an ACR12
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from hal.driver_options import TAG_FORMATS, Options, format_tag
-from hal.interfaces import Emit, FaultCleared, FaultKind, FaultRaised, HalEvent, TagPresented
+from hal.interfaces import Emit, FaultKind, TagPresented
+from hal.threaded import ThreadedDevice
 
 log = logging.getLogger(__name__)
 
 GET_UID = [0xFF, 0xCA, 0x00, 0x00, 0x00]
 
 
-class PcscReader:
+class PcscReader(ThreadedDevice):
     def __init__(self, *, reader: str | None = None, tag_format: str = "hex", poll_ms: int = 250,
                  name: str = "reader", fault_connector: int = 0) -> None:
+        super().__init__(fault_connector=fault_connector)
         self.reader_filter = reader
         self.tag_format = tag_format
         self.poll_ms = poll_ms
         self.name = name
-        self.fault_connector = fault_connector
         self.reader_name: str | None = None
-        self._emit: Emit | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._faulted = False
         self.cycles = 0
 
     async def start(self, emit: Emit) -> None:
         import smartcard.scard  # noqa: F401  (fail early with ImportError if pyscard is missing)
 
-        self._emit = emit
-        self._loop = asyncio.get_running_loop()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="pcsc-reader", daemon=True)
-        self._thread.start()
+        await super().start(emit)
 
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 3)
-        self._thread = None
-
-    def _hand_over(self, event: HalEvent) -> None:
-        if self._loop is not None and self._emit is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._emit, event)
+    def _thread_name(self) -> str:
+        return "pcsc-reader"
 
     def _reader_gone(self, why: str) -> None:
-        if not self._faulted:
-            self._faulted = True
+        if self._fault_once(FaultKind.READER, why):
             log.error("RFID reader: %s", why)
-            self._hand_over(FaultRaised(self.fault_connector, FaultKind.READER, why))
 
     def _reader_back(self) -> None:
-        if self._faulted:
-            self._faulted = False
+        if self._clear_once(FaultKind.READER):
             log.info("RFID reader %s is back", self.reader_name)
-            self._hand_over(FaultCleared(self.fault_connector, FaultKind.READER))
 
     def _pick(self, readers: list[str]) -> str | None:
         for r in sorted(readers):

@@ -9,23 +9,14 @@ while a card is in the field, so a tag is reported once and again only after it 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from hal.driver_options import TAG_FORMATS, Options, format_tag
-from hal.interfaces import (
-    Emit,
-    FaultCleared,
-    FaultKind,
-    FaultRaised,
-    HalEvent,
-    HardwareConfigError,
-    TagPresented,
-)
+from hal.interfaces import FaultKind, HardwareConfigError, TagPresented
+from hal.threaded import ThreadedDevice
 
 log = logging.getLogger(__name__)
 
@@ -84,51 +75,28 @@ class FrameScanner:
             out.append(parsed)
 
 
-class Rdm6300Reader:
+class Rdm6300Reader(ThreadedDevice):
     def __init__(self, port: str, *, baudrate: int = 9600, tag_format: str = "hex", include_version: bool = False,
                  repeat_s: float = 2.0, name: str = "reader", fault_connector: int = 0) -> None:
+        super().__init__(fault_connector=fault_connector)
         self.port = port
         self.baudrate = baudrate
         self.tag_format = tag_format
         self.include_version = include_version
         self.repeat_s = repeat_s
         self.name = name
-        self.fault_connector = fault_connector
         self.scanner = FrameScanner()
         self._last: dict[bytes, float] = {}
-        self._emit: Emit | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._faulted = False
 
-    async def start(self, emit: Emit) -> None:
-        self._emit = emit
-        self._loop = asyncio.get_running_loop()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"rdm6300-{self.port}", daemon=True)
-        self._thread.start()
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 3)
-        self._thread = None
-
-    def _hand_over(self, event: HalEvent) -> None:
-        if self._loop is not None and self._emit is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._emit, event)
+    def _thread_name(self) -> str:
+        return f"rdm6300-{self.port}"
 
     def _fault(self, why: str) -> None:
-        if not self._faulted:
-            self._faulted = True
+        if self._fault_once(FaultKind.READER, f"RDM6300 {self.port}: {why}"):
             log.error("RDM6300 %s: %s", self.port, why)
-            self._hand_over(FaultRaised(self.fault_connector, FaultKind.READER, f"RDM6300 {self.port}: {why}"))
 
     def _ok(self) -> None:
-        if self._faulted:
-            self._faulted = False
-            self._hand_over(FaultCleared(self.fault_connector, FaultKind.READER))
+        self._clear_once(FaultKind.READER)
 
     def on_data(self, data: bytes, now: float) -> None:
         for frame in self.scanner.feed(data):
