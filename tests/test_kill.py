@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chargepoint.csms import CentralSystem, Record
+from chargepoint.store import Store
 
 SEED = int(os.environ.get("KILL_TEST_SEED", "1606"))
 KILLS = 52
@@ -266,10 +267,11 @@ async def test_offline_start_then_power_loss_is_sent_first_and_stopped_with_last
             await csms.wait_for(lambda: len(first.outbox) >= 3, 5)  # Start + 2 samples
             queued = [(m.action, m.payload) for m in first.outbox.pending()]
         finally:
-            await first.stop()
+            await first.stop()  # closes the store (and releases its exclusive lock)
             # An orderly stop leaves the "Shutdown" marker (-> Reboot); a power cut leaves none.
-            first.store.set_pending_reset(None)
-            first.store.close()  # stop() keeps the store open (exclusive lock)
+            store = Store.open(state_dir)
+            store.set_pending_reset(None)
+            store.close()
         await csms.start()
         second = await _controller(csms.url, state_dir)
         try:
