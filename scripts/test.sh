@@ -11,6 +11,7 @@ APT_PACKAGES=(
   socat                                     # pseudo-terminal pairs for Modbus RTU and RAPI emulators
   systemd                                   # systemd-analyze verify/security for the unit file
   shellcheck                                # lint of deploy/install.sh
+  librsvg2-bin                              # renders hardware-docs/wiring.svg to check it is readable
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
