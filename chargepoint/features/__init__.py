@@ -18,6 +18,7 @@ def _load() -> None:
         ("chargepoint.features.smartcharging", "SmartChargingFeature"),
         ("chargepoint.features.firmware", "FirmwareFeature"),
         ("chargepoint.features.service", "ServiceFeature"),
+        ("chargepoint.features.security", "SecurityFeature"),
     ):
         try:
             module = importlib.import_module(module_name)
