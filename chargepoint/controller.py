@@ -251,7 +251,7 @@ class ControllerCore:
             on_session=self._on_session,
             on_disconnect=self._on_disconnect,
             password=lambda: self.keys["AuthorizationKey"] or cfg.csms.password,  # type: ignore[index]
-            ca_file=cfg.csms.ca_file,
+            ca_file=self.csms_ca_file(),
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
             ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
@@ -996,6 +996,10 @@ class ControllerCore:
             wait = interval if interval > 0 else int(self.keys["HeartbeatInterval"]) or 60
             log.warning("BootNotification %s; trying again in %d s", conf["status"], wait)
             await asyncio.sleep(wait)
+
+    def csms_ca_file(self) -> str | None:
+        """Hook: the CA bundle that verifies a wss:// central system (security extension: installed roots)."""
+        return self.config.csms.ca_file
 
     def _after_boot(self) -> None:
         """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""
