@@ -43,6 +43,7 @@ class CentralSystemBehaviour:
         self.fail_actions: set[str] = set()  # answered with a CALLERROR
         self.silent_actions: set[str] = set()  # never answered
         self.drop_once: set[str] = set()  # the connection is closed instead of answering, once per action
+        self.sign_certificate_status = "Accepted"  # SignCertificate.conf (security extension)
 
 
 class _Session(_CentralSide):
@@ -133,6 +134,18 @@ class _Session(_CentralSide):
     @on("SecurityEventNotification")
     def on_security_event(self, **_: Any) -> Any:
         return call_result.SecurityEventNotification()
+
+    @on("SignCertificate")
+    def on_sign_certificate(self, **_: Any) -> Any:
+        return call_result.SignCertificate(status=self._b().sign_certificate_status)
+
+    @on("LogStatusNotification")
+    def on_log_status(self, **_: Any) -> Any:
+        return call_result.LogStatusNotification()
+
+    @on("SignedFirmwareStatusNotification")
+    def on_signed_fw_status(self, **_: Any) -> Any:
+        return call_result.SignedFirmwareStatusNotification()
 
 
 class CentralSystem:

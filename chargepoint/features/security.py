@@ -1,0 +1,560 @@
+"""Security extension of OCPP 1.6 ("Improved security for OCPP 1.6-J", edition 2) in the controller.
+
+What this mixin does:
+
+* Certificate management: InstallCertificate / DeleteCertificate / GetInstalledCertificateIds over the store in
+  ``state_dir/certs`` (:mod:`chargepoint.security.certs`). Installed CentralSystemRootCertificates (plus a
+  configured ``[csms] ca_file``) form the bundle that verifies a wss:// central system (``csms_ca_file``).
+* Client certificate (security profile 3): a P-256 key + CSR (O = CpoName, CN = charge point id) sent in
+  SignCertificate.req, answered later by CertificateSigned (chain checked, then stored).
+* Security events (SecurityEventNotification): kept in order, in memory until delivered, written to the state
+  directory at stop and sent again after the next start. They are sent only after BootNotification was accepted
+  (OCPP 1.6 §4.2), in one background sender so that a request handler never waits for its own link.
+  Events this code can detect:
+
+  - StartupOfTheDevice (every start), ResetOrReboot (Reset.req), FirmwareUpdated (a newly installed release
+    boots: the release manager reports it "pending"), SettingSystemTime (the central system's time moves our
+    clock by more than ``CLOCK_JUMP_S``), ReconfigurationOfSecurityParameters (AuthorizationKey, SecurityProfile
+    or CpoName changed), SecurityLogWasCleared (the bounded security log was full and started over),
+    MemoryExhaustion (the pending-event buffer overflowed and dropped old events, or the disk is full when a
+    certificate is stored), InvalidCentralSystemCertificate (the TLS handshake failed certificate verification;
+    once per run of failures), InvalidFirmwareSigningCertificate / InvalidFirmwareSignature
+    (SignedUpdateFirmware), InvalidChargePointCertificate (CertificateSigned rejected).
+  - Not detectable here, so never sent: AttemptedReplayAttacks, TamperDetectionActivated (no tamper switch in
+    hal/interfaces.py), FailedToAuthenticateAtCentralSystem / CentralSystemFailedToAuthenticate, InvalidMessages,
+    InvalidTLSVersion, InvalidTLSCipherSuite.
+
+* GetLog (DiagnosticsLog: the GetDiagnostics archive; SecurityLog: the security event log) uploaded with the
+  diagnostics uploader, reported by LogStatusNotification with the requestId. A new GetLog while one is running
+  cancels it: AcceptedCanceled.
+* SignedUpdateFirmware: the signingCertificate must chain to an installed ManufacturerRootCertificate (else
+  InvalidCertificate in the .conf); after the download the signature (base64, over the file's SHA256, ECDSA or
+  RSA) must match (else InvalidSignature), then the release is installed through the firmware feature's release
+  manager, reported by SignedFirmwareStatusNotification with the requestId.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import ssl
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from chargepoint.firmware.diagnostics import DiagnosticsUploader, archive_builder
+from chargepoint.firmware.download import SUPPORTED_SCHEMES, DownloadFailed, download
+from chargepoint.firmware.update import InstallFailed, InvalidRelease, verify_artifact
+from chargepoint.metering import iso
+from chargepoint.protocol.outbox import CallErrorReceived
+from chargepoint.security.certs import (
+    CertificateError,
+    CertificateStore,
+    sha256_file,
+    utc_now,
+    verify_signature,
+)
+from chargepoint.security.seclog import SecurityLog
+
+if TYPE_CHECKING:
+    from chargepoint.controller import ControllerCore
+    from chargepoint.protocol.link import OcppSession
+
+    _Base = ControllerCore
+else:
+    _Base = object
+
+log = logging.getLogger(__name__)
+
+PENDING_FILE = "pending-security-messages.json"
+MAX_PENDING = 1000
+CLOCK_JUMP_S = 60.0
+SECURITY_KEYS = ("AuthorizationKey", "SecurityProfile", "CpoName")
+# Defaults for keys of the security extension that chargepoint/keys.py may not define (yet).
+KEY_DEFAULTS = {"CertificateStoreMaxLength": 20, "CertificateSignedMaxChainSize": 10000}
+_QUEUED_ACTIONS = ("SecurityEventNotification", "LogStatusNotification", "SignedFirmwareStatusNotification")
+_BUSY_FIRMWARE = frozenset({"Downloading", "Downloaded", "SignatureVerified", "Installing", "DownloadScheduled",
+                            "InstallScheduled"})
+
+
+class _TlsFailureWatch(logging.Filter):
+    """Sees the link's "cannot reach" log record and reports a certificate verification failure.
+
+    Why a log filter: the link (chargepoint/protocol/link.py) handles connection errors itself and offers no
+    callback; the record carries the exception as an argument."""
+
+    def __init__(self, owner: SecurityFeature) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        link = self.owner.link
+        if link is not None and args and args[0] == link.url:
+            for arg in args:
+                if isinstance(arg, ssl.SSLCertVerificationError):
+                    self.owner._on_tls_failure(arg)
+        return True
+
+
+class SecurityFeature(_Base):
+    """Certificates, security events, GetLog, SignedUpdateFirmware, SignCertificate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.certs: CertificateStore | None = None
+        self.security_log: SecurityLog | None = None
+        self.security_queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._sec_wake = asyncio.Event()
+        self._sec_answer_sent = asyncio.Event()
+        self._sec_answer_sent.set()
+        self._tls_failing = False
+        self._tls_watch: _TlsFailureWatch | None = None
+        self._firmware_reported = False
+        self.log_uploaders: dict[str, DiagnosticsUploader] = {}
+        self.log_request_id: int | None = None
+        self.log_status = "Idle"
+        self.signed_firmware_task: asyncio.Task[None] | None = None
+        self.signed_firmware_status = "Idle"
+        self.signed_firmware_request: int | None = None
+        self._signed_installing = False
+
+    # ------------------------------------------------------------------ helpers
+    def security_key(self, name: str) -> Any:
+        """A security key's value; keys chargepoint/keys.py does not define fall back to KEY_DEFAULTS."""
+        keys = self.keys
+        if keys is not None and name in keys.specs:
+            return keys[name]
+        return KEY_DEFAULTS.get(name)
+
+    def certificate_store(self) -> CertificateStore:
+        if self.certs is None:
+            self.certs = CertificateStore(self.config.state_dir / "certs", self.config.csms.ca_file)
+        return self.certs
+
+    # ------------------------------------------------------------------ hooks of the core
+    def csms_ca_file(self) -> str | None:
+        """Installed CentralSystemRootCertificates (with the configured ca_file) verify a wss:// central system."""
+        try:
+            bundle = self.certificate_store().write_bundle()
+        except OSError as exc:
+            log.error("certificate store: %s", exc)
+            bundle = None
+        return bundle or super().csms_ca_file()
+
+    def _refresh_link_ca(self) -> None:
+        """The next connection uses the new bundle. The link reads its CA file at every connect.
+
+        OcppLink has no public setter for this (yet): set the attribute it reads."""
+        if self.link is not None:
+            self.link._ca_file = self.csms_ca_file()
+
+    async def start(self) -> None:
+        self.security_log = SecurityLog(self.config.state_dir / "security.log")
+        self._load_pending()
+        await super().start()
+        self._tls_watch = _TlsFailureWatch(self)
+        logging.getLogger("chargepoint.protocol.link").addFilter(self._tls_watch)
+        self._spawn(self._security_sender(), "security-messages")
+        from chargepoint import __version__
+
+        self.security_event("StartupOfTheDevice", f"firmware {self.config.firmware_version or __version__}")
+        work = self.config.state_dir / "logs"
+        cp_id = self.config.charge_point_id
+        self.log_uploaders = {
+            "DiagnosticsLog": DiagnosticsUploader(notify=self._log_notify, build=self._build_diagnostics_log,
+                                                  work_dir=work, charge_point_id=cp_id),
+            "SecurityLog": DiagnosticsUploader(notify=self._log_notify, build=self._build_security_log,
+                                               work_dir=work, charge_point_id=f"{cp_id}-securitylog"),
+        }
+
+    async def stop(self) -> None:
+        me = asyncio.current_task()
+        tasks = [u.task for u in self.log_uploaders.values()] + [self.signed_firmware_task]
+        for task in tasks:
+            if task is not None and task is not me and not task.done():
+                task.cancel()
+        if self._tls_watch is not None:
+            logging.getLogger("chargepoint.protocol.link").removeFilter(self._tls_watch)
+            self._tls_watch = None
+        await super().stop()
+        self._save_pending()
+
+    def _after_boot(self) -> None:
+        super()._after_boot()
+        if not self._firmware_reported and getattr(self, "firmware_boot_outcome", None) == "pending":
+            self._firmware_reported = True
+            releases = getattr(self, "releases", None)
+            version = releases.current_version() if releases is not None else None
+            self.security_event("FirmwareUpdated", f"now running release {version}")
+
+    async def _on_session(self, session: OcppSession) -> None:
+        self._tls_failing = False
+        await super()._on_session(session)
+        self._sec_wake.set()
+
+    def _on_key_changed(self, name: str, value: Any) -> None:
+        super()._on_key_changed(name, value)
+        if name in SECURITY_KEYS:
+            self.security_event("ReconfigurationOfSecurityParameters", f"{name} changed")
+
+    def _set_clock(self, current_time: str | None) -> None:
+        before = self.clock_offset
+        super()._set_clock(current_time)
+        jump = abs((self.clock_offset - before).total_seconds())
+        if jump > CLOCK_JUMP_S and self.boot_accepted:
+            self.security_event("SettingSystemTime", f"clock moved by {jump:.0f} s")
+
+    async def reset(self, kind: str) -> None:
+        self.security_event("ResetOrReboot", f"{kind} reset requested by the central system")
+        await self.drain_security_messages(2.0)
+        await super().reset(kind)
+
+    def _on_tls_failure(self, exc: ssl.SSLCertVerificationError) -> None:
+        if self._tls_failing:
+            return
+        self._tls_failing = True
+        self.security_event("InvalidCentralSystemCertificate", str(exc.verify_message or exc))
+
+    # ------------------------------------------------------------------ security events
+    def security_event(self, kind: str, tech_info: str | None = None) -> None:
+        """Record a security event in the security log and queue its SecurityEventNotification."""
+        timestamp = iso(self.now())
+        log.warning("security event %s%s", kind, f": {tech_info}" if tech_info else "",
+                    extra={"OCPP_ACTION": "SecurityEventNotification"})
+        self._emit_timeline("security_event", type=kind, tech_info=tech_info)
+        if self.security_log is not None and self.security_log.append(kind, timestamp, tech_info):
+            self._queue_message("SecurityEventNotification",
+                                {"type": "SecurityLogWasCleared", "timestamp": timestamp})
+        payload: dict[str, Any] = {"type": kind, "timestamp": timestamp}
+        if tech_info:
+            payload["techInfo"] = tech_info[:255]
+        self._queue_message("SecurityEventNotification", payload)
+
+    def _queue_message(self, action: str, payload: dict[str, Any]) -> None:
+        if len(self.security_queue) >= MAX_PENDING:
+            dropped = 0
+            while len(self.security_queue) >= MAX_PENDING - 1:
+                self.security_queue.popleft()
+                dropped += 1
+            log.error("%d undelivered security messages dropped: buffer full", dropped)
+            self.security_queue.append(("SecurityEventNotification", {
+                "type": "MemoryExhaustion", "timestamp": iso(self.now()),
+                "techInfo": f"{dropped} undelivered security messages dropped"}))
+        self.security_queue.append((action, payload))
+        self._sec_wake.set()
+
+    async def drain_security_messages(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until every queued message was delivered; True if the queue is empty."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.security_queue and loop.time() < deadline and self.boot_accepted:
+            await asyncio.sleep(0.02)
+        return not self.security_queue
+
+    def hold_security_messages(self) -> None:
+        """A request whose answer is not yet sent started work that reports statuses: hold them."""
+        self._sec_answer_sent.clear()
+
+    def release_security_messages(self) -> None:
+        self._sec_answer_sent.set()
+        self._sec_wake.set()
+
+    async def _security_sender(self) -> None:
+        """Send queued messages in order while registered and connected; retry every 30 s otherwise."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sec_wake.wait(), 30.0)
+            self._sec_wake.clear()
+            while self.security_queue and self.boot_accepted and self.link is not None and self.link.session:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._sec_answer_sent.wait(), 5.0)
+                action, payload = self.security_queue[0]
+                try:
+                    await self.link.call(action, payload)
+                except CallErrorReceived as exc:
+                    log.warning("%s refused by the central system: %s", action, exc)
+                except (TimeoutError, ConnectionError) as exc:
+                    log.warning("%s not delivered (%s); kept for later", action, exc or type(exc).__name__)
+                    break
+                if self.security_queue and self.security_queue[0] == (action, payload):
+                    self.security_queue.popleft()
+
+    def _pending_path(self) -> Path:
+        return self.config.state_dir / PENDING_FILE
+
+    def _save_pending(self) -> None:
+        path = self._pending_path()
+        try:
+            if self.security_queue:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(json.dumps([[a, p] for a, p in self.security_queue]))
+                os.replace(tmp, path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("undelivered security messages could not be saved: %s", exc)
+
+    def _load_pending(self) -> None:
+        path = self._pending_path()
+        try:
+            items = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            items = []
+        for item in items if isinstance(items, list) else []:
+            if (isinstance(item, list) and len(item) == 2 and item[0] in _QUEUED_ACTIONS
+                    and isinstance(item[1], dict)):
+                self.security_queue.append((item[0], item[1]))
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    # ------------------------------------------------------------------ certificates
+    def install_certificate(self, kind: str, pem: str) -> str:
+        store = self.certificate_store()
+        try:
+            status, why = store.install(kind, pem, max_entries=int(self.security_key("CertificateStoreMaxLength")),
+                                        now=utc_now())
+        except OSError as exc:
+            log.error("InstallCertificate: the certificate could not be stored: %s", exc)
+            if exc.errno == errno.ENOSPC:
+                self.security_event("MemoryExhaustion", "disk full while storing a certificate")
+            return "Failed"
+        log.info("InstallCertificate %s: %s%s", kind, status, f" ({why})" if why else "")
+        if status == "Accepted" and kind == "CentralSystemRootCertificate":
+            self._refresh_link_ca()
+        return status
+
+    def delete_certificate(self, hash_data: dict[str, Any]) -> str:
+        store = self.certificate_store()
+        entry = store.find(hash_data)
+        if entry is None:
+            return "NotFound"
+        if (entry.type == "CentralSystemRootCertificate" and self.config.csms.url.startswith("wss://")
+                and len(store.roots("CentralSystemRootCertificate")) <= 1):
+            log.warning("DeleteCertificate refused: the last CentralSystemRootCertificate verifies the connection")
+            return "Failed"
+        try:
+            store.delete(entry)
+        except OSError as exc:
+            log.error("DeleteCertificate: %s", exc)
+            return "Failed"
+        if entry.type == "CentralSystemRootCertificate":
+            self._refresh_link_ca()
+        return "Accepted"
+
+    def installed_certificate_ids(self, kind: str) -> list[dict[str, str]]:
+        return [i.hash_data for i in self.certificate_store().installed([kind])]
+
+    async def sign_charge_point_certificate(self) -> str | None:
+        """Generate a key + CSR and send SignCertificate.req. Returns the central system's status (or None)."""
+        store = self.certificate_store()
+        cpo = str(self.security_key("CpoName") or "")
+        try:
+            csr = await asyncio.to_thread(store.new_csr, self.config.charge_point_id, cpo)
+        except OSError as exc:
+            log.error("SignCertificate: the key could not be stored: %s", exc)
+            return None
+        if self.link is None or not self.boot_accepted:
+            return None
+        try:
+            conf = await self.link.call("SignCertificate", {"csr": csr})
+        except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
+            log.warning("SignCertificate not delivered: %s", exc)
+            return None
+        log.info("SignCertificate: %s", conf.get("status"))
+        return str(conf.get("status"))
+
+    def certificate_signed(self, chain: str) -> str:
+        if len(chain) > int(self.security_key("CertificateSignedMaxChainSize")):
+            self.security_event("InvalidChargePointCertificate", "certificate chain too long")
+            return "Rejected"
+        try:
+            self.certificate_store().accept_signed(chain, now=utc_now())
+        except CertificateError as exc:
+            log.warning("CertificateSigned rejected: %s", exc)
+            self.security_event("InvalidChargePointCertificate", str(exc))
+            return "Rejected"
+        except OSError as exc:
+            log.error("CertificateSigned: the certificate could not be stored: %s", exc)
+            return "Rejected"
+        log.info("CertificateSigned: client certificate stored (used with security profile 3)")
+        return "Accepted"
+
+    # ------------------------------------------------------------------ GetLog
+    def get_log(self, log_type: str, request_id: int, location: str, retries: int | None,
+                retry_interval: float | None, since: datetime | None, until: datetime | None
+                ) -> tuple[str, str | None]:
+        """GetLog.req: (status, filename). Building + uploading runs in the background."""
+        if urlsplit(location).scheme.lower() not in SUPPORTED_SCHEMES or log_type not in self.log_uploaders:
+            return "Rejected", None
+        canceled = any(u.task is not None and not u.task.done() for u in self.log_uploaders.values())
+        for u in self.log_uploaders.values():
+            if u.task is not None and not u.task.done():
+                u.task.cancel()
+        self.log_request_id = request_id
+        self._log_copy: Path | None = None
+        if log_type == "DiagnosticsLog":
+            copy = getattr(self, "_copy_store", lambda: None)()
+            self._log_copy = copy
+        uploader = self.log_uploaders[log_type]
+        name = uploader.get_diagnostics(location, retries, retry_interval, since, until)
+        if log_type == "DiagnosticsLog" and self._log_copy is not None and uploader.task is not None:
+            copy_dir = self._log_copy
+            uploader.task.add_done_callback(lambda _t: shutil.rmtree(copy_dir, ignore_errors=True))
+        return ("AcceptedCanceled" if canceled else "Accepted"), name
+
+    async def _log_notify(self, status: str) -> None:
+        mapped = {"UploadFailed": "UploadFailure"}.get(status, status)
+        self.log_status = mapped
+        payload: dict[str, Any] = {"status": mapped}
+        if self.log_request_id is not None:
+            payload["requestId"] = self.log_request_id
+        self._queue_message("LogStatusNotification", payload)
+
+    def log_status_now(self) -> dict[str, Any]:
+        """For ExtendedTriggerMessage(LogStatusNotification): Uploading (with requestId) or Idle."""
+        if self.log_status == "Uploading":
+            return {"status": "Uploading", "requestId": self.log_request_id}
+        return {"status": "Idle"}
+
+    def _build_diagnostics_log(self, out: Path, since: datetime | None, until: datetime | None) -> Path:
+        build = archive_builder(
+            state_dir=getattr(self, "_log_copy", None),
+            config_path=getattr(self, "_diag_config", None),
+            versions=getattr(self, "_versions", dict),
+            hardware_summary=getattr(self, "_hardware_summary", dict),
+        )
+        return build(out, since, until)
+
+    def _build_security_log(self, out: Path, since: datetime | None, until: datetime | None) -> Path:
+        assert self.security_log is not None
+        return self.security_log.archive(out, since, until)
+
+    # ------------------------------------------------------------------ SignedUpdateFirmware
+    def signed_update_firmware(self, request_id: int, location: str, retrieve: datetime, install: datetime | None,
+                               signing_certificate: str, signature: str, retries: int | None,
+                               retry_interval: float | None) -> str:
+        """SignedUpdateFirmware.req: the .conf status; the update runs in the background."""
+        firmware = getattr(self, "firmware", None)
+        if firmware is None:
+            return "Rejected"
+        try:
+            cert = self.certificate_store().check_signing_certificate(signing_certificate, now=utc_now())
+        except CertificateError as exc:
+            log.warning("SignedUpdateFirmware: invalid signing certificate: %s", exc)
+            self.security_event("InvalidFirmwareSigningCertificate", str(exc))
+            return "InvalidCertificate"
+        if self._signed_installing or getattr(firmware, "_installing", False):
+            return "Rejected"
+        canceled = False
+        if self.signed_firmware_task is not None and not self.signed_firmware_task.done():
+            self.signed_firmware_task.cancel()
+            canceled = True
+        self.signed_firmware_request = request_id
+        self.signed_firmware_task = self._spawn(
+            self._signed_firmware_run(request_id, location, retrieve, install, cert, signature,
+                                      firmware.default_retries if retries is None else retries,
+                                      firmware.default_retry_interval_s if retry_interval is None
+                                      else retry_interval),
+            "signed-firmware")
+        return "AcceptedCanceled" if canceled else "Accepted"
+
+    def signed_firmware_status_now(self) -> dict[str, Any]:
+        status = self.signed_firmware_status if self.signed_firmware_status in _BUSY_FIRMWARE else "Idle"
+        payload: dict[str, Any] = {"status": status}
+        if status != "Idle" and self.signed_firmware_request is not None:
+            payload["requestId"] = self.signed_firmware_request
+        return payload
+
+    def _signed_report(self, request_id: int, status: str) -> None:
+        self.signed_firmware_status = status
+        self._emit_timeline("signed_firmware", status=status, request_id=request_id)
+        self._queue_message("SignedFirmwareStatusNotification", {"status": status, "requestId": request_id})
+
+    async def _signed_firmware_run(self, request_id: int, location: str, retrieve: datetime,
+                                   install: datetime | None, cert: Any, signature: str, retries: int,
+                                   retry_interval: float) -> None:
+        firmware: Any = getattr(self, "firmware", None)
+        assert firmware is not None
+        delay = (retrieve - utc_now()).total_seconds()
+        if delay > 0:
+            self._signed_report(request_id, "DownloadScheduled")
+            await asyncio.sleep(delay)
+        self._signed_report(request_id, "Downloading")
+        dest = self.config.state_dir / "firmware" / f"signed-{request_id}.bin"
+        name = Path(urlsplit(location).path).name
+        if name.endswith((".whl", ".tar.gz")):
+            dest = dest.with_name(f"signed-{request_id}-{name}")
+        try:
+            try:
+                result = await download(location, dest, retries=retries, retry_interval_s=retry_interval,
+                                        max_bytes=firmware.max_bytes)
+            except DownloadFailed as exc:
+                log.error("signed firmware download failed: %s", exc)
+                self._signed_report(request_id, "DownloadFailed")
+                return
+            self._signed_report(request_id, "Downloaded")
+            digest = await asyncio.to_thread(sha256_file, result.path)
+            try:
+                verify_signature(cert, signature, digest)
+            except CertificateError as exc:
+                log.error("signed firmware: %s", exc)
+                self._signed_report(request_id, "InvalidSignature")
+                self.security_event("InvalidFirmwareSignature", str(exc))
+                return
+            self._signed_report(request_id, "SignatureVerified")
+            try:
+                artifact = await asyncio.to_thread(verify_artifact, result.path)
+            except InvalidRelease as exc:
+                log.error("signed firmware is not a release of this project: %s", exc)
+                self._signed_report(request_id, "InstallVerificationFailed")
+                return
+            if install is not None and (install - utc_now()).total_seconds() > 0:
+                self._signed_report(request_id, "InstallScheduled")
+                await asyncio.sleep((install - utc_now()).total_seconds())
+            await firmware._wait_idle()  # §5.19: may wait for transactions to end before installing
+            self._signed_installing = True
+            self._signed_report(request_id, "Installing")
+            releases = firmware.releases
+            try:
+                current = await asyncio.to_thread(releases.current_version)
+                if artifact.version != current:
+                    version = await asyncio.to_thread(releases.install, artifact.path)
+                    await asyncio.to_thread(firmware._switch_and_mark, version, current)
+                else:
+                    version = None
+            except (InstallFailed, InvalidRelease, OSError) as exc:
+                log.error("signed firmware installation failed: %s", exc)
+                self._signed_report(request_id, "InstallationFailed")
+                return
+            self._signed_report(request_id, "Installed")
+            if version is None:
+                return
+            await firmware._wait_idle()
+            await self.drain_security_messages(5.0)
+            restart = getattr(self, "_firmware_restart", None)
+            if restart is not None:
+                await restart()
+        finally:
+            self._signed_installing = False
+            dest.unlink(missing_ok=True)
+
+
+def parse_window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """GetLog's oldest/latest timestamps; a reversed window is swapped rather than refused."""
+    if since is not None and until is not None and since > until:
+        return until, since
+    return since, until
+
+
+__all__ = ["SecurityFeature", "parse_window"]
