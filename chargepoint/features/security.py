@@ -158,7 +158,7 @@ class SecurityFeature(_Base):
 
     async def start(self) -> None:
         self.security_log = SecurityLog(self.config.state_dir / "security.log")
-        self._load_pending()
+        self._sec_load_pending()
         await super().start()
         self._tls_watch = _TlsFailureWatch(self)
         logging.getLogger("chargepoint.protocol.link").addFilter(self._tls_watch)
@@ -185,7 +185,7 @@ class SecurityFeature(_Base):
             logging.getLogger("chargepoint.protocol.link").removeFilter(self._tls_watch)
             self._tls_watch = None
         await super().stop()
-        self._save_pending()
+        self._sec_save_pending()
 
     def _after_boot(self) -> None:
         super()._after_boot()
@@ -287,11 +287,11 @@ class SecurityFeature(_Base):
                 if self.security_queue and self.security_queue[0] == (action, payload):
                     self.security_queue.popleft()
 
-    def _pending_path(self) -> Path:
+    def _sec_pending_path(self) -> Path:
         return self.config.state_dir / PENDING_FILE
 
-    def _save_pending(self) -> None:
-        path = self._pending_path()
+    def _sec_save_pending(self) -> None:
+        path = self._sec_pending_path()
         try:
             if self.security_queue:
                 tmp = path.with_name(path.name + ".tmp")
@@ -302,8 +302,8 @@ class SecurityFeature(_Base):
         except OSError as exc:
             log.error("undelivered security messages could not be saved: %s", exc)
 
-    def _load_pending(self) -> None:
-        path = self._pending_path()
+    def _sec_load_pending(self) -> None:
+        path = self._sec_pending_path()
         try:
             items = json.loads(path.read_text())
         except FileNotFoundError:
@@ -461,12 +461,14 @@ class SecurityFeature(_Base):
             self.signed_firmware_task.cancel()
             canceled = True
         self.signed_firmware_request = request_id
-        self.signed_firmware_task = self._spawn(
+        # not in the core's task set: this task may itself stop the controller (restart into the release)
+        self.signed_firmware_task = asyncio.create_task(
             self._signed_firmware_run(request_id, location, retrieve, install, cert, signature,
                                       firmware.default_retries if retries is None else retries,
                                       firmware.default_retry_interval_s if retry_interval is None
                                       else retry_interval),
-            "signed-firmware")
+            name="signed-firmware")
+        self.signed_firmware_task.add_done_callback(self._task_done)
         return "AcceptedCanceled" if canceled else "Accepted"
 
     def signed_firmware_status_now(self) -> dict[str, Any]:
@@ -491,10 +493,9 @@ class SecurityFeature(_Base):
             self._signed_report(request_id, "DownloadScheduled")
             await asyncio.sleep(delay)
         self._signed_report(request_id, "Downloading")
-        dest = self.config.state_dir / "firmware" / f"signed-{request_id}.bin"
-        name = Path(urlsplit(location).path).name
-        if name.endswith((".whl", ".tar.gz")):
-            dest = dest.with_name(f"signed-{request_id}-{name}")
+        # the release check reads the version from the file name: keep it
+        name = "".join(ch if ch.isalnum() or ch in "._+-" else "_" for ch in Path(urlsplit(location).path).name)
+        dest = self.config.state_dir / "firmware" / f"signed-{request_id}" / (name or "firmware.bin")
         try:
             try:
                 result = await download(location, dest, retries=retries, retry_interval_s=retry_interval,
@@ -547,7 +548,7 @@ class SecurityFeature(_Base):
                 await restart()
         finally:
             self._signed_installing = False
-            dest.unlink(missing_ok=True)
+            shutil.rmtree(dest.parent, ignore_errors=True)
 
 
 def parse_window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
