@@ -94,7 +94,9 @@ async def test_charge_point_max_shared_by_two_cars_never_overloads(tmp_path: Pat
             assert {"amps": 16.0, "source": "ChargePointMaxProfile#1"} in c["limit_claims"]
         # the simulated cars follow: their meters measure 8 A each
         await st.csms.wait_for(
-            lambda: all(abs(measured_current(st.bench.meters[cid].snapshot()) - 8.0) < 0.01 for cid in (1, 2)),
+            lambda: all(
+                abs(measured_current(st.bench.meters[cid].snapshot()) - 8.0) < 0.01 for cid in (1, 2)
+            ),
             timeout=2,
         )
         # Car 1 leaves: car 2 gets the whole 16 A (an increase: at most one change per 5 s).
@@ -104,7 +106,9 @@ async def test_charge_point_max_shared_by_two_cars_never_overloads(tmp_path: Pat
 
 async def test_below_minimum_the_second_car_waits_for_its_turn(tmp_path: Path) -> None:
     async with running_station(tmp_path, connectors=2) as st:
-        assert (await set_profile(st, 0, profile(1, "ChargePointMaxProfile", [(0, 10)])))["status"] == "Accepted"
+        assert (await set_profile(st, 0, profile(1, "ChargePointMaxProfile", [(0, 10)])))[
+            "status"
+        ] == "Accepted"
         await st.start_charging(1, "TAG1")
         assert offered(st, 1) == 10.0
         st.bench.ev(2).plug()
@@ -137,8 +141,13 @@ async def test_tx_profile_step_reaches_pilot_at_the_boundary(tmp_path: Path) -> 
         # after the transaction's first offer, so the rate limit does not hold it.
         start = (c.now() - timedelta(seconds=0.6)).replace(microsecond=(c.now().microsecond // 1000) * 1000)
         boundary_wall = start + timedelta(seconds=6)
-        prof = profile(7, "TxProfile", [(0, 32), (6, 10)], start=format_datetime(start),
-                       transactionId=rt.tx.transaction_id)
+        prof = profile(
+            7,
+            "TxProfile",
+            [(0, 32), (6, 10)],
+            start=format_datetime(start),
+            transactionId=rt.tx.transaction_id,
+        )
         boundary_mono = time.monotonic() + (boundary_wall - c.now()).total_seconds()
         assert await set_profile(st, 1, prof) == {"status": "Accepted"}
         assert offered(st, 1) == 32.0
@@ -172,22 +181,26 @@ async def test_invalid_profiles_rejected_and_nothing_changes(tmp_path: Path) -> 
         start = format_datetime(st.controller.now())
         # Same id as the installed profile: wrongly accepting any of them would replace it.
         bad = {
-            "periods out of order": profile(1, "TxDefaultProfile", [(0, 16), (20, 10), (10, 8)],
-                                            kind="Relative"),
+            "periods out of order": profile(
+                1, "TxDefaultProfile", [(0, 16), (20, 10), (10, 8)], kind="Relative"
+            ),
             "first period not 0": profile(1, "TxDefaultProfile", [(5, 16)], kind="Relative"),
             "negative limit": profile(1, "TxDefaultProfile", [(0, -1)], kind="Relative"),
             "TxProfile without transaction": profile(1, "TxProfile", [(0, 8)], kind="Relative"),
             "stackLevel above max": profile(1, "TxDefaultProfile", [(0, 8)], kind="Relative", stack=11),
-            "recurring without startSchedule": profile(1, "TxDefaultProfile", [(0, 8)], kind="Recurring",
-                                                       recurrencyKind="Daily"),
-            "relative with startSchedule": profile(1, "TxDefaultProfile", [(0, 8)], kind="Relative",
-                                                   start=start),
+            "recurring without startSchedule": profile(
+                1, "TxDefaultProfile", [(0, 8)], kind="Recurring", recurrencyKind="Daily"
+            ),
+            "relative with startSchedule": profile(
+                1, "TxDefaultProfile", [(0, 8)], kind="Relative", start=start
+            ),
             "ChargePointMax on a connector": profile(1, "ChargePointMaxProfile", [(0, 8)], start=start),
         }
         for name, prof in bad.items():
             assert await set_profile(st, 1, prof) == {"status": "Rejected"}, name
         assert (await set_profile(st, 3, profile(2, "TxDefaultProfile", [(0, 8)], kind="Relative")))[
-            "status"] == "Rejected"
+            "status"
+        ] == "Rejected"
         # an unknown unit is a schema violation: CALLERROR, not an answer
         unit = await set_profile(st, 1, profile(1, "TxDefaultProfile", [(0, 8)], kind="Relative", unit="kW"))
         assert unit["__error__"] == "PropertyConstraintViolation"
@@ -201,28 +214,35 @@ async def test_get_composite_schedule_and_clear(tmp_path: Path) -> None:
         c = st.controller
         start = format_datetime(c.now().replace(microsecond=0))
         assert (await set_profile(st, 0, profile(1, "ChargePointMaxProfile", [(0, 16)], start=start)))[
-            "status"] == "Accepted"
+            "status"
+        ] == "Accepted"
         assert (await set_profile(st, 1, profile(2, "TxDefaultProfile", [(0, 10), (60, 20)], start=start)))[
-            "status"] == "Accepted"
+            "status"
+        ] == "Accepted"
         conf = await st.call("GetCompositeSchedule", {"connectorId": 1, "duration": 120})
         assert conf["status"] == "Accepted" and conf["connectorId"] == 1
         periods = conf["chargingSchedule"]["chargingSchedulePeriod"]
         assert [p["limit"] for p in periods] == [10, 16]
         assert 58 <= periods[1]["startPeriod"] <= 60
         assert conf["chargingSchedule"]["chargingRateUnit"] == "A"
-        watts = await st.call("GetCompositeSchedule", {"connectorId": 1, "duration": 30,
-                                                       "chargingRateUnit": "W"})
+        watts = await st.call(
+            "GetCompositeSchedule", {"connectorId": 1, "duration": 30, "chargingRateUnit": "W"}
+        )
         assert watts["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 10 * 230 * 3
         total = await st.call("GetCompositeSchedule", {"connectorId": 0, "duration": 60})
         assert [p["limit"] for p in total["chargingSchedule"]["chargingSchedulePeriod"]] == [16]
-        assert (await st.call("GetCompositeSchedule", {"connectorId": 4, "duration": 60}))["status"] == "Rejected"
+        assert (await st.call("GetCompositeSchedule", {"connectorId": 4, "duration": 60}))[
+            "status"
+        ] == "Rejected"
         assert c.connectors[1].limit_a == 10.0 and c.connectors[1].limit_source == "TxDefaultProfile#2"
         # ClearChargingProfile: by id, then a selection that matches nothing
         assert (await st.call("ClearChargingProfile", {"id": 2})) == {"status": "Accepted"}
         assert (await st.call("ClearChargingProfile", {"id": 2})) == {"status": "Unknown"}
-        assert (await st.call("ClearChargingProfile", {"connectorId": 1,
-                                                       "chargingProfilePurpose": "TxDefaultProfile"})
-                ) == {"status": "Unknown"}
+        assert (
+            await st.call(
+                "ClearChargingProfile", {"connectorId": 1, "chargingProfilePurpose": "TxDefaultProfile"}
+            )
+        ) == {"status": "Unknown"}
         await st.csms.wait_for(lambda: c.connectors[1].limit_a == 16.0)
         assert c.connectors[1].limit_source == "ChargePointMaxProfile#1"
         assert (await st.call("ClearChargingProfile", {})) == {"status": "Accepted"}
@@ -233,9 +253,11 @@ async def test_profiles_survive_a_restart(tmp_path: Path) -> None:
     async with running_station(tmp_path) as st:
         start = format_datetime(st.controller.now())
         assert (await set_profile(st, 0, profile(3, "ChargePointMaxProfile", [(0, 25)], start=start)))[
-            "status"] == "Accepted"
-        assert (await set_profile(st, 1, profile(4, "TxDefaultProfile", [(0, 12)], kind="Relative", stack=2))
-                )["status"] == "Accepted"
+            "status"
+        ] == "Accepted"
+        assert (
+            await set_profile(st, 1, profile(4, "TxDefaultProfile", [(0, 12)], kind="Relative", stack=2))
+        )["status"] == "Accepted"
         before = st.controller.snapshot()["smart_charging"]["profiles"]
     async with running_station(tmp_path) as st2:
         assert st2.controller.snapshot()["smart_charging"]["profiles"] == before
@@ -251,11 +273,17 @@ async def test_remote_start_with_tx_profile(tmp_path: Path) -> None:
         offers = Offers(st)
         st.bench.ev(1).plug()
         wrong = profile(9, "TxDefaultProfile", [(0, 12)], kind="Relative")
-        assert (await st.call("RemoteStartTransaction", {"idTag": "R1", "connectorId": 1,
-                                                         "chargingProfile": wrong}))["status"] == "Rejected"
+        assert (
+            await st.call(
+                "RemoteStartTransaction", {"idTag": "R1", "connectorId": 1, "chargingProfile": wrong}
+            )
+        )["status"] == "Rejected"
         good = profile(9, "TxProfile", [(0, 12)], kind="Relative")
-        assert (await st.call("RemoteStartTransaction", {"idTag": "R1", "connectorId": 1,
-                                                         "chargingProfile": good}))["status"] == "Accepted"
+        assert (
+            await st.call(
+                "RemoteStartTransaction", {"idTag": "R1", "connectorId": 1, "chargingProfile": good}
+            )
+        )["status"] == "Accepted"
         await st.wait_status("Charging")
         rt = c.connectors[1]
         await st.csms.wait_for(lambda: rt.tx is not None and rt.tx.transaction_id is not None)
@@ -265,5 +293,34 @@ async def test_remote_start_with_tx_profile(tmp_path: Path) -> None:
         assert [a for _t, a in offers.of(1) if a is not None] == [12.0]
         assert source(st, 1) == "TxProfile#9"
         assert (await st.call("RemoteStopTransaction", {"transactionId": rt.tx.transaction_id}))[  # type: ignore[union-attr]
-            "status"] == "Accepted"
+            "status"
+        ] == "Accepted"
         await st.csms.wait_for(lambda: c.profiles.get(9) is None)
+
+
+async def test_current_given_back_is_handed_on_only_once_the_car_followed(tmp_path: Path) -> None:
+    """A car may take up to 5 s (+ margin) to follow a cut: until a meter reading shows it did, the other
+    connector is not offered what it gave back, so the pair never draws more than the station limit."""
+    async with running_station(tmp_path, connectors=2) as st:
+        assert (await set_profile(st, 0, profile(1, "ChargePointMaxProfile", [(0, 16)])))[
+            "status"
+        ] == "Accepted"
+        await st.start_charging(1, "TAG1")
+        c = st.controller
+        offers = Offers(st)
+        reads_of_1_at_offer_2: list[float] = []
+
+        def on_offer(kind: str, data: dict) -> None:
+            if kind == "offer" and data["connector"] == 2 and data["amps"]:
+                reads_of_1_at_offer_2.append(c._sc_read_at.get(1, -1.0))  # type: ignore[attr-defined]
+
+        c.listeners.append(on_offer)
+        st.bench.ev(2).plug()
+        st.bench.readers[0].present("TAG2")
+        await st.csms.wait_for(lambda: offered(st, 2) == 8.0, timeout=12)
+        cut_at = next(t for t, cid, amps in offers.events if cid == 1 and amps == 8.0)
+        first_offer_2 = next(t for t, cid, amps in offers.events if cid == 2 and amps)
+        assert cut_at <= first_offer_2
+        # connector 2 got current only after connector 1's meter had been read after the cut (or the
+        # follow window of 11 s had passed)
+        assert reads_of_1_at_offer_2[0] > cut_at - 0.005 or first_offer_2 - cut_at >= 11.0

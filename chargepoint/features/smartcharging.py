@@ -95,6 +95,9 @@ log = logging.getLogger(__name__)
 
 DUTY_MIN_INTERVAL_S = 5.0  # IEC 61851: at most one PWM change per 5 s (HARDWARE-FACTS.md)
 EV_REACTION_S = 5.0  # IEC 61851-1: an EV follows a duty change within 5 s
+# Some cars need about 6 s more than the standard allows (shared/HARDWARE-FACTS.md, EVerest PR#762): until then,
+# or until a meter reading shows the car has followed, current a connector gave back is not handed to another.
+FOLLOW_MARGIN_S = 6.0
 ROTATION_S = 900.0  # balancer turn when not every connector fits at its minimum
 TIMER_SLACK_S = 0.001  # fire just after a boundary so `limit_at` already shows the new value
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -176,6 +179,7 @@ class SmartChargingFeature(_Base):
         self._sc_timer_at: float | None = None
         self._sc_soon: asyncio.Handle | None = None
         self._sc_offer_changed: dict[int, float] = {}  # monotonic time of the last pilot change
+        self._sc_gave_back: dict[int, tuple[float, float]] = {}  # connector -> (amps before a cut, when)
         self._sc_read_at: dict[int, float] = {}  # monotonic time of the last meter reading
         self._sc_served_since: dict[int, datetime] = {}
         self._sc_waiting_since: dict[int, datetime] = {}
@@ -381,8 +385,12 @@ class SmartChargingFeature(_Base):
         return reading
 
     async def _execute(self, rt: ConnectorRuntime, action: cm.Action, now: float) -> None:
+        before = rt.hw.pilot.offered_amps
         await super()._execute(rt, action, now)
         if isinstance(action, cm.OfferCurrent | cm.PilotUnavailable):
+            after = action.amps if isinstance(action, cm.OfferCurrent) else None
+            if before is not None and (after is None or after < before):
+                self._sc_gave_back[rt.id] = (before, now)
             self._sc_limiter(rt.id).note_change(_mono_dt(now))
             self._sc_offer_changed[rt.id] = now
             self._sc_request_recompute()  # others may now use what this connector gave back
@@ -493,7 +501,7 @@ class SmartChargingFeature(_Base):
         offer = self._balance(rt, now, station_a, tx_limits).get(rt.id)
         if offer is not None:
             claims.append((offer.amps, f"load balancer, {station_src} {station_a:g} A: {offer.reason}"))
-        others = sum(r.limit_a or 0.0 for r in self.connectors.values()
+        others = sum(self._sc_committed_a(r) for r in self.connectors.values()
                      if r is not rt and r.state.in_transaction)
         if others > 0:
             claims.append((max(station_a - others, 0.0),
@@ -503,6 +511,28 @@ class SmartChargingFeature(_Base):
         if blocked is not None and rt.tx is not None and rt.tx.local_id == blocked:
             claims.append((None, "idTag not accepted"))
         return claims
+
+    def _sc_committed_a(self, r: ConnectorRuntime) -> float:
+        """What connector ``r`` may still be drawing: its offer, or, while its car may still be following a
+        cut (EV_REACTION_S + FOLLOW_MARGIN_S, unless a later meter reading shows it has followed), the
+        offer before the cut. The headroom claim hands out only current that is really free."""
+        offer = r.limit_a or 0.0
+        gave_back = self._sc_gave_back.get(r.id)
+        if gave_back is None:
+            return offer
+        before, since = gave_back
+        mono = self.monotonic()
+        until = since + EV_REACTION_S + FOLLOW_MARGIN_S
+        followed = (
+            self._sc_read_at.get(r.id, -math.inf) > since
+            and r.reading is not None
+            and (measured_current(r.reading) or 0.0) <= offer + 0.5
+        )
+        if mono >= until or followed:
+            del self._sc_gave_back[r.id]
+            return offer
+        asyncio.get_running_loop().call_later(until - mono + 0.01, self._sc_request_recompute)
+        return max(offer, before)
 
     def _recompute_limit(self, rt: ConnectorRuntime) -> None:
         """The core's decision (lowest claim, None pauses, below the minimum pauses) plus the 5 s pilot
