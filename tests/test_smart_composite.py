@@ -222,15 +222,23 @@ def test_watts_and_amps_with_phases() -> None:
     ip = installed(
         (0, prof(1, 0, CHARGE_POINT_MAX, unit="W", periods=[(0, 11040)])),  # 16 A x 230 V x 3
         (1, prof(2, 0, periods=[(0, 20), (H, 10)])),
-        (2, prof(3, 0, periods=[(0, 32)], phases=1)),  # 1 phase: 32 A x 230 V = 7360 W
+        (2, prof(3, 0, periods=[(0, 32)], phases=1)),  # numberPhases=1 on a 3-phase connector
     )
     assert comp(ip, 1, MON, 2 * H) == [(0, 16), (H, 10)]
     assert comp(ip, 1, MON, 2 * H, "W") == [(0, 11040), (H, 6900)]
-    assert comp(ip, 2, MON, 2 * H, "W") == [(0, 7360)]
+    # This charger cannot switch to one phase: the connector still delivers three, so 32 A is 22080 W and
+    # the ChargePointMax 11040 W (16 A on three phases) is what limits.
+    assert comp(ip, 2, MON, 2 * H, "W") == [(0, 11040)]
     cs = composite_schedule(ip, 2, MON, H, "A", tx_start=None, tx_id=None, voltage=V, phases=PH,
                             default_limit_a=32)
-    # the ChargePointMax watts allow 48 A on one phase; the TxDefault's 32 A and 1 phase hold
-    assert [(p.start_period, p.limit, p.number_phases) for p in cs.periods] == [(0, 32, 1)]
+    assert [(p.start_period, p.limit) for p in cs.periods] == [(0, 16)]
+
+
+def test_watts_with_fewer_phases_never_exceed_the_power_limit() -> None:
+    """4600 W with numberPhases=1 on a three-phase connector: 6.6 A per phase (4600 W in all), not 20 A."""
+    ip = installed((1, prof(1, 0, unit="W", periods=[(0, 4600)], phases=1)))
+    [(start, amps)] = comp(ip, 1, MON, H)
+    assert start == 0 and amps * V * PH <= 4600 + 1
 
 
 def test_min_charging_rate_reported() -> None:

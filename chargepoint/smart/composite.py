@@ -142,11 +142,16 @@ class _Ctx:
         self.freeze_relative = freeze_relative
 
     def convert(self, limit: float, from_unit: str, number_phases: int | None) -> float:
-        """W = A x voltage x phases, with the phases usable (numberPhases, never more than the
-        installation has)."""
+        """W = A x voltage x phases, with the phases the connector really delivers.
+
+        This charger cannot switch phases (ConnectorSwitch3to1PhaseSupported = false), so a smaller
+        numberPhases does not make it charge on fewer phases: converting 4600 W with numberPhases=1 into
+        20 A per phase on a three-phase connector would let the car take 13.8 kW. The installation's phases
+        are used, which never exceeds a power limit."""
+        del number_phases  # kept in the signature: the periods carry it for GetCompositeSchedule
         if from_unit == self.unit:
             return limit
-        ph = self.phases if number_phases is None else min(number_phases, self.phases)
+        ph = self.phases
         if from_unit == "A":
             return limit * self.voltage * ph
         return limit / (self.voltage * ph)
