@@ -537,12 +537,16 @@ def _local_infos(
 
 
 def _first_negative(
-    list_info: IdTagInfo | None, cache_info: IdTagInfo | None
+    list_info: IdTagInfo | None, cache_info: IdTagInfo | None, config: AuthConfig | None = None
 ) -> tuple[Source, IdTagInfo] | None:
-    """First local entry that is not effectively Accepted, list before cache."""
-    if list_info is not None and list_info.status != "Accepted":
-        return "list", list_info
-    if cache_info is not None and cache_info.status != "Accepted":
+    """The local entry that refuses this tag, if any. OCPP 1.6 §3.5: Local Authorization List entries take
+    priority over cache entries (and list tags are not cached), so an entry on an enabled list decides alone;
+    the cache counts only for tags not on the list. A disabled source is not consulted at all."""
+    list_enabled = config is None or config.local_auth_list_enabled
+    cache_enabled = config is None or config.authorization_cache_enabled
+    if list_info is not None and list_enabled:
+        return ("list", list_info) if list_info.status != "Accepted" else None
+    if cache_info is not None and cache_enabled and cache_info.status != "Accepted":
         return "cache", cache_info
     return None
 
@@ -569,7 +573,7 @@ def decide(
         return Decision("Refused", None, "invalid-tag", f"idTag {id_tag!r} is not 1..20 printable ASCII")
     list_info, cache_info = _local_infos(id_tag, now, local_list, cache)
 
-    negative = _first_negative(list_info, cache_info)
+    negative = _first_negative(list_info, cache_info, config)
     if negative is not None:
         src, info = negative
         if online:
@@ -678,7 +682,7 @@ def decide_stop(
         candidates.append(("list", list_info))
     if cache_info is not None and config.authorization_cache_enabled:
         candidates.append(("cache", cache_info))
-    if tx_parent is not None and _first_negative(list_info, cache_info) is None:
+    if tx_parent is not None and _first_negative(list_info, cache_info, config) is None:
         tx_info = IdTagInfo("Accepted", None, tx_parent)
         for src, info in candidates:
             if same_group(tx_id_tag, tx_info, presented_tag, info):

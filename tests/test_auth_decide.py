@@ -121,12 +121,17 @@ def test_list_disabled_falls_back_to_cache() -> None:
     assert (d.outcome, d.source) == ("Accepted", "cache")
 
 
-def test_negative_evidence_in_cache_beats_accepted_list_entry() -> None:
+def test_list_entry_takes_priority_over_the_cache() -> None:
+    """OCPP 1.6 §3.5: list entries take priority over cache entries (list tags are not cached at all)."""
     lst = mklist(A=IdTagInfo("Accepted"))
-    cache = mkcache(A=IdTagInfo("Blocked"))
-    assert run("A", online=True, lst=lst, cache=cache).outcome == "AskCSMS"
+    cache = mkcache(A=IdTagInfo("Blocked"))  # from before the list said Accepted
     d = run("A", online=False, lst=lst, cache=cache)
-    assert (d.outcome, d.source) == ("Refused", "cache")
+    assert (d.outcome, d.source) == ("Accepted", "list")
+    d = run("A", online=True, config=replace(CFG, local_pre_authorize=True), lst=lst, cache=cache)
+    assert (d.outcome, d.source) == ("Accepted", "list")
+    # and the other way round: a list Blocked wins over an Accepted cache entry
+    d = run("B", online=False, lst=mklist(B=IdTagInfo("Blocked")), cache=mkcache(B=IdTagInfo("Accepted")))
+    assert (d.outcome, d.source) == ("Refused", "list")
 
 
 # ---------------------------------------------------------------------------------------------- offline
@@ -174,16 +179,18 @@ def test_offline_apparently_expired_entry_is_refused(where: str) -> None:
     assert d.outcome == "Refused" and d.info is not None and d.info.status == "Expired"
 
 
-def test_offline_negative_entry_in_disabled_source_still_refuses() -> None:
+def test_a_disabled_source_is_not_consulted() -> None:
     cfg = replace(
         CFG,
         allow_offline_tx_for_unknown_id=True,
         local_auth_list_enabled=False,
         authorization_cache_enabled=False,
     )
-    assert run("A", online=False, config=cfg, lst=mklist(A=IdTagInfo("Blocked"))).outcome == "Refused"
-    assert run("B", online=False, config=cfg, cache=mkcache(B=IdTagInfo("Invalid"))).outcome == "Refused"
-    assert run("C", online=False, config=cfg).outcome == "Accepted"  # truly unknown
+    # with both sources switched off every tag is unknown: AllowOfflineTxForUnknownId decides
+    assert run("A", online=False, config=cfg, lst=mklist(A=IdTagInfo("Blocked"))).outcome == "Accepted"
+    assert run("B", online=False, config=cfg, cache=mkcache(B=IdTagInfo("Invalid"))).outcome == "Accepted"
+    cfg = replace(cfg, allow_offline_tx_for_unknown_id=False)
+    assert run("A", online=False, config=cfg, lst=mklist(A=IdTagInfo("Accepted"))).outcome == "Refused"
 
 
 def test_invalid_tag_is_refused_without_lookup() -> None:
@@ -328,7 +335,7 @@ _config = st.builds(AuthConfig, st.booleans(), st.booleans(), st.booleans(), st.
 
 @settings(max_examples=300, deadline=None)
 @given(list_entries=_entries, cache_entries=_entries, config=_config, online=st.booleans())
-def test_not_accepted_local_entry_is_never_accepted(
+def test_a_refusing_deciding_entry_is_never_accepted(
     list_entries: dict[str, IdTagInfo], cache_entries: dict[str, IdTagInfo], config: AuthConfig, online: bool
 ) -> None:
     lst = LocalAuthList(1, list_entries)
@@ -336,7 +343,13 @@ def test_not_accepted_local_entry_is_never_accepted(
     for tag, info in cache_entries.items():
         cache.update(tag, info, NOW - timedelta(hours=2))  # stored while still valid; expiry judged at NOW
     for tag in TAGS:
-        infos = [i for i in (list_entries.get(tag), cache_entries.get(tag)) if i is not None]
+        # the entry that decides: the list's when the list is enabled and has one (§3.5), else the cache's
+        deciding = None
+        if config.local_auth_list_enabled and tag in list_entries:
+            deciding = list_entries[tag]
+        elif config.authorization_cache_enabled and tag in cache_entries:
+            deciding = cache_entries[tag]
+        infos = [deciding] if deciding is not None else []
         negative = any(
             i.status != "Accepted" or (i.expiry_date is not None and i.expiry_date <= NOW) for i in infos
         )

@@ -270,6 +270,8 @@ class AuthorizationFeature(_Base):
         assert self.keys is not None and self.store is not None
         if not self.keys["AuthorizationCacheEnabled"]:
             return
+        if self.keys["LocalAuthListEnabled"] and self.local_list.get(id_tag) is not None:
+            return  # §3.5: identifiers in the Local Authorization List are not added to the cache
         evicted = self.auth_cache.update(id_tag, parsed, now)
         stored = self.auth_cache.peek(id_tag)
         if stored is None:
