@@ -211,7 +211,12 @@ async def test_stop_transaction_on_invalid_id_true_stops(e2e_rig: Any) -> None:
     stop = await rig.cs.wait_for_message("StopTransaction")
     assert stop["reason"] == "DeAuthorized"
     await rig.wait(lambda: not closed(rig))
-    assert rig.controller.auth_cache.peek(TAG_A).status == "Invalid"
+    # §3.5: a tag on the Local Authorization List is not cached; the contradiction is a LocalListConflict
+    assert rig.controller.auth_cache.peek(TAG_A) is None
+    conflict = await rig.cs.wait_for_message(
+        "StatusNotification", where=lambda p: p["connectorId"] == 0 and p["errorCode"] == "LocalListConflict"
+    )
+    assert conflict["status"] == "Available"
 
 
 async def test_stop_transaction_on_invalid_id_false_suspends_for_good(e2e_rig: Any) -> None:
