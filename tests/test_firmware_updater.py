@@ -339,3 +339,36 @@ def test_real_wheel_with_missing_dependency_is_not_switched_to(tmp_path):
         "Metadata-Version: 2.1\nName: cp-test-only-dep\nVersion: 1.3\n")
     mgr = ReleaseManager(root, installer=pip_venv_installer(extra_site_packages=[deps]))
     assert mgr.install(wheel) == "0.1.2"
+
+
+async def test_no_rollback_while_the_central_system_was_never_reached(env, http):
+    """A network outage says nothing about the new release: past the deadline it stays pending."""
+    u, _ = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    reached = False
+    booted, _ = env.updater(can_judge_health=lambda: reached)
+    assert await booted.boot() == "pending"
+    await asyncio.sleep(0)
+    for _ in range(40):  # virtual time: well past the 300 s deadline
+        await asyncio.sleep(0)
+        if env.clock.now() > T0 + timedelta(seconds=900):
+            break
+        env.clock.t += timedelta(seconds=30)
+    assert env.restarts == 1 and ReleaseManager(env.root).current_version() == "2.0.0"
+    reached = True  # connected, and still no BootNotification accepted: now it is judged
+    await booted.watchdog
+    assert env.restarts == 2 and ReleaseManager(env.root).current_version() == "1.0.0"
+
+
+async def test_rollback_waits_for_a_running_transaction(env, http):
+    u, _ = env.updater()
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
+    booted, _ = env.updater()
+    assert await booted.boot() == "pending"
+    env.idle = False  # an offline transaction started
+    env.clock.t += timedelta(seconds=400)
+    await asyncio.sleep(0.05)
+    assert env.restarts == 1  # not restarted under a running transaction
+    env.idle = True
+    await booted.watchdog
+    assert env.restarts == 2

@@ -125,6 +125,8 @@ class FirmwareFeature(_Base):
             idle_poll_s=self.firmware_idle_poll_s,
             # Under systemd the previous release's ExecStartPre check-boot already counted this start.
             count_boots=not under_systemd(),
+            # only a release that reached the central system and still was not accepted is judged unhealthy
+            can_judge_health=lambda: self.link is not None and self.link.ever_connected,
         )
         config_path = Path(cfg.source)
         self._diag_config = config_path if config_path.is_file() else None

@@ -652,8 +652,10 @@ class FirmwareUpdater:
         clock: Callable[[], datetime] = utc_now,
         sleep: Sleep = asyncio.sleep,
         disk_usage: DiskUsage = shutil.disk_usage,
+        can_judge_health: Callable[[], bool] = lambda: True,
     ) -> None:
         self.releases = releases
+        self._can_judge = can_judge_health
         self._notify = notify
         self._idle = connectors_idle
         self._restart = restart
@@ -793,6 +795,12 @@ class FirmwareUpdater:
             if delay > 0:
                 await self._sleep(delay)
                 continue
+            if not self._can_judge():
+                # The central system was never reached: that says nothing about the new release (the network
+                # may be down). Keep waiting for the BootNotification instead of rolling back a good release.
+                await self._sleep(max(self.idle_poll_s, 30.0))
+                continue
+            await self._wait_idle()  # a rollback restart must not cut a running transaction either
             if await asyncio.to_thread(self.releases.expire_pending, self._clock()):
                 await _maybe_await(self._restart())
             return

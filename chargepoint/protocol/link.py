@@ -295,6 +295,7 @@ class OcppLink:
         self.session: OcppSession | None = None
         self.connected = asyncio.Event()
         self.attempts = 0
+        self.ever_connected = False  # a websocket to the central system was open at least once
         self._ws: Any = None
 
     def _headers(self) -> dict[str, str]:
@@ -336,6 +337,7 @@ class OcppLink:
                         )
                         raise ConnectionError("subprotocol not accepted")
                     failures = 0
+                    self.ever_connected = True
                     self._ws = ws
                     session = self._session_factory(ws)
                     self.session = session
