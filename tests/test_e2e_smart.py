@@ -229,8 +229,9 @@ async def test_get_composite_schedule_and_clear(tmp_path: Path) -> None:
             "GetCompositeSchedule", {"connectorId": 1, "duration": 30, "chargingRateUnit": "W"}
         )
         assert watts["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 10 * 230 * 3
-        total = await st.call("GetCompositeSchedule", {"connectorId": 0, "duration": 60})
-        assert [p["limit"] for p in total["chargingSchedule"]["chargingSchedulePeriod"]] == [16]
+        total = await st.call("GetCompositeSchedule", {"connectorId": 0, "duration": 120})
+        # the grid total: the one connector's 10 A then 16 A (its 20 A capped by the ChargePointMax)
+        assert [p["limit"] for p in total["chargingSchedule"]["chargingSchedulePeriod"]] == [10, 16]
         assert (await st.call("GetCompositeSchedule", {"connectorId": 4, "duration": 60}))[
             "status"
         ] == "Rejected"
@@ -324,3 +325,25 @@ async def test_current_given_back_is_handed_on_only_once_the_car_followed(tmp_pa
         # connector 2 got current only after connector 1's meter had been read after the cut (or the
         # follow window of 11 s had passed)
         assert reads_of_1_at_offer_2[0] > cut_at - 0.005 or first_offer_2 - cut_at >= 11.0
+
+
+async def test_connector_zero_composite_is_the_grid_total(tmp_path: Path) -> None:
+    """§5.7: connector 0 reports the total expected consumption: the sum of the connectors, capped by the
+    charge point's own limits."""
+    async with running_station(tmp_path, connectors=2) as st:
+        assert (await set_profile(st, 0, profile(1, "TxDefaultProfile", [(0, 16)])))["status"] == "Accepted"
+        total = await st.call(
+            "GetCompositeSchedule", {"connectorId": 0, "duration": 3600, "chargingRateUnit": "A"}
+        )
+        assert total["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 32}]
+        assert (await set_profile(st, 0, profile(2, "ChargePointMaxProfile", [(0, 20)])))[
+            "status"
+        ] == "Accepted"
+        total = await st.call(
+            "GetCompositeSchedule", {"connectorId": 0, "duration": 3600, "chargingRateUnit": "A"}
+        )
+        assert total["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 20}]
+        one = await st.call(
+            "GetCompositeSchedule", {"connectorId": 1, "duration": 3600, "chargingRateUnit": "A"}
+        )
+        assert one["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 16}]

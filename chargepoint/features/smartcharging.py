@@ -65,6 +65,7 @@ from chargepoint.smart import (
     CHARGE_POINT_MAX,
     TX_PROFILE,
     ChargingProfile,
+    CompositePeriod,
     CompositeSchedule,
     ConnectorDemand,
     DutyRateLimiter,
@@ -285,9 +286,14 @@ class SmartChargingFeature(_Base):
         now = self.now()
         v = self.config.station.nominal_voltage_v
         if connector_id == 0:
-            return composite_schedule(self.profiles, 0, now, duration_s, unit, tx_start=None, tx_id=None,
-                                      voltage=v, phases=self._station_phases(),
-                                      default_limit_a=self.config.station.max_current_a)
+            # the station's own cap: ChargePointMaxProfiles and the fuse (a connector-0 TxDefaultProfile
+            # applies to each connector and enters through the connectors' composites below)
+            cp_max = [(cid, p) for cid, p in self.profiles.all() if p.purpose == CHARGE_POINT_MAX]
+            station = composite_schedule(cp_max, 0, now, duration_s, unit, tx_start=None, tx_id=None,
+                                         voltage=v, phases=self._station_phases(),
+                                         default_limit_a=self.config.station.max_current_a)
+            per_connector = [self.composite_schedule(cid, duration_s, unit) for cid in self.connectors]
+            return _station_total(station, [c for c in per_connector if c is not None])
         rt = self.connectors.get(connector_id)
         if rt is None:
             return None
@@ -670,3 +676,25 @@ class SmartChargingFeature(_Base):
             "charge_point_max_source": cp_src,
         }
         return snap
+
+
+def _station_total(station: CompositeSchedule, connectors: list[CompositeSchedule]) -> CompositeSchedule:
+    """GetCompositeSchedule for connector 0 (§5.7: "the total expected consumption for the grid connection"):
+    at every instant the sum of the connectors' composites, never more than the station's own schedule
+    (ChargePointMaxProfile, connector-0 profiles, fuse)."""
+
+    def at(schedule: CompositeSchedule, t: int) -> float:
+        value = schedule.periods[0].limit if schedule.periods else 0.0
+        for p in schedule.periods:
+            if p.start_period <= t:
+                value = p.limit
+        return value
+
+    points = sorted({p.start_period for sch in [station, *connectors] for p in sch.periods} | {0})
+    periods: list[CompositePeriod] = []
+    for t in points:
+        total = sum(at(c, t) for c in connectors) if connectors else at(station, t)
+        limit = round(min(at(station, t), total), 1)
+        if not periods or periods[-1].limit != limit:
+            periods.append(CompositePeriod(t, limit, None))
+    return replace(station, periods=tuple(periods))
