@@ -251,7 +251,9 @@ class ControllerCore:
             on_session=self._on_session,
             on_disconnect=self._on_disconnect,
             password=lambda: self.keys["AuthorizationKey"] or cfg.csms.password,  # type: ignore[index]
-            ca_file=self.csms_ca_file(),
+            ca_file=self.csms_ca_file,
+            client_cert=self.csms_client_cert,
+            on_connect_error=self.on_link_error,
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
             ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
@@ -1000,6 +1002,13 @@ class ControllerCore:
     def csms_ca_file(self) -> str | None:
         """Hook: the CA bundle that verifies a wss:// central system (security extension: installed roots)."""
         return self.config.csms.ca_file
+
+    def csms_client_cert(self) -> tuple[Any, Any] | None:
+        """Hook: (certificate chain file, key file) presented to a wss:// central system (security profile 3)."""
+        return None
+
+    def on_link_error(self, exc: BaseException) -> None:
+        """Hook: the link could not connect (e.g. the central system's certificate did not verify)."""
 
     def _after_boot(self) -> None:
         """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""

@@ -35,16 +35,23 @@ NOW = datetime.now(UTC)
 class CA:
     """A certificate authority made with ``cryptography`` (EC P-256 unless rsa=True)."""
 
-    def __init__(self, name: str, *, rsa_key: bool = False, not_after: datetime | None = None,
-                 parent: CA | None = None) -> None:
-        self.key: Any = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_key
-                         else ec.generate_private_key(ec.SECP256R1()))
+    def __init__(
+        self, name: str, *, rsa_key: bool = False, not_after: datetime | None = None, parent: CA | None = None
+    ) -> None:
+        self.key: Any = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if rsa_key
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         issuer_name = parent.cert.subject if parent else subject
         signer = parent.key if parent else self.key
         self.cert = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
             .not_valid_before(NOW - timedelta(days=2))
             .not_valid_after(not_after or NOW + timedelta(days=365))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -59,16 +66,19 @@ class CA:
         b = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(self.cert.subject).public_key(public_key)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=30))
+            .not_valid_before(NOW - timedelta(days=1))
+            .not_valid_after(NOW + timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
         if san_ip:
             import ipaddress
 
-            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san_ip))]),
-                                critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san_ip))]), critical=False
+            )
         return b.sign(self.key, hashes.SHA256())
 
     def server_context(self, tmp: Path) -> ssl.SSLContext:
@@ -76,9 +86,11 @@ class CA:
         cert = self.issue(key.public_key(), "127.0.0.1", san_ip="127.0.0.1")
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
+        (tmp / "server.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(tmp / "server.pem", tmp / "server.key")
         return ctx
@@ -90,12 +102,15 @@ def pem(cert: x509.Certificate) -> str:
 
 def expected_hash(cert: x509.Certificate) -> dict[str, str]:
     """Computed independently of the store: issuerKeyHash over the SubjectPublicKey bits (X9.62 point)."""
-    point = cert.public_key().public_bytes(serialization.Encoding.X962,
-                                           serialization.PublicFormat.UncompressedPoint)
-    return {"hashAlgorithm": "SHA256",
-            "issuerNameHash": hashlib.sha256(cert.issuer.public_bytes()).hexdigest(),
-            "issuerKeyHash": hashlib.sha256(point).hexdigest(),
-            "serialNumber": format(cert.serial_number, "x")}
+    point = cert.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return {
+        "hashAlgorithm": "SHA256",
+        "issuerNameHash": hashlib.sha256(cert.issuer.public_bytes()).hexdigest(),
+        "issuerKeyHash": hashlib.sha256(point).hexdigest(),
+        "serialNumber": format(cert.serial_number, "x"),
+    }
 
 
 def events(csms: CentralSystem) -> list[str]:
@@ -113,10 +128,12 @@ async def test_install_list_delete_certificates(tmp_path: Path) -> None:
     root = CA("CSMS Root")
     async with running_station(tmp_path) as st:
         await st.csms.wait_for(lambda: "StartupOfTheDevice" in events(st.csms))
-        assert (await st.call("GetInstalledCertificateIds",
-                              {"certificateType": "CentralSystemRootCertificate"}))["status"] == "NotFound"
-        ok = await st.call("InstallCertificate", {"certificateType": "CentralSystemRootCertificate",
-                                                  "certificate": root.pem})
+        assert (
+            await st.call("GetInstalledCertificateIds", {"certificateType": "CentralSystemRootCertificate"})
+        )["status"] == "NotFound"
+        ok = await st.call(
+            "InstallCertificate", {"certificateType": "CentralSystemRootCertificate", "certificate": root.pem}
+        )
         assert ok == {"status": "Accepted"}
         bad = [
             "not a certificate",
@@ -124,14 +141,18 @@ async def test_install_list_delete_certificates(tmp_path: Path) -> None:
             pem(root.issue(ec.generate_private_key(ec.SECP256R1()).public_key(), "leaf")),  # not a CA
         ]
         for text in bad:
-            r = await st.call("InstallCertificate", {"certificateType": "ManufacturerRootCertificate",
-                                                     "certificate": text})
+            r = await st.call(
+                "InstallCertificate", {"certificateType": "ManufacturerRootCertificate", "certificate": text}
+            )
             assert r == {"status": "Rejected"}, text[:40]
-        listed = await st.call("GetInstalledCertificateIds", {"certificateType": "CentralSystemRootCertificate"})
+        listed = await st.call(
+            "GetInstalledCertificateIds", {"certificateType": "CentralSystemRootCertificate"}
+        )
         assert listed["status"] == "Accepted"
         assert listed["certificateHashData"] == [expected_hash(root.cert)]
-        assert (await st.call("GetInstalledCertificateIds",
-                              {"certificateType": "ManufacturerRootCertificate"}))["status"] == "NotFound"
+        assert (
+            await st.call("GetInstalledCertificateIds", {"certificateType": "ManufacturerRootCertificate"})
+        )["status"] == "NotFound"
         bundle = st.controller.csms_ca_file()
         assert bundle is not None and root.pem in Path(bundle).read_text()
         wrong = dict(expected_hash(root.cert), serialNumber="1234")
@@ -139,8 +160,9 @@ async def test_install_list_delete_certificates(tmp_path: Path) -> None:
         # ws:// here: the last root is not in use, so it may go
         gone = await st.call("DeleteCertificate", {"certificateHashData": expected_hash(root.cert)})
         assert gone == {"status": "Accepted"}
-        assert (await st.call("GetInstalledCertificateIds",
-                              {"certificateType": "CentralSystemRootCertificate"}))["status"] == "NotFound"
+        assert (
+            await st.call("GetInstalledCertificateIds", {"certificateType": "CentralSystemRootCertificate"})
+        )["status"] == "NotFound"
         assert st.controller.csms_ca_file() is None
 
 
@@ -157,8 +179,11 @@ async def test_wss_verified_by_installed_root(tmp_path: Path) -> None:
         await c.start()
         try:
             await cs.wait_for(lambda: c.boot_accepted, 10)
-            r = await cs.call("CP-SEC", "InstallCertificate", {"certificateType": "CentralSystemRootCertificate",
-                                                                "certificate": trusted.pem})
+            r = await cs.call(
+                "CP-SEC",
+                "InstallCertificate",
+                {"certificateType": "CentralSystemRootCertificate", "certificate": trusted.pem},
+            )
             assert r == {"status": "Accepted"}
         finally:
             await c.stop()
@@ -167,8 +192,9 @@ async def test_wss_verified_by_installed_root(tmp_path: Path) -> None:
         c = Controller(config(cs.url))
         await c.start()
         try:
-            await cs.wait_for(lambda: any(p["type"] == "InvalidCentralSystemCertificate"
-                                          for a, p in c.security_queue), 10)
+            await cs.wait_for(
+                lambda: any(p["type"] == "InvalidCentralSystemCertificate" for a, p in c.security_queue), 10
+            )
             assert not c.boot_accepted and cs.received("BootNotification") == []
         finally:
             await c.stop()
@@ -181,9 +207,15 @@ async def test_wss_verified_by_installed_root(tmp_path: Path) -> None:
             await cs.wait_for(lambda: "InvalidCentralSystemCertificate" in events(cs), 10)
             # in order: the start that failed, its TLS failure, then this start
             await cs.wait_for(lambda: len(events(cs)) >= 3)
-            assert events(cs) == ["StartupOfTheDevice", "InvalidCentralSystemCertificate", "StartupOfTheDevice"]
+            assert events(cs) == [
+                "StartupOfTheDevice",
+                "InvalidCentralSystemCertificate",
+                "StartupOfTheDevice",
+            ]
             # the root that verifies this wss:// connection is the last one: it stays
-            r = await cs.call("CP-SEC", "DeleteCertificate", {"certificateHashData": expected_hash(trusted.cert)})
+            r = await cs.call(
+                "CP-SEC", "DeleteCertificate", {"certificateHashData": expected_hash(trusted.cert)}
+            )
             assert r == {"status": "Failed"}
         finally:
             await c.stop()
@@ -192,8 +224,9 @@ async def test_wss_verified_by_installed_root(tmp_path: Path) -> None:
 async def test_sign_certificate_round_trip(tmp_path: Path) -> None:
     root = CA("CSMS Root")
     async with running_station(tmp_path, keys={"CpoName": "ACME Charging"}) as st:
-        await st.call("InstallCertificate", {"certificateType": "CentralSystemRootCertificate",
-                                             "certificate": root.pem})
+        await st.call(
+            "InstallCertificate", {"certificateType": "CentralSystemRootCertificate", "certificate": root.pem}
+        )
         r = await st.call("ExtendedTriggerMessage", {"requestedMessage": "SignChargePointCertificate"})
         assert r == {"status": "Accepted"}
         req = await st.csms.wait_for_message("SignCertificate")
@@ -227,8 +260,11 @@ async def test_security_events_for_key_change_and_reset(tmp_path: Path) -> None:
         r = await st.call("ChangeConfiguration", {"key": "AuthorizationKey", "value": "0123456789abcdef0123"})
         assert r == {"status": "Accepted"}
         await st.csms.wait_for(lambda: "ReconfigurationOfSecurityParameters" in events(st.csms), 10)
-        ev = next(p for p in st.csms.received("SecurityEventNotification")
-                  if p["type"] == "ReconfigurationOfSecurityParameters")
+        ev = next(
+            p
+            for p in st.csms.received("SecurityEventNotification")
+            if p["type"] == "ReconfigurationOfSecurityParameters"
+        )
         assert "AuthorizationKey" in ev["techInfo"] and "0123456789" not in ev["techInfo"]
         await st.csms.wait_for(lambda: st.controller.boot_accepted and st.controller.link.session is not None)
         assert (await st.call("Reset", {"type": "Soft"})) == {"status": "Accepted"}
@@ -236,7 +272,10 @@ async def test_security_events_for_key_change_and_reset(tmp_path: Path) -> None:
         assert "ResetOrReboot" in events(st.csms)
         log_lines = (tmp_path / "state" / "security.log").read_text().splitlines()
         assert [json.loads(x)["type"] for x in log_lines] == [
-            "StartupOfTheDevice", "ReconfigurationOfSecurityParameters", "ResetOrReboot"]
+            "StartupOfTheDevice",
+            "ReconfigurationOfSecurityParameters",
+            "ResetOrReboot",
+        ]
 
 
 # ------------------------------------------------------------------------------------------ ExtendedTriggerMessage
@@ -270,31 +309,53 @@ async def test_get_log_uploads_security_and_diagnostics_logs(tmp_path: Path, htt
     async with running_station(tmp_path) as st:
         cs = st.csms
         await cs.wait_for(lambda: "StartupOfTheDevice" in events(cs))
-        r = await st.call("GetLog", {"logType": "SecurityLog", "requestId": 7,
-                                     "log": {"remoteLocation": f"{http.base}/logs/"}})
+        r = await st.call(
+            "GetLog",
+            {"logType": "SecurityLog", "requestId": 7, "log": {"remoteLocation": f"{http.base}/logs/"}},
+        )
         assert r["status"] == "Accepted" and r["filename"].endswith(".tar.gz")
         await cs.wait_for(lambda: len(cs.received("LogStatusNotification")) >= 2, 10)
-        assert cs.received("LogStatusNotification")[:2] == [{"status": "Uploading", "requestId": 7},
-                                                            {"status": "Uploaded", "requestId": 7}]
+        assert cs.received("LogStatusNotification")[:2] == [
+            {"status": "Uploading", "requestId": 7},
+            {"status": "Uploaded", "requestId": 7},
+        ]
         body = http.received[f"/logs/{r['filename']}"]
         with tarfile.open(fileobj=io.BytesIO(body)) as tf:
             lines = tf.extractfile("security.log").read().decode().splitlines()  # type: ignore[union-attr]
         assert json.loads(lines[0])["type"] == "StartupOfTheDevice"
 
-        r = await st.call("GetLog", {"logType": "DiagnosticsLog", "requestId": 8, "retries": 1,
-                                     "log": {"remoteLocation": f"{http.base}/diag/"}})
+        r = await st.call(
+            "GetLog",
+            {
+                "logType": "DiagnosticsLog",
+                "requestId": 8,
+                "retries": 1,
+                "log": {"remoteLocation": f"{http.base}/diag/"},
+            },
+        )
         assert r["status"] == "Accepted"
-        await cs.wait_for(lambda: {"status": "Uploaded", "requestId": 8} in cs.received("LogStatusNotification"),
-                          15)
+        await cs.wait_for(
+            lambda: {"status": "Uploaded", "requestId": 8} in cs.received("LogStatusNotification"), 15
+        )
         assert tarfile.open(fileobj=io.BytesIO(http.received[f"/diag/{r['filename']}"])).getnames()
 
         http.upload_status = 500
-        r = await st.call("GetLog", {"logType": "SecurityLog", "requestId": 9, "retries": 1,
-                                     "log": {"remoteLocation": f"{http.base}/logs/"}})
-        await cs.wait_for(lambda: {"status": "UploadFailure", "requestId": 9} in
-                          cs.received("LogStatusNotification"), 10)
-        r = await st.call("GetLog", {"logType": "SecurityLog", "requestId": 10,
-                                     "log": {"remoteLocation": "gopher://127.0.0.1/x"}})
+        r = await st.call(
+            "GetLog",
+            {
+                "logType": "SecurityLog",
+                "requestId": 9,
+                "retries": 1,
+                "log": {"remoteLocation": f"{http.base}/logs/"},
+            },
+        )
+        await cs.wait_for(
+            lambda: {"status": "UploadFailure", "requestId": 9} in cs.received("LogStatusNotification"), 10
+        )
+        r = await st.call(
+            "GetLog",
+            {"logType": "SecurityLog", "requestId": 10, "log": {"remoteLocation": "gopher://127.0.0.1/x"}},
+        )
         assert r == {"status": "Rejected"}
 
 
@@ -311,7 +372,11 @@ def release_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def signed_statuses(cs: CentralSystem, request_id: int) -> list[str]:
-    return [p["status"] for p in cs.received("SignedFirmwareStatusNotification") if p.get("requestId") == request_id]
+    return [
+        p["status"]
+        for p in cs.received("SignedFirmwareStatusNotification")
+        if p.get("requestId") == request_id
+    ]
 
 
 async def test_signed_update_firmware(tmp_path: Path, release_root: Path, http: HttpServer) -> None:
@@ -325,9 +390,16 @@ async def test_signed_update_firmware(tmp_path: Path, release_root: Path, http: 
     bad = base64.b64encode(signer_key.sign(data + b"x", padding.PKCS1v15(), hashes.SHA256())).decode()
 
     def request(rid: int, signature: str, cert: x509.Certificate = signer) -> dict[str, Any]:
-        return {"requestId": rid, "retries": 1, "firmware": {
-            "location": f"{http.base}/fw/{wheel.name}", "retrieveDateTime": NOW.isoformat(),
-            "signingCertificate": pem(cert), "signature": signature}}
+        return {
+            "requestId": rid,
+            "retries": 1,
+            "firmware": {
+                "location": f"{http.base}/fw/{wheel.name}",
+                "retrieveDateTime": NOW.isoformat(),
+                "signingCertificate": pem(cert),
+                "signature": signature,
+            },
+        }
 
     restarts: list[str] = []
     async with running_station(tmp_path, restart=restarts.append) as st:
@@ -335,8 +407,9 @@ async def test_signed_update_firmware(tmp_path: Path, release_root: Path, http: 
         # no manufacturer root yet: the signing certificate cannot be trusted
         assert (await st.call("SignedUpdateFirmware", request(1, good))) == {"status": "InvalidCertificate"}
         await cs.wait_for(lambda: "InvalidFirmwareSigningCertificate" in events(cs))
-        r = await st.call("InstallCertificate", {"certificateType": "ManufacturerRootCertificate",
-                                                 "certificate": maker.pem})
+        r = await st.call(
+            "InstallCertificate", {"certificateType": "ManufacturerRootCertificate", "certificate": maker.pem}
+        )
         assert r == {"status": "Accepted"}
         # a bad signature: downloaded, refused, nothing installed
         assert (await st.call("SignedUpdateFirmware", request(2, bad))) == {"status": "Accepted"}
@@ -347,6 +420,56 @@ async def test_signed_update_firmware(tmp_path: Path, release_root: Path, http: 
         # the good one: verified, installed, restarted into
         assert (await st.call("SignedUpdateFirmware", request(3, good))) == {"status": "Accepted"}
         await cs.wait_for(lambda: restarts == ["Firmware"], 15)
-        assert signed_statuses(cs, 3) == ["Downloading", "Downloaded", "SignatureVerified", "Installing",
-                                          "Installed"]
+        assert signed_statuses(cs, 3) == [
+            "Downloading",
+            "Downloaded",
+            "SignatureVerified",
+            "Installing",
+            "Installed",
+        ]
         assert ReleaseManager(release_root).current_version() == "0.2.0"
+
+
+async def test_security_profile_3_presents_the_signed_client_certificate(tmp_path: Path) -> None:
+    """After SignCertificate/CertificateSigned the next wss:// connection presents the client certificate; a
+    central system that requires one (mutual TLS) accepts the charge point only with it."""
+    root = CA("CSMS Root")
+    state = tmp_path / "state"
+    cfg = simulated_config(charge_point_id="CP-MTLS", csms_url="ws://127.0.0.1:9/ocpp", state_dir=state)
+    async with CentralSystem() as cs:
+        from dataclasses import replace
+
+        c = Controller(replace(cfg, csms=replace(cfg.csms, url=cs.url)))
+        await c.start()
+        try:
+            await cs.wait_for(lambda: c.boot_accepted, 10)
+            assert (
+                await cs.call(
+                    "CP-MTLS",
+                    "InstallCertificate",
+                    {"certificateType": "CentralSystemRootCertificate", "certificate": root.pem},
+                )
+            )["status"] == "Accepted"
+            await cs.call(
+                "CP-MTLS", "ExtendedTriggerMessage", {"requestedMessage": "SignChargePointCertificate"}
+            )
+            req = await cs.wait_for_message("SignCertificate")
+            csr = x509.load_pem_x509_csr(req["csr"].encode())
+            leaf = root.issue(csr.public_key(), "CP-MTLS")
+            assert (await cs.call("CP-MTLS", "CertificateSigned", {"certificateChain": pem(leaf)}))[
+                "status"
+            ] == "Accepted"
+        finally:
+            await c.stop()
+    server = root.server_context(tmp_path / "srv")
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(cadata=root.pem)
+    async with CentralSystem(ssl_context=server) as cs:
+        from dataclasses import replace
+
+        c = Controller(replace(cfg, csms=replace(cfg.csms, url=cs.url)))
+        await c.start()
+        try:
+            await cs.wait_for(lambda: c.boot_accepted, 10)
+        finally:
+            await c.stop()

@@ -84,26 +84,6 @@ _BUSY_FIRMWARE = frozenset({"Downloading", "Downloaded", "SignatureVerified", "I
                             "InstallScheduled"})
 
 
-class _TlsFailureWatch(logging.Filter):
-    """Sees the link's "cannot reach" log record and reports a certificate verification failure.
-
-    Why a log filter: the link (chargepoint/protocol/link.py) handles connection errors itself and offers no
-    callback; the record carries the exception as an argument."""
-
-    def __init__(self, owner: SecurityFeature) -> None:
-        super().__init__()
-        self.owner = owner
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        link = self.owner.link
-        if link is not None and args and args[0] == link.url:
-            for arg in args:
-                if isinstance(arg, ssl.SSLCertVerificationError):
-                    self.owner._on_tls_failure(arg)
-        return True
-
-
 class SecurityFeature(_Base):
     """Certificates, security events, GetLog, SignedUpdateFirmware, SignCertificate."""
 
@@ -116,7 +96,6 @@ class SecurityFeature(_Base):
         self._sec_answer_sent = asyncio.Event()
         self._sec_answer_sent.set()
         self._tls_failing = False
-        self._tls_watch: _TlsFailureWatch | None = None
         self._firmware_reported = False
         self.log_uploaders: dict[str, DiagnosticsUploader] = {}
         self.log_request_id: int | None = None
@@ -150,18 +129,26 @@ class SecurityFeature(_Base):
         return bundle or super().csms_ca_file()
 
     def _refresh_link_ca(self) -> None:
-        """The next connection uses the new bundle. The link reads its CA file at every connect.
+        """Nothing to push: the link asks ``csms_ca_file`` at every connect, so the next connection uses the
+        new bundle."""
 
-        OcppLink has no public setter for this (yet): set the attribute it reads."""
-        if self.link is not None:
-            self.link._ca_file = self.csms_ca_file()
+    def csms_client_cert(self) -> tuple[Any, Any] | None:
+        """Security profile 3: the client certificate from CertificateSigned, once installed."""
+        return self.certificate_store().client_cert_files() or super().csms_client_cert()
+
+    def on_link_error(self, exc: BaseException) -> None:
+        super().on_link_error(exc)
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                self._on_tls_failure(cause)
+                return
+            cause = cause.__cause__ or cause.__context__
 
     async def start(self) -> None:
         self.security_log = SecurityLog(self.config.state_dir / "security.log")
         self._sec_load_pending()
         await super().start()
-        self._tls_watch = _TlsFailureWatch(self)
-        logging.getLogger("chargepoint.protocol.link").addFilter(self._tls_watch)
         self._spawn(self._security_sender(), "security-messages")
         from chargepoint import __version__
 
@@ -181,9 +168,6 @@ class SecurityFeature(_Base):
         for task in tasks:
             if task is not None and task is not me and not task.done():
                 task.cancel()
-        if self._tls_watch is not None:
-            logging.getLogger("chargepoint.protocol.link").removeFilter(self._tls_watch)
-            self._tls_watch = None
         await super().stop()
         self._sec_save_pending()
 

@@ -277,7 +277,9 @@ class OcppLink:
         on_session: Callable[[OcppSession], Awaitable[None]],
         on_disconnect: Callable[[], None],
         password: str | None | Callable[[], str | None] = None,
-        ca_file: str | None = None,
+        ca_file: str | None | Callable[[], str | None] = None,
+        client_cert: Callable[[], tuple[Any, Any] | None] | None = None,
+        on_connect_error: Callable[[BaseException], None] | None = None,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 300.0,
         ping_interval: Callable[[], float | None] = lambda: 60.0,
@@ -289,6 +291,8 @@ class OcppLink:
         self._on_disconnect = on_disconnect
         self._password = password
         self._ca_file = ca_file
+        self._client_cert = client_cert
+        self._on_connect_error = on_connect_error
         self._min = reconnect_min_s
         self._max = reconnect_max_s
         self._ping_interval = ping_interval
@@ -306,13 +310,15 @@ class OcppLink:
         return {"Authorization": f"Basic {token}"}
 
     def _ssl(self) -> ssl.SSLContext | None:
+        """Read at every connect, so installed CA certificates and a new client certificate take effect on the
+        next connection (security profiles 2 and 3)."""
         if not self.url.startswith("wss://"):
             return None
-        context = (
-            ssl.create_default_context(cafile=self._ca_file)
-            if self._ca_file
-            else ssl.create_default_context()
-        )
+        ca_file = self._ca_file() if callable(self._ca_file) else self._ca_file
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+        client = self._client_cert() if self._client_cert is not None else None
+        if client is not None:
+            context.load_cert_chain(str(client[0]), str(client[1]))
         return context
 
     async def run(self) -> None:
@@ -360,6 +366,11 @@ class OcppLink:
                 log.error("central system refused the connection: HTTP %s", exc.response.status_code)
             except (TimeoutError, OSError, websockets.WebSocketException, ConnectionError) as exc:
                 log.warning("cannot reach the central system at %s: %s", self.url, exc or type(exc).__name__)
+                if self._on_connect_error is not None:
+                    try:
+                        self._on_connect_error(exc)
+                    except Exception:
+                        log.exception("connect-error hook failed")
             finally:
                 if self.session is not None:
                     self.session = None
