@@ -128,6 +128,9 @@ def _specs(number_of_connectors: int) -> list[KeySpec]:
         KeySpec("AuthorizationKey", "str", "", secret=True, profile="Security"),
         KeySpec("SecurityProfile", "int", 0, minimum=0, maximum=3, profile="Security"),
         KeySpec("CpoName", "str", "", profile="Security"),
+        KeySpec("CertificateStoreMaxLength", "int", 20, readonly=True, profile="Security"),
+        KeySpec("CertificateSignedMaxChainSize", "int", 10000, readonly=True, profile="Security"),
+        KeySpec("AdditionalRootCertificateCheck", "bool", False, readonly=True, profile="Security"),
     ]
 
 
@@ -261,6 +264,8 @@ class ConfigurationKeys:
         value, problem = _parse(spec, raw)
         if problem is not None:
             return "Rejected"
+        if name == "SecurityProfile" and value < self._values[name]:
+            return "Rejected"  # security whitepaper: the security profile may only be raised
         if spec.kind == "csl" and spec.max_items_key:
             if len([x for x in str(value).split(",") if x]) > self._values[spec.max_items_key]:
                 return "Rejected"

@@ -132,3 +132,10 @@ def test_keys_types_and_answers() -> None:
     assert changed == [("LocalPreAuthorize", "true"), ("AuthorizationKey", "0123456789abcdef0123")]
     too_many = ",".join(["Voltage"] * 7)
     assert keys.change("MeterValuesSampledData", too_many) == "Rejected"
+
+
+def test_security_profile_may_only_be_raised() -> None:
+    keys = ConfigurationKeys(number_of_connectors=1, initial={"SecurityProfile": 1})
+    assert keys.change("SecurityProfile", "0") == "Rejected"
+    assert keys.change("SecurityProfile", "2") == "Accepted"
+    assert keys.change("CertificateStoreMaxLength", "50") == "Rejected"  # read-only
