@@ -67,9 +67,20 @@ class ConnectorConfig:
 
 
 @dataclass(frozen=True)
+class GridConfig:
+    """Optional grid (whole-house) meter: the charger takes only what the house leaves under ``limit_a``."""
+
+    meter: dict[str, Any]
+    limit_a: float  # the house's main fuse per phase
+    margin_a: float = 1.0
+    poll_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class StationConfig:
     max_current_a: float = 32.0  # the installation's fuse limit, per phase
     nominal_voltage_v: float = 230.0
+    grid: GridConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,28 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             r.problem(f"csms.{name}", cs[name], "unknown key")
 
     st = r.table(data, "station", "station")
+    grid: GridConfig | None = None
+    raw_grid = st.get("grid")
+    if raw_grid is not None:
+        if not isinstance(raw_grid, dict):
+            r.problem("station.grid", raw_grid, "a table: [station.grid] with meter, limit_a")
+        elif raw_grid.get("enabled", True) is not False:
+            meter = raw_grid.get("meter")
+            if not isinstance(meter, dict):
+                r.problem("station.grid.meter", meter, 'a table, e.g. { driver = "modbus", model = "sdm630", … }')
+                meter = {}
+            elif meter.get("driver", "sim") not in DRIVERS["meter"]:
+                r.problem("station.grid.meter.driver", meter.get("driver"),
+                          "one of " + ", ".join(repr(d) for d in sorted(DRIVERS["meter"])))
+            grid = GridConfig(
+                meter=dict(meter),
+                limit_a=r.get(raw_grid, "limit_a", "station.grid.limit_a", float, minimum=6, maximum=1000) or 6.0,
+                margin_a=r.get(raw_grid, "margin_a", "station.grid.margin_a", float, 1.0, minimum=0, maximum=100),
+                poll_s=r.get(raw_grid, "poll_s", "station.grid.poll_s", float, 2.0, minimum=0.5, maximum=60),
+            )
+            for name in raw_grid:
+                if name not in ("enabled", "meter", "limit_a", "margin_a", "poll_s"):
+                    r.problem(f"station.grid.{name}", raw_grid[name], "unknown key")
     station = StationConfig(
         max_current_a=r.get(
             st, "max_current_a", "station.max_current_a", float, 32.0, minimum=6, maximum=630
@@ -211,6 +244,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         nominal_voltage_v=r.get(
             st, "nominal_voltage_v", "station.nominal_voltage_v", float, 230.0, minimum=100, maximum=400
         ),
+        grid=grid,
     )
 
     connectors: list[ConnectorConfig] = []
@@ -354,6 +388,7 @@ def simulated_config(
     ev_reaction_s: float = 0.05,
     ocpp_keys: dict[str, Any] | None = None,
     password: str | None = None,
+    grid: dict[str, Any] | None = None,
     max_current_a: float = 32.0,
 ) -> Config:
     """The configuration ``chargepoint simulate`` and the demo use: every device simulated."""
@@ -380,4 +415,6 @@ def simulated_config(
     }
     if password:
         data["csms"]["password"] = password
+    if grid is not None:
+        data["station"]["grid"] = grid
     return parse_config(data, "<simulate>")

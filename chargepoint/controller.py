@@ -79,6 +79,8 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
     indicator = (
         registry.build("indicator", config.indicator, "indicator", 0, ctx) if config.indicator else None
     )
+    if config.station.grid is not None:
+        ctx.shared["grid_meter"] = registry.build("meter", config.station.grid.meter, "station.grid.meter", 0, ctx)
     return StationHardware(connectors=connectors, readers=readers, indicator=indicator), ctx
 
 

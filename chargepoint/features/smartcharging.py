@@ -82,6 +82,7 @@ from chargepoint.smart import (
     validate_profile,
 )
 from chargepoint.store import StoreError
+from hal.interfaces import MeterError
 
 if TYPE_CHECKING:
     from chargepoint.controller import ConnectorRuntime, ControllerCore
@@ -188,6 +189,9 @@ class SmartChargingFeature(_Base):
         self._sc_blocked_tx: dict[int, int] = {}  # connector -> local tx id paused for an invalid idTag
         self._sc_claims: dict[int, list[Claim]] = {}
         self._sc_reads: set[asyncio.Task[Any]] = set()
+        self._grid_task: asyncio.Task[None] | None = None
+        self._grid_reading: Any = None
+        self._grid_read_at = -math.inf
 
     # ================================================================== start / persistence
     def load_persisted_state(self) -> None:
@@ -204,9 +208,49 @@ class SmartChargingFeature(_Base):
 
     async def start(self) -> None:
         await super().start()
+        grid_meter = (self.build_context.shared.get("grid_meter") if self.build_context else None)
+        if self.config.station.grid is not None and grid_meter is not None:
+            self._grid_task = asyncio.create_task(self._grid_loop(grid_meter), name="grid-meter")
         self._recompute_all_limits()
 
+    async def _grid_loop(self, meter: Any) -> None:
+        """Dynamic load management: read the house connection and share only what the house leaves."""
+        grid = self.config.station.grid
+        assert grid is not None
+        while True:
+            try:
+                self._grid_reading = await asyncio.wait_for(meter.read(), 5.0)
+                self._grid_read_at = self.monotonic()
+            except (MeterError, TimeoutError, OSError) as exc:
+                if self._grid_reading is not None:
+                    log.error("grid meter does not answer (%s): charging at the minimum until it does", exc)
+                self._grid_reading = None
+            self._sc_request_recompute()
+            await asyncio.sleep(grid.poll_s)
+
+    def _grid_available_a(self) -> Claim | None:
+        """The house's main fuse minus what the house itself uses (grid current minus this charger's own)."""
+        grid = self.config.station.grid
+        if grid is None:
+            return None
+        reading = self._grid_reading
+        if reading is None or self.monotonic() - self._grid_read_at > max(10.0, 5 * grid.poll_s):
+            # no fresh reading: be safe, each charging connector gets at most its minimum
+            charging = sum(1 for r in self.connectors.values() if r.state.in_transaction) or 1
+            floor = max(r.state.min_current_a for r in self.connectors.values())
+            return (floor * charging, "grid meter silent: minimum current only")
+        ours = [0.0, 0.0, 0.0]
+        for r in self.connectors.values():
+            if r.reading is not None:
+                for i, amps in enumerate(r.reading.current_a):
+                    ours[i] += amps or 0.0
+        house = max((g or 0.0) - o for g, o in zip(reading.current_a, ours, strict=True))
+        available = max(0.0, grid.limit_a - grid.margin_a - house)
+        return (round(available, 1), f"grid meter: the house uses {house:.1f} A of {grid.limit_a:g} A")
+
     async def stop(self) -> None:
+        if self._grid_task is not None:
+            self._grid_task.cancel()
         self._sc_cancel_timers()
         for task in list(self._sc_reads):
             task.cancel()
@@ -496,6 +540,11 @@ class SmartChargingFeature(_Base):
             claims.append((cp_a, cp_src))
         station_a = fuse if cp_a is None else min(fuse, cp_a)
         station_src = "station fuse limit" if cp_a is None or fuse <= cp_a else cp_src
+        grid = self._grid_available_a()
+        if grid is not None:
+            claims.append(grid)
+            if grid[0] is not None and grid[0] < station_a:
+                station_a, station_src = grid[0], "grid meter"
         tx_limits = {r.id: self._tx_limit(r, now) for r in self.connectors.values()
                      if r.state.in_transaction or r is rt}
         amps, src, mcr = tx_limits[rt.id]

@@ -43,6 +43,7 @@ class SimBench:
         self.contactors: dict[int, SimContactor] = {}
         self.meters: dict[int, Any] = {}
         self.readers: list[Any] = []
+        self.grid: Any = None  # the simulated house connection, when configured
 
     def ev(self, connector_id: int) -> SimulatedEV:
         try:

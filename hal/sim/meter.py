@@ -95,7 +95,15 @@ class SimMeter:
         return self.snapshot()
 
 
-def build_meter(options: Mapping[str, Any], key: str, connector_id: int, ctx: BuildContext) -> SimMeter:
+def build_meter(options: Mapping[str, Any], key: str, connector_id: int, ctx: BuildContext) -> Any:
+    if connector_id == 0:  # the grid (house) meter
+        try:
+            house_a = float(options.get("house_a", 0.0))
+        except (TypeError, ValueError):
+            raise HardwareConfigError(f"{key}.house_a", options.get("house_a"), "a number of amperes") from None
+        grid = SimGridMeter(bench(ctx).meters, house_a=house_a)
+        bench(ctx).grid = grid
+        return grid
     kwargs: dict[str, Any] = {}
     for name, kind in (("voltage_v", float), ("phases", int), ("initial_wh", float)):
         if name in options:
@@ -110,3 +118,33 @@ def build_meter(options: Mapping[str, Any], key: str, connector_id: int, ctx: Bu
     meter = SimMeter(_ev(ctx, connector_id, options, key), **kwargs)
     bench(ctx).meters[connector_id] = meter
     return meter
+
+
+class SimGridMeter:
+    """The house connection: a settable house load plus whatever the simulated connectors draw."""
+
+    def __init__(self, bench_meters: dict[int, Any], *, house_a: float = 0.0, voltage_v: float = 230.0) -> None:
+        self._meters = bench_meters
+        self.house_a = house_a
+        self.voltage_v = voltage_v
+        self.failing = False
+
+    async def start(self, emit: Emit) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    phases = 3
+
+    async def read(self) -> MeterReading:
+        if self.failing:
+            raise MeterError("simulated grid meter does not answer")
+        per_phase = [self.house_a] * 3
+        for meter in self._meters.values():
+            snap = meter.snapshot()
+            for i, amps in enumerate(snap.current_a):
+                per_phase[i] += amps or 0.0
+        power = sum(per_phase) * self.voltage_v
+        return MeterReading(energy_wh=0.0, power_w=power, current_a=tuple(per_phase),  # type: ignore[arg-type]
+                            voltage_v=(self.voltage_v,) * 3)  # type: ignore[arg-type]
