@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -459,6 +459,7 @@ class ControllerCore:
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
                 self._recompute_all_limits()
         elif isinstance(action, cm.BeginTransaction):
+            self._recompute_all_limits()  # the others' shares change now, before the next event is applied
             rt.tx_issued += 1
             self._chain(rt, self._begin_transaction(rt, action.id_tag))
         elif isinstance(action, cm.EndTransaction):
@@ -530,6 +531,14 @@ class ControllerCore:
         claims.append((share, "station fuse limit"))
         return claims
 
+    def apply_limit(self, rt: ConnectorRuntime, amps: float | None) -> None:
+        """Give a connector its new limit. A connector without a transaction offers nothing, so its state
+        takes the limit at once: a transaction that begins before the queued event is processed (two cars
+        plugged in within the same instant) already starts with its share, not with the whole station."""
+        if not rt.state.in_transaction:
+            rt.state = replace(rt.state, limit_a=amps)
+        self.post(rt.id, cm.Limit(amps))
+
     def _recompute_limit(self, rt: ConnectorRuntime) -> None:
         claims = self.limit_claims(rt)
         amps, source = None, "none"
@@ -544,7 +553,7 @@ class ControllerCore:
         rt.limit_source = source
         if amps != rt.limit_a or rt.state.limit_a != amps:
             rt.limit_a = amps
-            self.post(rt.id, cm.Limit(amps))
+            self.apply_limit(rt, amps)
 
     # ================================================================== transactions
     async def _read_meter(self, rt: ConnectorRuntime, timeout: float = 3.0) -> MeterReading | None:

@@ -347,3 +347,22 @@ async def test_connector_zero_composite_is_the_grid_total(tmp_path: Path) -> Non
             "GetCompositeSchedule", {"connectorId": 1, "duration": 3600, "chargingRateUnit": "A"}
         )
         assert one["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 16}]
+
+
+async def test_two_cars_plugged_in_at_the_same_instant_never_overload(tmp_path: Path) -> None:
+    async with running_station(tmp_path, connectors=2, keys={"ConnectionTimeOut": 60}) as st:
+        assert (await set_profile(st, 0, profile(1, "ChargePointMaxProfile", [(0, 16)])))[
+            "status"
+        ] == "Accepted"
+        offers = Offers(st)
+        st.bench.readers[0].present("TAG1")
+        await st.wait_status("Preparing", 1)
+        st.bench.readers[0].present("TAG2")
+        await st.wait_status("Preparing", 2)
+        st.bench.ev(1).plug()
+        st.bench.ev(2).plug()  # both pilot events are queued before either is processed
+        await st.csms.wait_for(lambda: offered(st, 1) and offered(st, 2), timeout=15)
+        current = {1: 0.0, 2: 0.0}
+        for _t, cid, amps in offers.events:
+            current[cid] = amps or 0.0
+            assert current[1] + current[2] <= 16.0, offers.events

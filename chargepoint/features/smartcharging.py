@@ -622,7 +622,7 @@ class SmartChargingFeature(_Base):
         elif amps is not None and rt.limit_a is None:
             self._sc_served_since[rt.id] = now
         rt.limit_a = amps
-        self.post(rt.id, cm.Limit(amps))
+        self.apply_limit(rt, amps)
 
     def _recompute_all_limits(self) -> None:
         if self._sc_soon is not None:
