@@ -158,6 +158,9 @@ class PwmPilot:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._diode_fault = False
+        # ~100 ms of failed reads in a row: the reading can no longer be trusted (see _poll).
+        self.adc_fail_limit = max(1, math.ceil(0.1 * poll_hz))
+        self._adc_fault = False
         self.last_volts: float | None = None
         self.last_negative_volts: float | None = None
         self.samples = 0
@@ -200,6 +203,7 @@ class PwmPilot:
         candidate: CpState | None = None
         count = 0
         diode_bad = 0
+        failures = 0
         next_t = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -208,10 +212,28 @@ class PwmPilot:
                 if self._adc_neg is not None:
                     neg = float(self._adc_neg.value) * self.neg_scale + self.neg_offset
                     self.last_negative_volts = neg
-            except Exception as exc:  # SPI error: keep the last state, report once in the log
-                log.error("pilot %s: ADC read failed: %s", self.connector_id, exc)
-                self._stop.wait(1.0)
+            except Exception as exc:
+                # SPI/ADC error. Keeping the last state would leave a car "in C" (contactor closed) for
+                # ever; after ~100 ms of failures report state F + PILOT_BOARD so the controller opens.
+                failures += 1
+                if failures == 1:
+                    log.error("pilot %s: ADC read failed: %s", self.connector_id, exc)
+                if failures >= self.adc_fail_limit and not self._adc_fault:
+                    self._adc_fault = True
+                    candidate, count = None, 0
+                    self._hand_over(FaultRaised(self.connector_id, FaultKind.PILOT_BOARD,
+                                                f"pilot ADC (MCP3008) read failed {failures} times: {exc}"))
+                    if self._state != CpState.F:
+                        self._state = CpState.F
+                        self._hand_over(PilotChanged(self.connector_id, CpState.F))
+                self._stop.wait(period)
+                next_t = time.monotonic()
                 continue
+            failures = 0
+            if self._adc_fault:
+                self._adc_fault = False
+                log.warning("pilot %s: ADC reads work again", self.connector_id)
+                self._hand_over(FaultCleared(self.connector_id, FaultKind.PILOT_BOARD))
             self.samples += 1
             new = classify(volts, self._state, self.hysteresis_v)
             if new == self._state:

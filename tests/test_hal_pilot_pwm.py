@@ -179,7 +179,10 @@ async def test_cp_states_are_sensed_and_reported(tmp_path: Path, factory: MockFa
     for volts, state in ((9.0, CpState.B), (6.1, CpState.C), (2.9, CpState.D), (0.2, CpState.E),
                          (8.8, CpState.B), (11.7, CpState.A)):
         set_cp(adc, volts)
-        await wait_for(lambda s=state: pilot.state == s)  # type: ignore[misc]
+        # Wait for the event, not pilot.state: the state changes in the poll thread before the event
+        # handed over with call_soon_threadsafe reaches the loop.
+        await wait_for(lambda s=state: bool(events) and events[-1] == PilotChanged(1, s))  # type: ignore[misc]
+        assert pilot.state == state
     assert [e.state for e in events if isinstance(e, PilotChanged)] == list("BCDEBA")
     assert all(e.connector_id == 1 for e in events)
     await pilot.stop()
@@ -234,6 +237,31 @@ async def test_diode_check(tmp_path: Path, factory: MockFactory, adc: FakeMCP300
     set_cp(adc, -8.8, channel=1)
     await asyncio.sleep(0.2)
     assert len([e for e in events if isinstance(e, FaultRaised)]) == 1
+    await pilot.stop()
+
+
+async def test_adc_failure_reports_f_and_pilot_board_fault(tmp_path: Path, factory: MockFactory,
+                                                           adc: FakeMCP3008) -> None:
+    """A dead ADC while the car is in C must not leave the pilot reading C (contactor closed) for ever."""
+    make_sysfs(tmp_path)
+    set_cp(adc, 6.0)
+    pilot = build("pilot", {"driver": "pwm", "sysfs_root": str(tmp_path), "poll_hz": 100}, "p", 1,
+                  BuildContext(gpio_pin_factory=factory))
+    events: list[HalEvent] = []
+    await pilot.start(events.append)
+    assert pilot.state == CpState.C
+    adc.fail = True
+    await wait_for(lambda: PilotChanged(1, CpState.F) in events)
+    assert pilot.state == CpState.F
+    [fault] = [e for e in events if isinstance(e, FaultRaised)]
+    assert fault.kind == FaultKind.PILOT_BOARD and fault.connector_id == 1 and "ADC" in fault.info
+    assert events.index(fault) < events.index(PilotChanged(1, CpState.F))
+    await asyncio.sleep(0.1)
+    assert len([e for e in events if isinstance(e, FaultRaised)]) == 1  # reported once, not per read
+    adc.fail = False
+    await wait_for(lambda: PilotChanged(1, CpState.C) in events)
+    assert FaultCleared(1, FaultKind.PILOT_BOARD) in events
+    assert events.index(FaultCleared(1, FaultKind.PILOT_BOARD)) < events.index(PilotChanged(1, CpState.C))
     await pilot.stop()
 
 

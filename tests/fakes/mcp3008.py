@@ -15,12 +15,17 @@ class FakeMCP3008(MockSPIDevice):
         self.channels = [0.0] * 8
         self.conversions = 0
         self.state = "idle"
+        self.fail = False  # True: every conversion raises OSError, like a dead SPI bus / unplugged ADC
 
     def on_start(self) -> None:
         super().on_start()
         self.state = "idle"
 
     def on_bit(self) -> None:
+        if self.fail:
+            self.state = "idle"
+            self.rx_buf = []
+            raise OSError(121, "Remote I/O error (fake MCP3008)")
         if self.state == "idle":
             if self.rx_buf[-1]:  # start bit
                 self.state = "mode"
