@@ -59,8 +59,9 @@ def _restart_after_run(kind: str) -> int:
     from chargepoint.logsetup import under_systemd
 
     if under_systemd():
-        log.warning("%s restart: exiting with status %d for systemd to start the service again",
-                    kind, EXIT_RESTART)
+        log.warning(
+            "%s restart: exiting with status %d for systemd to start the service again", kind, EXIT_RESTART
+        )
         return EXIT_RESTART
     logging.shutdown()
     entry = _release_root() / "current" / "venv" / "bin" / "chargepoint"
@@ -160,8 +161,17 @@ def _load(path: str) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    path = args.config or args.config_option
+    if not path:
+        print("check-config: name the configuration file (chargepoint check-config FILE)", file=sys.stderr)
+        return 2
+    args.config = path
+    config = _load(path)
     if config is None:
+        return 2
+    problem = _check_driver_options(config)
+    if problem:
+        print(f"{path}: hardware configuration: {problem}", file=sys.stderr)
         return 2
     drivers = ", ".join(
         f"connector {c.id}: " + " ".join(f"{k}={v.get('driver', 'sim')}" for k, v in c.devices.items())
@@ -172,6 +182,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"CSMS {config.csms.url}\n  {drivers}"
     )
     return 0
+
+
+def _check_driver_options(config: Any) -> str | None:
+    """Build every driver against mock GPIO pins: options are checked (names, pins, conflicts, ports given)
+    without touching hardware a running service owns. Returns the problem, or None."""
+    from chargepoint.controller import build_hardware
+    from hal.registry import BuildContext
+
+    try:
+        from gpiozero.pins.mock import MockFactory
+
+        ctx = BuildContext(gpio_pin_factory=MockFactory())
+    except ImportError:
+        ctx = BuildContext()
+    try:
+        build_hardware(config, ctx)
+    except HardwareConfigError as exc:
+        return str(exc)
+    except Exception as exc:  # a driver that cannot even be constructed: say which
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def cmd_check_hardware(args: argparse.Namespace) -> int:
@@ -261,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("config")
+    p = sub.add_parser("check-config", help="validate a configuration file, driver options included")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--config", dest="config_option", help="the same, as an option")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("check-hardware", help="walk through the wallbox's devices (commissioning)")
@@ -285,8 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_firmware)
     p = sub.add_parser("diagnostics", help="write a diagnostics archive")
     p.add_argument("out")
-    p.add_argument("--config", default="/etc/chargepoint/chargepoint.toml",
-                   help="configuration to include (secrets removed); '' for none")
+    p.add_argument(
+        "--config",
+        default="/etc/chargepoint/chargepoint.toml",
+        help="configuration to include (secrets removed); '' for none",
+    )
     p.add_argument("--state-dir", default="/var/lib/chargepoint")
     p.add_argument("--hours", type=float, default=24.0, help="journal window: the last N hours (default 24)")
     p.add_argument("--root", default=default_root)

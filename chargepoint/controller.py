@@ -80,7 +80,9 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
         registry.build("indicator", config.indicator, "indicator", 0, ctx) if config.indicator else None
     )
     if config.station.grid is not None:
-        ctx.shared["grid_meter"] = registry.build("meter", config.station.grid.meter, "station.grid.meter", 0, ctx)
+        ctx.shared["grid_meter"] = registry.build(
+            "meter", config.station.grid.meter, "station.grid.meter", 0, ctx
+        )
     return StationHardware(connectors=connectors, readers=readers, indicator=indicator), ctx
 
 
@@ -215,13 +217,14 @@ class ControllerCore:
             self.connectors[cc.id] = ConnectorRuntime(
                 id=cc.id, hw=hw, state=state, max_current_a=cc.max_current_a, phases=cc.phases
             )
-        # Outputs are de-energized before anything else happens.
-        for rt in self.connectors.values():
-            await rt.hw.contactor.open()
-            await rt.hw.pilot.set_unavailable()
+        # Drivers come up de-energized (a pilot in state F, relays off); starting one opens its hardware
+        # (e.g. exports the PWM channel). Then the safe state is commanded explicitly, before anything else.
         for rt in self.connectors.values():
             for device in rt.hw.devices():
                 await device.start(self._on_hal_event)
+        for rt in self.connectors.values():
+            await rt.hw.contactor.open()
+            await rt.hw.pilot.set_unavailable()
         for reader in self.station.readers:
             await reader.start(self._on_hal_event)
         if self.station.indicator:

@@ -115,6 +115,7 @@ UNIT="$ROOT/etc/systemd/system/chargepoint.service"
 UDEV_RULES="$ROOT/etc/udev/rules.d/99-chargepoint.rules"
 MODPROBE="$ROOT/etc/modprobe.d/chargepoint-blacklist-nfc.conf"
 POLKIT_RULES="$ROOT/etc/polkit-1/rules.d/50-chargepoint.rules"
+CLI_LINK="$ROOT/usr/local/bin/chargepoint"  # so that `chargepoint status` etc. work from any shell
 BOOT_DIR="$ROOT/boot/firmware"
 REBOOT_REQUIRED=0
 
@@ -297,6 +298,8 @@ install_system_files() {
     local changed=0
     put_file "$SRC/systemd/chargepoint.service" "$UNIT" 0644 && changed=1
     put_file "$SRC/deploy/99-chargepoint.rules" "$UDEV_RULES" 0644 && changed=1
+    fs mkdir -p -- "$(dirname "$CLI_LINK")"
+    fs ln -sfn /opt/chargepoint/venv/bin/chargepoint "$CLI_LINK"
     # pcscd must own the ACR122U: the kernel's NFC stack would claim it first.
     put_text "$MODPROBE" 0644 "# deploy/install.sh: let pcscd (libccid) drive the ACR122U instead of the kernel NFC stack
 blacklist pn533_usb
@@ -436,7 +439,7 @@ start_service() {
         note "not started now: the boot configuration changed; it starts after the reboot"
         return
     fi
-    if ((!SIMULATE)) && ! "$OPT/venv/bin/chargepoint" check-config --config "$CONFIG"; then
+    if ((!SIMULATE)) && ! "$OPT/venv/bin/chargepoint" check-config "$CONFIG"; then
         warn "the configuration does not pass check-config: fix ${CONFIG#"$ROOT"}, then: systemctl start chargepoint"
         return
     fi
@@ -479,8 +482,8 @@ do_uninstall() {
         sys systemctl disable --now chargepoint.service
     fi
     local f
-    for f in "$UNIT" "$UDEV_RULES" "$MODPROBE" "$POLKIT_RULES"; do
-        if [[ -e $f ]]; then
+    for f in "$UNIT" "$UDEV_RULES" "$MODPROBE" "$POLKIT_RULES" "$CLI_LINK"; do
+        if [[ -e $f || -L $f ]]; then
             fs rm -f -- "$f"
             note "removed ${f#"$ROOT"}"
         fi

@@ -139,3 +139,27 @@ def test_security_profile_may_only_be_raised() -> None:
     assert keys.change("SecurityProfile", "0") == "Rejected"
     assert keys.change("SecurityProfile", "2") == "Accepted"
     assert keys.change("CertificateStoreMaxLength", "50") == "Rejected"  # read-only
+
+
+def test_check_config_checks_driver_options_without_touching_hardware(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    for change, key in (
+        (("relay_pin = 17", "relay_pn = 17"), "connectors[0].contactor.relay_pn"),
+        (("mirror_pin = 27", "mirror_pin = 18"), "connectors[0].contactor.mirror_pin"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text.replace(*change))
+        out = subprocess.run(
+            [sys.executable, "-m", "chargepoint", "check-config", str(bad)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert out.returncode == 2 and key in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "chargepoint", "check-config", "--config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr

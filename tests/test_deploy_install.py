@@ -34,7 +34,9 @@ otg_mode=1
 
 [all]
 """
-CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=abc-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
+CMDLINE = (
+    "console=serial0,115200 console=tty1 root=PARTUUID=abc-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
+)
 WANTED = ["enable_uart=1", "dtoverlay=disable-bt", "dtoverlay=pwm,pin=18,func=2", "dtparam=spi=on"]
 
 
@@ -64,7 +66,9 @@ def root(tmp_path: Path) -> Path:
 def run(root: Path, source: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         ["bash", str(SCRIPT), "--root", str(root), "--source", str(source), *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if ok:
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -105,18 +109,26 @@ def test_install_twice_is_idempotent(root: Path, source: Path) -> None:
     assert stat.S_IMODE((root / "etc/chargepoint").stat().st_mode) == 0o750
     assert stat.S_IMODE((root / "var/lib/chargepoint").stat().st_mode) == 0o750
     assert (root / "etc/systemd/system/chargepoint.service").read_bytes() == (
-        source / "systemd/chargepoint.service").read_bytes()
+        source / "systemd/chargepoint.service"
+    ).read_bytes()
     assert (root / "etc/udev/rules.d/99-chargepoint.rules").is_file()
     blacklist = (root / "etc/modprobe.d/chargepoint-blacklist-nfc.conf").read_text()
     assert "blacklist pn533" in blacklist and "blacklist nfc" in blacklist
-    assert "org.debian.pcsc-lite.access_pcsc" in (root / "etc/polkit-1/rules.d/50-chargepoint.rules").read_text()
+    assert (
+        "org.debian.pcsc-lite.access_pcsc" in (root / "etc/polkit-1/rules.d/50-chargepoint.rules").read_text()
+    )
     opt = root / "opt/chargepoint"
     assert (opt / "current").readlink() == Path("releases/0.1.0")
     assert (opt / "venv").readlink() == Path("current/venv")
     assert (opt / "releases/0.1.0/.complete").read_text() == "0.1.0"
     # what --root mode does not do itself, it prints
-    for planned in ("apt-get install", "useradd --system", "python3 -m venv --system-site-packages",
-                    "systemctl enable chargepoint.service", "chown root:chargepoint"):
+    for planned in (
+        "apt-get install",
+        "useradd --system",
+        "python3 -m venv --system-site-packages",
+        "systemctl enable chargepoint.service",
+        "chown root:chargepoint",
+    ):
         assert planned in first.stdout, planned
     assert "systemctl start" not in first.stdout  # reboot pending: starts at boot
 
@@ -170,12 +182,19 @@ def test_upgrade_without_install_is_refused(root: Path, source: Path) -> None:
 
 def test_uninstall_keeps_config_and_state_purge_removes_all(root: Path, source: Path) -> None:
     run(root, source)
+    link = root / "usr/local/bin/chargepoint"  # `chargepoint status` works from any shell
+    assert link.is_symlink() and str(link.readlink()) == "/opt/chargepoint/venv/bin/chargepoint"
     (root / "var/lib/chargepoint/store.sqlite").write_text("state")
     out = run(root, source, "--uninstall").stdout
     assert "systemctl disable --now chargepoint.service" in out
-    for gone in ("etc/systemd/system/chargepoint.service", "etc/udev/rules.d/99-chargepoint.rules",
-                 "etc/modprobe.d/chargepoint-blacklist-nfc.conf", "opt/chargepoint"):
+    for gone in (
+        "etc/systemd/system/chargepoint.service",
+        "etc/udev/rules.d/99-chargepoint.rules",
+        "etc/modprobe.d/chargepoint-blacklist-nfc.conf",
+        "opt/chargepoint",
+    ):
         assert not (root / gone).exists(), gone
+    assert not link.is_symlink()
     assert (root / "etc/chargepoint/chargepoint.toml").is_file()
     assert (root / "var/lib/chargepoint/store.sqlite").read_text() == "state"
     assert active_lines((root / "boot/firmware/config.txt").read_text()).count("enable_uart=1") == 1
@@ -220,8 +239,20 @@ def test_shellcheck() -> None:
 _UDEV_TOKEN = re.compile(
     r'^(?P<key>[A-Z_]+)(?:\{(?P<attr>[^}]+)\})?\s*(?P<op>==|!=|\+=|-=|:=|=)\s*"(?P<value>[^"]*)"$'
 )
-_UDEV_MATCH_KEYS = {"ACTION", "KERNEL", "KERNELS", "SUBSYSTEM", "SUBSYSTEMS", "DRIVER", "DRIVERS", "ATTR",
-                    "ATTRS", "ENV", "TAG", "PROGRAM"}
+_UDEV_MATCH_KEYS = {
+    "ACTION",
+    "KERNEL",
+    "KERNELS",
+    "SUBSYSTEM",
+    "SUBSYSTEMS",
+    "DRIVER",
+    "DRIVERS",
+    "ATTR",
+    "ATTRS",
+    "ENV",
+    "TAG",
+    "PROGRAM",
+}
 _UDEV_ASSIGN_KEYS = {"SYMLINK", "GROUP", "MODE", "OWNER", "RUN", "TAG", "ENV", "NAME"}
 
 
