@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -98,31 +99,58 @@ class SysfsPwm:
         self.period_ns = period_ns
         self.invert = invert
         self.duty_percent: float | None = None
+        self._pending: float | None = None
 
-    def _write(self, name: str, value: int | str) -> None:
-        (self.dir / name).write_text(f"{value}\n")
+    def _write(self, name: str, value: int | str, retry_s: float = 0.0) -> None:
+        """Write one attribute; a PermissionError is retried for ``retry_s`` (udev may not be done yet)."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                (self.dir / name).write_text(f"{value}\n")
+                return
+            except PermissionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
-    def open(self, export_timeout_s: float = 2.0) -> None:
+    def open(self, export_timeout_s: float = 1.0) -> None:
         if not self.chip_dir.is_dir():
             raise OSError(f"{self.chip_dir} missing: is dtoverlay=pwm set in /boot/firmware/config.txt?")
+        duty = self.dir / "duty_cycle"
+        deadline = time.monotonic() + export_timeout_s
         if not self.dir.is_dir():
             (self.chip_dir / "export").write_text(f"{self.channel}\n")
-            deadline = time.monotonic() + export_timeout_s
-            while not (self.dir / "duty_cycle").exists():  # udev fixes permissions after export
-                if time.monotonic() > deadline:
+        # After export the kernel creates the files owned by root; a udev rule changes group and mode a
+        # moment later. Until then the non-root service user gets PermissionError on the first write.
+        while not (duty.exists() and os.access(duty, os.W_OK)):
+            if time.monotonic() > deadline:
+                if not duty.exists():
                     raise OSError(f"{self.dir} did not appear after export")
-                time.sleep(0.02)
+                break  # not writable: the retrying writes below give the real error
+            time.sleep(0.02)
+        retry_s = max(deadline - time.monotonic(), 0.0) + 0.2
+        pending = self._pending
         # duty must never exceed the period: zero it before changing the period.
-        self._write("duty_cycle", 0)
-        self._write("period", self.period_ns)
-        self.set_percent(0.0)
-        self._write("enable", 1)
+        self._write("duty_cycle", 0, retry_s)
+        self._write("period", self.period_ns, retry_s)
+        self._apply(0.0, retry_s)
+        self._write("enable", 1, retry_s)
+        self._pending = None
+        if pending is not None:  # a level asked for before open()
+            self._apply(pending)
 
     def set_percent(self, percent: float) -> None:
+        """Safe before open(): without an exported channel the level is remembered and applied by open()."""
+        if not (self.dir / "duty_cycle").exists():
+            self._pending = percent
+            return
+        self._apply(percent)
+
+    def _apply(self, percent: float, retry_s: float = 0.0) -> None:
         fraction = min(max(percent, 0.0), 100.0) / 100.0
         if self.invert:
             fraction = 1.0 - fraction
-        self._write("duty_cycle", int(round(self.period_ns * fraction)))
+        self._write("duty_cycle", int(round(self.period_ns * fraction)), retry_s)
         self.duty_percent = percent
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -149,6 +150,66 @@ async def test_channel_is_exported_when_missing(tmp_path: Path, factory: MockFac
     t.join()
     assert sysfs(chip, "enable") == "1"
     await pilot.stop()
+
+
+@pytest.mark.parametrize("access_tracks_udev", [True, False])
+async def test_export_waits_for_udev_permissions(tmp_path: Path, factory: MockFactory, adc: FakeMCP3008,
+                                                 monkeypatch: pytest.MonkeyPatch, access_tracks_udev: bool) -> None:
+    """After export the files exist but are root-only until udev has run: writes fail with PermissionError.
+
+    We run as root here, so the permission window is emulated: writes to pwm0 raise PermissionError
+    until "udev" is done; os.access either reports that (True) or lies (False: only the retry helps)."""
+    chip = make_sysfs(tmp_path, exported=False)
+    udev_pending = threading.Event()
+    real_write = Path.write_text
+
+    def write_text(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        if udev_pending.is_set() and self.parent.name == "pwm0" and threading.current_thread() is not t:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_write(self, data, *args, **kwargs)  # type: ignore[arg-type]
+
+    real_access = os.access
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(
+        "hal.pilot_pwm.os.access",
+        lambda path, mode: real_access(path, mode) and not (access_tracks_udev and udev_pending.is_set()),
+    )
+
+    def kernel_and_udev() -> None:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if (chip / "export").read_text().strip() == "0":
+                udev_pending.set()
+                export_channel(chip, 0)
+                time.sleep(0.2)  # udev changes group/mode a moment later
+                udev_pending.clear()
+                return
+            time.sleep(0.005)
+
+    t = threading.Thread(target=kernel_and_udev)
+    t.start()
+    pilot = build("pilot", {"driver": "pwm", "sysfs_root": str(tmp_path)}, "p", 1,
+                  BuildContext(gpio_pin_factory=factory))
+    await pilot.start(lambda e: None)
+    t.join()
+    assert (sysfs(chip, "period"), sysfs(chip, "duty_cycle"), sysfs(chip, "enable")) == ("1000000", "0", "1")
+    await pilot.stop()
+
+
+async def test_levels_set_before_start_are_applied_at_open(tmp_path: Path, factory: MockFactory,
+                                                            adc: FakeMCP3008) -> None:
+    chip = make_sysfs(tmp_path, exported=False)
+    pilot = build("pilot", {"driver": "pwm", "sysfs_root": str(tmp_path)}, "p", 1,
+                  BuildContext(gpio_pin_factory=factory))
+    await pilot.set_unavailable()  # pwm0 not exported yet: no FileNotFoundError
+    await pilot.offer(16)
+    assert not (chip / "pwm0").exists()
+    export_channel(chip, 0)
+    await pilot.start(lambda e: None)
+    assert sysfs(chip, "enable") == "1" and sysfs(chip, "duty_cycle") == "266667"
+    assert pilot.offered_amps == pytest.approx(16)
+    await pilot.stop()
+    assert sysfs(chip, "duty_cycle") == "0"
 
 
 async def test_missing_pwm_chip_explains_the_overlay(tmp_path: Path, factory: MockFactory) -> None:
