@@ -9,6 +9,8 @@ Mapping (decided here, see hardware-docs/drivers.md):
 - ``offer(amps)`` -> ``SC amps V`` (volatile: no EEPROM wear) then ``FE`` (enable: PWM on).
 - ``offer(None)`` and ``Contactor.open()`` -> ``FS`` (sleep: constant +12 V, relay open).
 - ``set_unavailable()`` -> ``FD`` (disable: constant -12 V, state F).
+- ``Contactor.open()`` latches: later ``offer()`` calls only send ``SC`` (no ``FE``) until
+  ``Contactor.close()``, so the board cannot close its relay again behind the controller's back.
 - ``Contactor.close()`` -> ``FE`` if current is offered. The board closes its relay by itself when
   it is enabled and the EV asks (state C) -- the relay interlock lives in the board's firmware.
 - ``SY interval amps`` arms the board's host-heartbeat supervision: if the Pi stops sending ``SY``
@@ -157,6 +159,10 @@ class RapiBoard:
         self._board_fault = False
         self._active_fault: int | None = None
         self._want_enabled = False
+        # Contactor.open() (FS) latches the board asleep: offer() then only sets the current and does
+        # not re-enable (FE) until Contactor.close(), so an "open" decision of the controller sticks.
+        self.open_latched = False
+        self._latched_amps: int | None = None
 
     # ------------------------------------------------ lifecycle
 
@@ -358,7 +364,11 @@ class RapiBoard:
     async def _reapply(self) -> None:
         with contextlib.suppress(RapiError):
             await self.command(f"SY {self.heartbeat_s} {self.heartbeat_current_a}")
-            if self._want_enabled and self.offered is not None:
+            if self.open_latched:
+                if self._latched_amps is not None:
+                    await self._set_current(self._latched_amps)
+                await self.command("FS")
+            elif self._want_enabled and self.offered is not None:
                 await self._set_current(self.offered)
                 await self.command("FE")
             else:
@@ -378,8 +388,15 @@ class RapiBoard:
             if amps is None or amps < 6.0:
                 await self.command("FS")
                 self.enabled, self.offered, self._want_enabled = False, None, True
+                self._latched_amps = None
                 return
             actual = await self._set_current(int(min(amps, 80.0)))  # never round up
+            if self.open_latched:  # current stored for close(); the board stays asleep (+12 V, relay open)
+                self._latched_amps = min(actual, int(amps))
+                if not self._want_enabled:  # was disabled (FD, state F): asleep is +12 V, no PWM
+                    await self.command("FS")
+                    self._want_enabled = True
+                return
             self.offered = min(actual, int(amps))
             self._want_enabled = True
             if not self.enabled:
@@ -396,6 +413,11 @@ class RapiBoard:
         self.enabled, self.offered, self._want_enabled = False, None, False
 
     async def enable_relay(self) -> None:
+        if self.open_latched:
+            self.open_latched = False
+            if self.offered is None and self._latched_amps is not None:
+                self.offered, self._want_enabled = self._latched_amps, True
+            self._latched_amps = None
         if self.offered is None:
             log.warning("RAPI %s: close() without a current offer; the board cannot close its relay",
                         self.port)
@@ -412,7 +434,8 @@ class RapiBoard:
             await self.command("FS")
         except RapiError as exc:
             log.error("RAPI %s: sleep (open relay) failed: %s", self.port, exc)
-        self.enabled, self.offered = False, None
+        self._latched_amps = self.offered
+        self.enabled, self.offered, self.open_latched = False, None, True
 
 
 def _hex(token: str) -> int | None:

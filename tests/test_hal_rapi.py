@@ -119,6 +119,38 @@ async def test_session_offer_close_open(rig: Rig) -> None:
     assert changes[-3:] == [CpState.B, CpState.C, CpState.F]
 
 
+async def test_contactor_open_sticks_until_close(rig: Rig) -> None:
+    """open() puts the board to sleep; a later offer() (e.g. a new charging limit) must not re-enable it,
+    or the board would close its relay by itself in state C against the controller's decision."""
+    await rig.pilot.offer(16)
+    rig.emu.set_car("C")
+    await rig.until(lambda: rig.pilot.state == CpState.C)
+    await rig.contactor.close()
+    assert rig.emu.relay_closed
+    await rig.contactor.open()
+    assert rig.emu.mode == "sleeping" and not rig.emu.relay_closed
+    await rig.pilot.offer(20)
+    assert rig.emu.amps == 20 and rig.emu.received[-1] == "SC 20 V"  # current set, no FE
+    assert rig.emu.mode == "sleeping" and not rig.emu.relay_closed and rig.pilot.offered_amps is None
+    await rig.board._reapply()  # a board restart while latched keeps it asleep
+    assert rig.emu.mode == "sleeping" and not rig.emu.relay_closed
+    await rig.contactor.close()
+    assert rig.emu.mode == "enabled" and rig.emu.relay_closed and rig.pilot.offered_amps == 20.0
+    await rig.pilot.offer(10)  # no latch any more: normal offers
+    assert rig.emu.amps == 10 and rig.emu.mode == "enabled"
+
+
+async def test_offer_after_unavailable_while_latched_gives_plus_12v(rig: Rig) -> None:
+    await rig.pilot.offer(16)
+    await rig.contactor.open()
+    await rig.pilot.set_unavailable()
+    assert rig.emu.mode == "disabled"
+    await rig.pilot.offer(16)
+    assert rig.emu.mode == "sleeping"  # +12 V without PWM, not state F; still no FE
+    await rig.contactor.close()
+    assert rig.emu.mode == "enabled"
+
+
 async def test_offer_clamped_by_board_and_below_minimum_pauses(rig: Rig) -> None:
     await rig.pilot.offer(40)  # emulated board max 32 A answers $NK 32
     assert rig.pilot.offered_amps == 32.0 and rig.emu.amps == 32
