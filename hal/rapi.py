@@ -159,6 +159,13 @@ class RapiBoard:
         self._board_fault = False
         self._active_fault: int | None = None
         self._want_enabled = False
+        # Link supervision: after a read/write error the reader thread closes the port and reopens it
+        # with back-off (reconnect_min_s doubling up to reconnect_max_s), then re-applies the state.
+        self.reconnect_min_s = 1.0
+        self.reconnect_max_s = 10.0
+        self.reconnects = 0
+        self._link_broken = False
+        self._wake = threading.Event()
         # Contactor.open() (FS) latches the board asleep: offer() then only sets the current and does
         # not re-enable (FE) until Contactor.close(), so an "open" decision of the controller sticks.
         self.open_latched = False
@@ -184,6 +191,8 @@ class RapiBoard:
             self._users -= 1
             raise RapiError(f"cannot open {self.port}: {exc}") from exc
         self._running = True
+        self._link_broken = False
+        self._wake.clear()
         self._thread = threading.Thread(target=self._reader, name=f"rapi-{self.port}", daemon=True)
         self._thread.start()
         # Safe state first: disabled (state F) until the controller offers current.
@@ -208,6 +217,7 @@ class RapiBoard:
             with contextlib.suppress(RapiError):
                 await self.command("FD")  # leave the board in state F
         self._running = False
+        self._wake.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2)
         if self._serial is not None:
@@ -216,20 +226,55 @@ class RapiBoard:
 
     # ------------------------------------------------ link
 
+    def _open_port(self) -> Any:
+        import serial  # pyserial
+
+        return serial.Serial(self.port, self.baudrate, timeout=0.05, write_timeout=self.timeout_s)
+
     def _reader(self) -> None:
-        """Serial reader thread: bytes -> frames -> event loop."""
+        """Serial reader thread: bytes -> frames -> event loop; reopens the port after a USB-serial drop."""
         assert self._loop is not None
+        delay = self.reconnect_min_s
         while self._running:
+            if self._link_broken:
+                with contextlib.suppress(Exception):
+                    self._serial.close()
+                try:
+                    ser = self._open_port()
+                except Exception as exc:  # still unplugged: try again later, slower each time
+                    log.debug("RAPI %s: reopen failed: %s", self.port, exc)
+                    self._wake.wait(delay)
+                    delay = min(delay * 2, self.reconnect_max_s)
+                    continue
+                log.warning("RAPI %s: port reopened; re-applying settings", self.port)
+                self._serial = ser
+                self._splitter = FrameSplitter()
+                self._link_broken = False
+                self.reconnects += 1
+                delay = self.reconnect_min_s
+                self._loop.call_soon_threadsafe(self._on_reconnected)
+                continue
             try:
                 data = self._serial.read(self._serial.in_waiting or 1)
-            except Exception as exc:  # device unplugged: report once, keep trying
-                log.error("RAPI %s: read failed: %s", self.port, exc)
-                self._loop.call_soon_threadsafe(self._report_board_fault, f"read failed: {exc}")
-                threading.Event().wait(1.0)
+            except Exception as exc:  # device unplugged: close, report, reopen with back-off
+                self._link_lost(f"read failed: {exc}")
                 continue
             if data:
                 for frame in self._splitter.feed(data):
                     self._loop.call_soon_threadsafe(self._on_frame, frame)
+
+    def _link_lost(self, info: str) -> None:
+        """Called from any thread: mark the link broken (the reader reopens it) and raise PILOT_BOARD."""
+        if self._link_broken:
+            return
+        log.error("RAPI %s: link lost (%s); reopening", self.port, info)
+        self._link_broken = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._report_board_fault, f"link lost: {info}")
+
+    def _on_reconnected(self) -> None:
+        if self._running:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._reapply()))
 
     def _on_frame(self, frame: str) -> None:
         parsed = decode(frame)
@@ -276,11 +321,17 @@ class RapiBoard:
             raise RapiError("RAPI board not started")
         async with self._mutex:
             for _attempt in range(self.retries + 1):
+                if self._link_broken:
+                    raise RapiError(f"serial link to {self.port} is down (reopening)")
                 seq = self._next_seq()
                 fut: asyncio.Future[tuple[bool, list[str]]] = asyncio.get_running_loop().create_future()
                 self._pending = (seq, fut)
                 try:
-                    await asyncio.to_thread(self._serial.write, encode(cmd, seq))
+                    try:
+                        await asyncio.to_thread(self._serial.write, encode(cmd, seq))
+                    except OSError as exc:  # SerialException is an OSError
+                        self._link_lost(f"write failed: {exc}")
+                        raise
                     self.commands_sent += 1
                     result = await asyncio.wait_for(fut, self.timeout_s)
                 except (TimeoutError, OSError) as exc:

@@ -21,7 +21,7 @@ from hal.interfaces import (
 from hal.rapi import FrameSplitter, RapiBoard, RapiContactor, RapiPilot, checksum, decode, encode
 from hal.registry import BuildContext, build
 from tests.fakes.modbus_meters import pty_pair
-from tests.fakes.rapi_board import RapiBoardEmulator
+from tests.fakes.rapi_board import RapiBoardEmulator, SocatLink
 
 pytestmark = pytest.mark.hardware_stack
 
@@ -238,3 +238,36 @@ async def test_missing_port_reports_board_fault(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="cannot open"):
         await pilot.start(events.append)
     assert [e.kind for e in events if isinstance(e, FaultRaised)] == [FaultKind.PILOT_BOARD]
+
+
+async def test_usb_serial_drop_reopens_port_and_reapplies_state(tmp_path: Path) -> None:
+    link = SocatLink(tmp_path)
+    emu = RapiBoardEmulator(link.board)
+    opts: dict[str, Any] = {"driver": "rapi", "port": link.host, "poll_s": 0.1, "timeout_s": 0.2, "retries": 1,
+                            "heartbeat_s": 1}
+    pilot = build("pilot", opts, "connectors.1.pilot", 1, BuildContext())
+    board = pilot.board
+    board.reconnect_min_s, board.reconnect_max_s = 0.05, 0.2
+    events: list[HalEvent] = []
+    rig = Rig(emu, pilot, RapiContactor(board), events)
+    await pilot.start(events.append)
+    try:
+        await pilot.offer(16)
+        assert emu.mode == "enabled"
+        link.drop()  # adapter unplugged
+        await rig.until(lambda: bool(rig.faults(FaultKind.PILOT_BOARD)))
+        assert "link lost" in rig.faults(FaultKind.PILOT_BOARD)[0].info
+        await asyncio.sleep(0.5)  # several failed reopen attempts: still one fault
+        assert len(rig.faults(FaultKind.PILOT_BOARD)) == 1 and board.reconnects == 0
+        emu.mode, emu.amps = "disabled", 6  # what a board that lost power meanwhile would be in
+        link.restore()
+        emu.reopen()
+        await rig.until(lambda: FaultCleared(1, FaultKind.PILOT_BOARD) in events, timeout=5)
+        await rig.until(lambda: emu.mode == "enabled" and emu.amps == 16)  # state re-applied
+        assert board.reconnects == 1
+        emu.set_car("C")
+        await rig.until(lambda: pilot.state == CpState.C)  # notifications flow again
+    finally:
+        await pilot.stop()
+        emu.close()
+        link.close()

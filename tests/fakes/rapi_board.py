@@ -8,8 +8,12 @@ itself when enabled and the car is in C, ``$AT`` notifications, sequence-id echo
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import serial
 
@@ -24,6 +28,7 @@ def frame(body: str) -> bytes:
 
 class RapiBoardEmulator:
     def __init__(self, port: str, min_amps: int = 6, max_amps: int = 32) -> None:
+        self.port = port
         self.ser = serial.Serial(port, 115200, timeout=0.02)
         self.min_amps, self.max_amps = min_amps, max_amps
         self.lock = threading.RLock()
@@ -156,7 +161,58 @@ class RapiBoardEmulator:
             return (not self.hb_missed), []
         return False, []
 
+    def reopen(self) -> None:
+        """Open the (re-created) pty again after a link drop; the board keeps its state, like a board
+        whose USB-serial adapter was unplugged and plugged back in."""
+        self._run = False
+        self._thread.join(2)
+        self.ser.close()
+        self.ser = serial.Serial(self.port, 115200, timeout=0.02)
+        self._split = FrameSplitter()
+        self._run = True
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
     def close(self) -> None:
         self._run = False
         self._thread.join(2)
         self.ser.close()
+
+
+class SocatLink:
+    """A socat pty pair that a test can drop (socat killed: both ends vanish, reads fail with EIO) and
+    restore under the same paths, like a USB-serial adapter unplugged and plugged back in."""
+
+    def __init__(self, tmp: Path) -> None:
+        if shutil.which("socat") is None:
+            import pytest
+
+            pytest.skip("socat is not installed (apt-get install socat)")
+        self.host, self.board = str(tmp / "ttyHost"), str(tmp / "ttyBoard")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        self.proc = subprocess.Popen(
+            ["socat", "pty,raw,echo=0,link=" + self.host, "pty,raw,echo=0,link=" + self.board],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 5
+        while not (os.path.exists(self.host) and os.path.exists(self.board)):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("socat did not create the pty pair")
+            time.sleep(0.01)
+
+    def drop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc = None
+        deadline = time.monotonic() + 5
+        while os.path.lexists(self.host) or os.path.lexists(self.board):  # socat removes its links
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.drop()
