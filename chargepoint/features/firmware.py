@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -42,6 +41,7 @@ from chargepoint.firmware.update import (
     systemd_restart,
 )
 from chargepoint.logsetup import under_systemd
+from chargepoint.pending import save_pending, take_pending
 from chargepoint.protocol.outbox import CallErrorReceived
 from chargepoint.store import StoreError
 
@@ -258,33 +258,14 @@ class FirmwareFeature(_Base):
         return self.config.state_dir / PENDING_FILE
 
     def _save_pending_notices(self) -> None:
-        path = self._pending_path()
-        try:
-            if self._notices:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(json.dumps([[a, p] for a, p in self._notices]))
-                os.replace(tmp, path)
-            else:
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.error("undelivered status notifications could not be saved: %s", exc)
+        save_pending(self._pending_path(), self._notices, "status notifications")
 
     def _load_pending_notices(self) -> None:
-        path = self._pending_path()
-        try:
-            items = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
-            items = []
-        for item in items if isinstance(items, list) else []:
-            if (isinstance(item, list) and len(item) == 2 and item[0] in (
-                    "FirmwareStatusNotification", "DiagnosticsStatusNotification")
-                    and isinstance(item[1], dict) and isinstance(item[1].get("status"), str)):
-                self._notices.append((item[0], {"status": item[1]["status"]}))
-        with contextlib.suppress(OSError):
-            path.unlink()
+        for action, payload in take_pending(
+            self._pending_path(), ("FirmwareStatusNotification", "DiagnosticsStatusNotification")
+        ):
+            if isinstance(payload.get("status"), str):
+                self._notices.append((action, {"status": payload["status"]}))
 
     # ------------------------------------------------------------------ diagnostics contents
     def _copy_store(self) -> Path | None:

@@ -38,9 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
-import os
 import shutil
 import ssl
 from collections import deque
@@ -53,6 +51,7 @@ from chargepoint.firmware.diagnostics import DiagnosticsUploader, archive_builde
 from chargepoint.firmware.download import SUPPORTED_SCHEMES, DownloadFailed, download
 from chargepoint.firmware.update import InstallFailed, InvalidRelease, verify_artifact
 from chargepoint.metering import iso
+from chargepoint.pending import save_pending, take_pending
 from chargepoint.protocol.outbox import CallErrorReceived
 from chargepoint.security.certs import (
     CertificateError,
@@ -275,32 +274,10 @@ class SecurityFeature(_Base):
         return self.config.state_dir / PENDING_FILE
 
     def _sec_save_pending(self) -> None:
-        path = self._sec_pending_path()
-        try:
-            if self.security_queue:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(json.dumps([[a, p] for a, p in self.security_queue]))
-                os.replace(tmp, path)
-            else:
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.error("undelivered security messages could not be saved: %s", exc)
+        save_pending(self._sec_pending_path(), self.security_queue, "security messages")
 
     def _sec_load_pending(self) -> None:
-        path = self._sec_pending_path()
-        try:
-            items = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
-            items = []
-        for item in items if isinstance(items, list) else []:
-            if (isinstance(item, list) and len(item) == 2 and item[0] in _QUEUED_ACTIONS
-                    and isinstance(item[1], dict)):
-                self.security_queue.append((item[0], item[1]))
-        with contextlib.suppress(OSError):
-            path.unlink()
+        self.security_queue.extend(take_pending(self._sec_pending_path(), _QUEUED_ACTIONS))
 
     # ------------------------------------------------------------------ certificates
     def install_certificate(self, kind: str, pem: str) -> str:
