@@ -542,17 +542,19 @@ class ControllerCore:
             rt.state = replace(rt.state, limit_a=amps)
         self.post(rt.id, cm.Limit(amps))
 
-    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
-        claims = self.limit_claims(rt)
-        amps, source = None, "none"
+    @staticmethod
+    def decide_limit(rt: ConnectorRuntime, claims: list[tuple[float | None, str]]) -> tuple[float | None, str]:
+        """The lowest claim wins; a claim of None pauses; below the connector's minimum it pauses too."""
         paused = [c for c in claims if c[0] is None]
         if paused:
-            amps, source = None, paused[0][1]
-        else:
-            amps, source = min(claims, key=lambda c: c[0])  # type: ignore[arg-type,return-value]
+            return None, paused[0][1]
+        amps, source = min(claims, key=lambda c: c[0])  # type: ignore[arg-type,return-value]
         if amps is not None and amps < rt.state.min_current_a:
-            source = f"{source} (below minimum {rt.state.min_current_a:g} A: paused)"
-            amps = None
+            return None, f"{source} (below minimum {rt.state.min_current_a:g} A: paused)"
+        return amps, source
+
+    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
+        amps, source = self.decide_limit(rt, self.limit_claims(rt))
         rt.limit_source = source
         if amps != rt.limit_a or rt.state.limit_a != amps:
             rt.limit_a = amps

@@ -594,14 +594,7 @@ class SmartChargingFeature(_Base):
         rate limit for connectors whose pilot it would change."""
         claims = self.limit_claims(rt)
         self._sc_claims[rt.id] = claims
-        paused = [c for c in claims if c[0] is None]
-        if paused:
-            amps, source = None, paused[0][1]
-        else:
-            amps, source = min(claims, key=lambda c: c[0])  # type: ignore[arg-type,return-value]
-        if amps is not None and amps < rt.state.min_current_a:
-            source = f"{source} (below minimum {rt.state.min_current_a:g} A: paused)"
-            amps = None
+        amps, source = self.decide_limit(rt, claims)
         if amps == rt.limit_a and rt.state.limit_a == amps:
             self._sc_unhold(rt.id)
             rt.limit_source = source
