@@ -1132,8 +1132,6 @@ class ControllerCore:
             self._heartbeat_task.cancel()
             self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         elif name in ("ConnectionTimeOut", "StopTransactionOnEVSideDisconnect"):
-            from dataclasses import replace
-
             for rt in self.connectors.values():
                 rt.state = replace(
                     rt.state,

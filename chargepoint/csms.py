@@ -31,6 +31,19 @@ class Record:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+async def poll_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` on the loop until it returns something truthy; TimeoutError after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout:.1f} s")
+        await asyncio.sleep(interval)
+
+
 class CentralSystemBehaviour:
     """Answers the central system gives; tests change these attributes."""
 
@@ -245,15 +258,7 @@ class CentralSystem:
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Poll ``predicate`` until it returns something truthy (or raise TimeoutError)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if loop.time() > deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            await asyncio.sleep(0.01)
+        return await poll_until(predicate, timeout)
 
     async def wait_for_message(
         self,

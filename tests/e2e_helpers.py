@@ -32,7 +32,7 @@ import pytest
 
 from chargepoint.config import simulated_config
 from chargepoint.controller import Controller
-from chargepoint.csms import CentralSystem
+from chargepoint.csms import CentralSystem, poll_until
 from hal.sim.board import SimBench
 
 CP_ID = "CP-E2E"
@@ -68,15 +68,7 @@ class Rig:
     # ------------------------------------------------------------------ waiting
     async def wait(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Poll ``predicate`` on the loop (controller-side conditions) until truthy."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if loop.time() > deadline:
-                raise TimeoutError(f"condition not met within {timeout:.1f} s")
-            await asyncio.sleep(0.005)
+        return await poll_until(predicate, timeout, interval=0.005)
 
     async def wait_event(
         self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda d: True, timeout: float = 5.0
