@@ -34,11 +34,12 @@ def labels(values: Mapping[str, Any]) -> dict[str, str]:
         "Rt": f"R6 {fmt(m['r_top_ohm'], 'Ω')} {mt}",
         "Rg": f"R7 {fmt(m['r_gnd_ohm'], 'Ω')} {mt}",
         "Rr": f"R8 {fmt(m['r_ref_ohm'], 'Ω')} {mt}",
-        "Rk": f"R9, R13 {fmt(m['charge_ohm'], 'Ω')}",
-        "Rbl": f"R10, R14 {fmt(m['bleed_ohm'], 'Ω')} {pct(m['bleed_tolerance'])}",
-        "Rfb": f"R11, R15 {fmt(m['feedback_ohm'], 'Ω')}",
-        "Radc": f"R12, R16 {fmt(m['adc_series_ohm'], 'Ω')}",
-        "Ch": f"C1, C2 {fmt(m['hold_f'], 'F')} film/C0G",
+        "Rk0": f"R9 {fmt(m['charge_ohm'], 'Ω')}", "Rk1": f"R13 {fmt(m['charge_ohm'], 'Ω')}",
+        "Rbl0": f"R10 {fmt(m['bleed_ohm'], 'Ω')} {pct(m['bleed_tolerance'])}",
+        "Rbl1": f"R14 {fmt(m['bleed_ohm'], 'Ω')} {pct(m['bleed_tolerance'])}",
+        "Rfb0": f"R11 {fmt(m['feedback_ohm'], 'Ω')}", "Rfb1": f"R15 {fmt(m['feedback_ohm'], 'Ω')}",
+        "Radc0": f"R12 {fmt(m['adc_series_ohm'], 'Ω')}", "Radc1": f"R16 {fmt(m['adc_series_ohm'], 'Ω')}",
+        "Ch0": f"C1 {fmt(m['hold_f'], 'F')}", "Ch1": f"C2 {fmt(m['hold_f'], 'F')}",
         "Rpu": f"R17 {fmt(pp['pullup_ohm'], 'Ω')} {pct(pp['resistor_tolerance'])}",
         "Rps": f"R18 {fmt(pp['series_ohm'], 'Ω')}",
         "Cpf": f"C3 {fmt(pp['filter_f'], 'F')}",
@@ -130,9 +131,12 @@ class Svg:
         self.text(x + 30, y - 36, label, "v", "middle")
         return (x, y - 16), (x, y + 16), (x + 60, y)
 
-    def terminal(self, x: float, y: float, label: str) -> None:
+    def terminal(self, x: float, y: float, label: str, left: bool = False) -> None:
         self.add(f'<circle cx="{x:g}" cy="{y:g}" r="5" fill="white" stroke="#c62828" stroke-width="2"/>')
-        self.text(x + 9, y + 5, label, "t")
+        if left:
+            self.text(x - 9, y + 5, label, "t", "end")
+        else:
+            self.text(x + 9, y + 5, label, "t")
 
     def box(self, x: float, y: float, w: float, h: float, title: str, lines: list[str],
             color: str = "#1f5fbf", fill: str = "#e8f0fe") -> None:
@@ -145,7 +149,7 @@ class Svg:
 
 def schematic_svg(values: Mapping[str, Any]) -> str:
     lb = labels(values)
-    g, m, pp, adc = values["generator"], values["measurement"], values["pp"], values["adc"]
+    g, adc = values["generator"], values["adc"]
     w, h = 1640, 1180
     s = Svg()
     s.add(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
@@ -162,8 +166,8 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
     # ---------------------------------------------------------------- power and reference (top left)
     s.box(20, 75, 330, 150, "Supply and reference", [
         "PS1 isolated DC-DC 12 V → " + lb["rails"],
-        "  regulated, ≥ 1 W (check datasheet); its common = GND",
-        "  input fused (F3, see wiring.svg)",
+        "  regulated, ≥ 1 W (check datasheet)",
+        "  common = GND; input fused (F3, wiring.svg)",
         "+15 V → " + lb["Rref"] + " → VREF node",
         lb["Vref"] + " (e.g. LM4040-3.0)",
         "VREF feeds: U4 supply, R2, R8, R17, MCP3008 VREF",
@@ -171,8 +175,8 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
 
     # ---------------------------------------------------------------- generator (top)
     s.text(400, 92, "Generator: GPIO18 → Schmitt buffer (0 / VREF) → U1 ×8 around 1.714 V → ±12.0 V", "t")
-    s.terminal(400, 170, "GPIO18 (PWM0)")
-    s.wire((405, 170), (470, 170))
+    s.terminal(385, 170, "GPIO18", left=False)
+    s.wire((390, 170), (470, 170))
     s.dot(470, 170)
     s.res_v(470, 170, lb["Rpd"], 70, "left")
     s.gnd(470, 240)
@@ -184,9 +188,8 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
     plus, minus, out = s.opamp(640, 170, "U1 (±15 V)")
     s.wire(minus, (620, 186), (620, 250))
     s.dot(620, 250)
-    s.wire((620, 250), (560, 250))
-    s.res_h(480, 250, lb["Ra"], 80)
-    s.text(440, 254, "VREF", "s")
+    s.res_h(540, 250, lb["Ra"], 80)
+    s.text(500, 254, "VREF", "s")
     s.res_v(620, 250, lb["Rb"], 70, "left")
     s.gnd(620, 320)
     s.wire((620, 250), (700, 250))
@@ -203,62 +206,61 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
     s.wire((960, 213), (960, 235))
     s.gnd(960, 235)
     s.terminal(995, 170, "CP (J1)")
-    s.text(700, 130, "U1: ≥ " + f"{g['opamp']['slew_v_per_us']:g} V/µs, ≥ {g['opamp']['gbw_hz'] / 1e6:g} MHz, "
+    s.text(700, 114, "U1: ≥ " + f"{g['opamp']['slew_v_per_us']:g} V/µs, ≥ {g['opamp']['gbw_hz'] / 1e6:g} MHz, "
            f"≤ {g['opamp']['headroom_v']:g} V headroom at 15 mA", "n")
 
     # ---------------------------------------------------------------- measurement (middle)
-    y0 = 400
-    s.text(20, y0 - 20, "Measurement: CP → divider (−12…+12 V → 0…VREF) → peak holds → MCP3008 CH0 / CH1", "t")
-    s.terminal(30, y0 + 40, "CP")
-    s.wire((35, y0 + 40), (70, y0 + 40))
+    y0 = 420
+    s.text(20, y0 - 60, "Measurement: CP → divider (−12…+12 V → 0…VREF) → peak holds → MCP3008 CH0 / CH1", "t")
+    s.terminal(70, y0 + 40, "CP", left=True)
     s.res_h(70, y0 + 40, lb["Rt"], 110)
     s.wire((180, y0 + 40), (250, y0 + 40))
     s.dot(250, y0 + 40)
     s.res_v(250, y0 + 40, lb["Rg"], 80, "left")
     s.gnd(250, y0 + 120)
     s.wire((250, y0 + 40), (250, y0 + 10))
-    s.res_v(250, y0 - 70, lb["Rr"], 80, "left")
-    s.text(256, y0 - 76, "VREF", "s")
-    s.text(262, y0 + 66, "node M", "n")
-    s.text(262, y0 + 82, "BAT54S clamps to 3.3 V / GND", "n")
+    s.res_v(250, y0 - 30, lb["Rr"], 40, "left")
+    s.text(256, y0 - 34, "VREF", "s")
+    s.text(30, y0 + 170, "node M: BAT54S clamps to 3.3 V / GND", "n")
     # positive hold
     for row, (title, ch, direction, bleed_to) in enumerate(
             (("CH0: high phase (positive peak)", "CH0", "right", "GND"),
              ("CH1: low phase (negative peak, diode check)", "CH1", "left", "VREF"))):
         y = y0 + 20 + row * 230
         x = 330
-        s.text(x, y - 40, title, "t")
+        s.text(x, y - 60, title, "t")
         s.wire((250, y0 + 40), (300, y0 + 40), (300, y - 16), (x, y - 16))
         plus, minus, out = s.opamp(x, y, "U2A" if row == 0 else "U2C")
         s.wire(out, (420, y))
         s.diode(440, y, direction, "D2" if row == 0 else "D4")
         s.wire((420, y), (432, y))
         s.wire((448, y), (460, y))
-        s.res_h(460, y, lb["Rk"], 110)
+        s.res_h(460, y, lb[f"Rk{row}"], 110)
         s.wire((570, y), (610, y))
         s.dot(610, y)
-        s.cap_v(610, y, lb["Ch"], 70)
+        s.cap_v(610, y, lb[f"Ch{row}"], 70)
         s.gnd(610, y + 70)
         s.wire((610, y), (760, y))
         s.dot(760, y)
-        s.res_v(760, y, lb["Rbl"] + " to " + bleed_to, 70)
+        s.res_v(760, y, lb[f"Rbl{row}"], 70)
         if bleed_to == "GND":
             s.gnd(760, y + 70)
         else:
-            s.text(752, y + 86, "VREF", "s")
-        s.wire((760, y), (790, y), (790, y - 16), (820, y - 16))
-        bplus, bminus, bout = s.opamp(820, y, "U2B" if row == 0 else "U2D")
-        s.wire(bminus, (805, y + 16), (805, y + 50), (900, y + 50), (900, y))
-        s.wire(bout, (930, y))
-        s.dot(900, y)
-        s.res_h(930, y, lb["Radc"], 110)
-        s.wire((1040, y), (1090, y))
-        s.text(1096, y + 5, "→ MCP3008 " + ch, "t")
+            s.wire((760, y + 70), (760, y + 80))
+            s.text(770, y + 84, "VREF", "s")
+        s.wire((760, y), (870, y), (870, y - 16), (900, y - 16))
+        bplus, bminus, bout = s.opamp(900, y, "U2B" if row == 0 else "U2D")
+        s.wire(bminus, (885, y + 16), (885, y + 50), (980, y + 50), (980, y))
+        s.wire(bout, (1010, y))
+        s.dot(980, y)
+        s.res_h(1010, y, lb[f"Radc{row}"], 90)
+        s.wire((1100, y), (1110, y))
+        s.text(1114, y + 5, "→ " + ch, "t")
         # feedback from the follower back to the detector's inverting input, with the anti-saturation diode
-        fb_y = y + 90
-        s.wire((900, y + 50), (900, fb_y))
-        s.res_h(560, fb_y, lb["Rfb"], 340)
-        s.wire((560, fb_y), (316, fb_y), (316, minus[1]), minus)
+        fb_y = y + 110
+        s.wire((980, y + 50), (980, fb_y))
+        s.res_h(600, fb_y, lb[f"Rfb{row}"], 380)
+        s.wire((600, fb_y), (316, fb_y), (316, minus[1]), minus)
         s.dot(400, fb_y)
         s.wire((400, fb_y), (400, fb_y - 20))
         s.diode(400, fb_y - 32, "up" if row == 0 else "down", "")
@@ -288,7 +290,7 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
            "n")
 
     # ---------------------------------------------------------------- ADC and notes (right)
-    s.box(1190, 380, 420, 190, "U5 MCP3008 (SPI0 CE0)", [
+    s.box(1230, 380, 390, 190, "U5 MCP3008 (SPI0 CE0)", [
         f"CH{adc['cp_channel']} ← high-phase hold (state A–F)",
         f"CH{adc['cp_negative_channel']} ← low-phase hold (EV diode check)",
         f"CH{adc['pp_channel']} ← PP",
@@ -297,7 +299,7 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
         "SCLK GPIO11 · MOSI GPIO10 · MISO GPIO9 · CS GPIO8",
         f"driver: volts = code/1023 × 24 − 12; error budget ±{adc['error_lsb']} LSB",
     ])
-    s.box(1190, 600, 420, 230, "Why these values", [
+    s.box(1230, 600, 390, 230, "Why these values", [
         "U1 works linearly from a 0 / 3.000 V buffer: the levels are",
         "set by U3 and 0.1 % resistors, not by how far an op-amp",
         "swings to its rails (a TL082 on ±12 V reaches only ±10.5 V).",
@@ -309,7 +311,7 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
         "GND = PE at J3 only; PP/CP return = PE of the socket.",
         "Supplies: PS1 input fuse; TVS D1/D6 at the connector.",
     ], "#b26a00", "#fff7e6")
-    s.box(1190, 75, 420, 120, "Connectors", [
+    s.box(1230, 75, 390, 120, "Connectors", [
         "J1 CP · J2 PP · J3 PE (the single PE–GND tie) → socket",
         "J4 to the Pi: GPIO18, SPI0 (8–11), 3.3 V, GND",
         "J5 +12 V in (from the DIN-rail PSU, fused)",

@@ -256,7 +256,7 @@ def nominal_netlist(values: Mapping[str, Any]) -> str:
     """The committed, human-runnable netlist: nominal board, vehicle in state C, 53 % duty (32 A), 5 ms."""
     body = [instance("c", nominal(values), "C", pwm_source(0.5333), rc_pp=220.0,
                      capacitance=values["vehicle"]["capacitance_f"])]
-    analysis = (".tran 20n 5m\n.control\nrun\nplot v(gout_c) v(cp_c)\nplot v(ch0_c) v(ch1_c)\n.endc")
+    analysis = (".tran 1u 5m\n.control\nrun\nplot v(gout_c) v(cp_c)\nplot v(ch0_c) v(ch1_c)\n.endc")
     return netlist(values, body, analysis, "Pilot board, nominal values, vehicle in state C, 32 A (53.3 % duty)")
 
 
