@@ -12,6 +12,7 @@ APT_PACKAGES=(
   systemd                                   # systemd-analyze verify/security for the unit file
   shellcheck                                # lint of deploy/install.sh
   librsvg2-bin                              # renders hardware-docs/wiring.svg to check it is readable
+  ngspice                                   # simulates the pilot board (tests/test_pilot_circuit.py)
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
