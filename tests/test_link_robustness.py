@@ -400,3 +400,65 @@ def test_default_ceiling_reaches_a_returning_central_system_within_a_minute() ->
     from chargepoint.config import CsmsConfig
 
     assert CsmsConfig(url="ws://127.0.0.1/ocpp").reconnect_max_s <= 60
+
+
+# ---------------------------------------------------------------------------------------------- odds and ends
+async def test_unpaired_surrogate_is_a_formation_violation(station: Station) -> None:
+    """RFC 8259 §8.2: a lone UTF-16 surrogate is no character; it could be neither stored nor logged."""
+    error = await _callerror(station, '[2,"u1","RemoteStartTransaction",{"idTag":"AB\\ud800"}]')
+    assert error[1] == "u1" and error[2] == "FormationViolation"
+    assert station.csms.received("StartTransaction") == []
+
+
+async def test_link_log_masks_id_tags(station: Station, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="chargepoint.protocol.link")
+    frames = await _answers(station, '[2,"t1","RemoteStartTransaction",{"idTag":"SECRET-TAG-0815"}]')
+    assert frames and frames[0][:2] == [3, "t1"]
+    await _callerror(station, '[2,"t2","RemoteStartTransaction",{"idTag":"SECRET-TAG-0815-MUCH-TOO-LONG"}]')
+    link_lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.protocol.link"]
+    assert any("RemoteStartTransaction" in line for line in link_lines)
+    assert not [line for line in link_lines if "SECRET-TAG" in line]
+
+
+async def test_malformed_answer_to_our_call_fails_it_at_once() -> None:
+    """A CALLRESULT for our outstanding CALL that is not [3, UniqueId, {…}] is not answered (OCPP-J answers
+    only CALLs) and ends that CALL with FormationViolation at once, not after the response timeout."""
+    outcome: list[BaseException] = []
+
+    async def answer_badly(ws: Any) -> None:
+        call = json.loads(await ws.recv())
+        await ws.send(json.dumps([3, call[1]]))
+        try:
+            extra = await asyncio.wait_for(ws.recv(), 2)
+        except (TimeoutError, websockets.ConnectionClosed):
+            return
+        outcome.append(AssertionError(f"the charge point answered a response: {extra}"))
+
+    async def boot(session: OcppSession) -> None:
+        try:
+            await session.call_raw(
+                "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}, 30
+            )
+        except Exception as exc:
+            outcome.append(exc)
+
+    server = await websockets.serve(answer_badly, "127.0.0.1", 0, subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+    port = server.sockets[0].getsockname()[1]
+    link = OcppLink(
+        url=f"ws://127.0.0.1:{port}/ocpp",
+        charge_point_id="CP-BAD-ANSWER",
+        session_factory=lambda ws: OcppSession("CP-BAD-ANSWER", ws, 30.0),
+        on_session=boot,
+        on_disconnect=lambda: None,
+        ping_interval=lambda: None,
+    )
+    task = asyncio.create_task(link.run())
+    try:
+        await poll_until(lambda: outcome, 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+    assert isinstance(outcome[0], link_module.CallErrorReceived), outcome
+    assert outcome[0].code == "FormationViolation"

@@ -40,6 +40,7 @@ from ocpp.messages import Call, CallError, CallResult, MessageType, validate_pay
 from ocpp.v16 import ChargePoint as _LibraryChargePoint
 from ocpp.v16.enums import Action
 
+from chargepoint.logsetup import mask_id_tag
 from chargepoint.protocol.outbox import CallErrorReceived
 
 # Schema validation of a 1.6 payload takes ~0.2 ms; the library's default runs it in a thread pool, and the
@@ -166,6 +167,15 @@ def decode_frame(raw: str) -> Any:
     return value
 
 
+_ID_TAG_VALUE = re.compile(r'("(?:idTag|parentIdTag)"\s*:\s*")([^"\\]*)')
+_TAG_FIELDS = frozenset({"idTag", "parentIdTag"})
+
+
+def _for_log(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, id tags masked (they identify a driver's card)."""
+    return _ID_TAG_VALUE.sub(lambda m: m.group(1) + mask_id_tag(m.group(2)), text[:limit])
+
+
 class _Disconnected:
     unique_id = None
 
@@ -289,7 +299,8 @@ class OcppSession(_LibraryChargePoint):
         whole at INFO (up to 4 MB); here a frame is logged at DEBUG, cut short."""
         while True:
             message = await self._connection.recv()
-            log.debug("← %.1000s", message)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("← %s", _for_log(message if isinstance(message, str) else repr(message), 1000))
             await self.route_message(message)
 
     async def route_message(self, raw_msg: str | bytes) -> None:
@@ -302,7 +313,10 @@ class OcppSession(_LibraryChargePoint):
         except websockets.ConnectionClosed:
             raise
         except Exception:
-            log.exception("handling a frame from the central system failed: %.200r", raw_msg)
+            log.exception(
+                "handling a frame from the central system failed: %s",
+                _for_log(raw_msg if isinstance(raw_msg, str) else repr(raw_msg), 200),
+            )
             if self._unanswered_call_id is not None:
                 await self._send_error(
                     self._unanswered_call_id, "InternalError", "the charge point could not handle the request"
@@ -356,7 +370,11 @@ class OcppSession(_LibraryChargePoint):
         error = _first_schema_error(action, payload)
         if error is not None:
             where = "/".join(str(p) for p in error.path) or "(payload)"
-            await self._send_error(unique_id, _schema_error_code(error), f"{where}: {error.message}"[:255])
+            if error.path and error.path[-1] in _TAG_FIELDS:  # the message would quote the tag
+                reason = f"{where}: violates {error.validator} {error.validator_value!r}"
+            else:
+                reason = f"{where}: {error.message}"
+            await self._send_error(unique_id, _schema_error_code(error), reason[:255])
             return
         refusal = self.accept_calls(action)
         if refusal is not None:
@@ -365,7 +383,7 @@ class OcppSession(_LibraryChargePoint):
         # Validated above with the 1.6 error-code mapping: the library need not validate the request again
         # (a SendLocalList of 10,000 entries costs ~150 ms per validation).
         self.route_map[action]["_skip_schema_validation"] = True
-        log.info("← %s %s", action, json.dumps(payload)[:500], extra={"OCPP_ACTION": action})
+        log.info("← %s %s", action, _for_log(raw_msg, 500), extra={"OCPP_ACTION": action})
         try:
             await self._handle_call(Call(unique_id, action, payload))
         except OCPPError as exc:
@@ -401,7 +419,7 @@ class OcppSession(_LibraryChargePoint):
     def _drop_response(self, unique_id: Any, reason: str, raw_msg: str) -> None:
         """Never answered; but when it carries the id of our outstanding CALL, that CALL fails now with
         FormationViolation rather than waiting for its timeout."""
-        log.warning("dropping a malformed response (%s): %.200s", reason, raw_msg)
+        log.warning("dropping a malformed response (%s): %s", reason, _for_log(raw_msg, 200))
         if unique_id is not None and unique_id == self._awaiting_id:
             self._response_queue.put_nowait(CallError(unique_id, "FormationViolation", reason[:255], {}))
 
@@ -419,7 +437,8 @@ class OcppSession(_LibraryChargePoint):
                 message = json.dumps(frame, separators=(",", ":"))
             except (ValueError, IndexError):
                 pass
-        log.debug("→ %s", message[:1000])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("→ %s", _for_log(message, 1000))
         await self._connection.send(message)
 
     # ------------------------------------------------------------------ outgoing
