@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import calendar
 import decimal
 import json
 import logging
@@ -26,7 +27,6 @@ import re
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,27 +201,25 @@ def _schema_error_code(error: SchemaValidationError) -> str:
 
 
 _RFC3339_DATE_TIME = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))?"
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
 )
 
 
 def is_rfc3339_date_time(value: object) -> bool:
-    """RFC 3339 §5.6 ``date-time``, the JSON-schema format of every OCPP 1.6 dateTime; the calendar is
-    checked too (no 30 February, no hour 24). Decisions: ``T``/``Z`` in either case (RFC 3339 §5.6 note);
-    no space instead of ``T``; a missing offset is read as UTC, as this charge point does everywhere (OCPP 1.6
-    §3.14 "UTC"); a leap second (:60) is refused, no clock of ours can hold it."""
+    """RFC 3339 §5.6 ``date-time``, the JSON-schema format of every OCPP 1.6 dateTime, with the calendar
+    checked (no 30 February, no hour 24). Readings: ``T``/``Z`` in either case (RFC 3339 §5.6 note); no space
+    instead of ``T``; a missing offset is read as UTC, as this charge point does everywhere (OCPP 1.6 §3.14:
+    UTC); no leap second (:60) and no year 0000, which no clock of ours can hold."""
     if not isinstance(value, str):
         return True  # formats constrain strings only; "type" judges the rest
     m = _RFC3339_DATE_TIME.fullmatch(value)
     if m is None:
         return False
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    try:
-        datetime(year, month, day, hour, minute, second)
-    except ValueError:
+    year, month, day = m.group(1, 2, 3)
+    if year == "0000":
         return False
-    return m.group(7) is None or (int(m.group(7)) <= 23 and int(m.group(8)) <= 59)
+    return day <= "28" or int(day) <= calendar.monthrange(int(year), int(month))[1]
 
 
 _FORMATS = FormatChecker(formats=())
@@ -495,7 +493,7 @@ def _log_session_start_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         exc = task.exception()
         if isinstance(exc, ConnectionError | TimeoutError):
-            log.warning("session start ended: %s", exc)
+            log.info("session start ended: %s", exc)
         else:
             log.error("session start failed", exc_info=exc)
 
