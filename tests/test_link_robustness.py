@@ -243,6 +243,7 @@ class _RefusingCentralSystem:
     def __init__(self) -> None:
         self.attempts: list[float] = []
         self.accept_boot: set[int] = set()
+        self.hold_s: dict[int, float] = {}  # connection number → seconds kept open before closing
         self._server: Any = None
 
     async def __aenter__(self) -> _RefusingCentralSystem:
@@ -270,6 +271,7 @@ class _RefusingCentralSystem:
             conf = {"status": "Accepted", "currentTime": "2030-01-01T00:00:00Z", "interval": 300}
             await ws.send(json.dumps([3, call[1], conf]))
             await asyncio.sleep(0.05)
+        await asyncio.sleep(self.hold_s.get(len(self.attempts), 0))
         await ws.close(1008, "unknown charge point")
 
     def gaps(self) -> list[float]:
@@ -312,21 +314,34 @@ def _link(url: str, **kwargs: Any) -> OcppLink:
     )
 
 
-async def test_refused_sessions_back_off_exponentially(
-    refusing_csms: _RefusingCentralSystem, no_jitter: None
-) -> None:
-    """A central system that accepts the upgrade and closes at once is not a session that lasted: the
-    back-off keeps growing (was: reset on every upgrade, a new connection every ~1.5 s for ever)."""
-    link = _link(refusing_csms.url, reconnect_min_s=0.02, reconnect_max_s=0.32)
+async def _run_until(link: OcppLink, cs: _RefusingCentralSystem, attempts: int) -> list[float]:
     task = asyncio.create_task(link.run())
     try:
-        await poll_until(lambda: len(refusing_csms.attempts) >= 7, 10)
+        await poll_until(lambda: len(cs.attempts) >= attempts, 15)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    gaps = refusing_csms.gaps()
-    assert gaps[3] > 2.5 * gaps[0], gaps  # 0.04 → 0.32 s (doubling); constant without the fix
-    assert min(gaps[4:6]) >= 0.3, gaps  # the ceiling is reached and kept
+    return cs.gaps()
+
+
+def _at_least(gaps: list[float], delays: list[float]) -> bool:
+    """Each gap between connection attempts is at least the back-off before it (sleep never ends early;
+    its overrun under load only lengthens a gap)."""
+    return all(g >= 0.95 * d for g, d in zip(gaps, delays, strict=False))
+
+
+async def test_refused_sessions_back_off_exponentially(
+    refusing_csms: _RefusingCentralSystem, no_jitter: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A central system that accepts the upgrade and closes at once is not a session that lasted: the
+    back-off keeps doubling up to its ceiling (was: reset on every upgrade, a new connection every ~1.5 s
+    for ever)."""
+    link = _link(refusing_csms.url, reconnect_min_s=0.05, reconnect_max_s=0.4)
+    gaps = await _run_until(link, refusing_csms, 7)
+    assert _at_least(gaps, [0.1, 0.2, 0.4, 0.4, 0.4, 0.4]), gaps  # was 0.1 each time
+    assert max(gaps[3:6]) < 1.0, gaps  # the ceiling holds (doubling on would make 0.8, 1.6, 3.2)
+    closed = [r.getMessage() for r in caplog.records if "1008" in r.getMessage()]
+    assert closed and "CP-STORM" in closed[0]  # the log says which setting the refusal is about
 
 
 async def test_backoff_is_reset_after_a_session_that_lasted(
@@ -335,18 +350,12 @@ async def test_backoff_is_reset_after_a_session_that_lasted(
     """A session in which BootNotification was accepted lasted: the next reconnect starts from the shortest
     back-off again, while refused sessions before and after it let the back-off grow."""
     refusing_csms.accept_boot = {5}
-    link = _link(refusing_csms.url, reconnect_min_s=0.02, reconnect_max_s=0.64)
-    task = asyncio.create_task(link.run())
-    try:
-        await poll_until(lambda: len(refusing_csms.attempts) >= 8, 10)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    gaps = refusing_csms.gaps()
-    assert gaps[3] > 4 * gaps[0], gaps  # growing before the lasting session
-    # gaps[4] is the lasting session itself (~50 ms connected) plus the shortest back-off
-    assert gaps[4] < gaps[3] / 2, gaps
-    assert gaps[6] > 2.5 * gaps[5] or gaps[6] > gaps[4], gaps  # and growing again afterwards
+    link = _link(refusing_csms.url, reconnect_min_s=0.05, reconnect_max_s=1.6)
+    gaps = await _run_until(link, refusing_csms, 8)
+    assert _at_least(gaps[:4], [0.1, 0.2, 0.4, 0.8]), gaps  # growing before the lasting session
+    # gaps[4]: the lasting session (~50 ms connected) + the shortest back-off; without the reset ≥ 1.6 s
+    assert gaps[4] < 0.8, gaps
+    assert _at_least(gaps[5:], [0.2, 0.4]), gaps  # and growing again afterwards
 
 
 async def test_backoff_is_reset_after_a_long_enough_connection(
@@ -354,22 +363,7 @@ async def test_backoff_is_reset_after_a_long_enough_connection(
 ) -> None:
     """Connected for ``session_lasted_s`` (a minute by default) counts as a session that lasted, even
     without a BootNotification (reconnects after the first boot send none, OCPP 1.6 §4.2)."""
-
-    async def hold_then_close(ws: Any) -> None:
-        refusing_csms.attempts.append(asyncio.get_running_loop().time())
-        if len(refusing_csms.attempts) == 5:
-            await asyncio.sleep(0.3)
-        await ws.close(1008, "unknown charge point")
-
-    refusing_csms._handler = hold_then_close  # type: ignore[method-assign]
-    refusing_csms._server.close()
-    await refusing_csms._server.wait_closed()
-    refusing_csms._server = await websockets.serve(
-        hold_then_close,
-        "127.0.0.1",
-        0,
-        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-    )
+    refusing_csms.hold_s = {5: 0.3}
 
     async def no_boot(session: OcppSession) -> None:
         await asyncio.Event().wait()
@@ -381,19 +375,14 @@ async def test_backoff_is_reset_after_a_long_enough_connection(
         on_session=no_boot,
         on_disconnect=lambda: None,
         ping_interval=lambda: None,
-        reconnect_min_s=0.02,
-        reconnect_max_s=1.28,
+        reconnect_min_s=0.05,
+        reconnect_max_s=1.6,
         session_lasted_s=0.2,
     )
-    task = asyncio.create_task(link.run())
-    try:
-        await poll_until(lambda: len(refusing_csms.attempts) >= 6, 10)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    gaps = refusing_csms.gaps()
-    assert gaps[3] > 4 * gaps[0], gaps
-    assert gaps[4] < 0.3 + gaps[3] / 2, gaps  # 0.3 s held + the shortest back-off, not 0.3 + 0.64
+    gaps = await _run_until(link, refusing_csms, 7)
+    assert _at_least(gaps[:4], [0.1, 0.2, 0.4, 0.8]), gaps
+    assert _at_least(gaps[4:5], [0.3 + 0.1]) and gaps[4] < 0.3 + 0.8, gaps  # without the reset 0.3 + 1.6
+    assert _at_least(gaps[5:], [0.2]), gaps
 
 
 def test_default_ceiling_reaches_a_returning_central_system_within_a_minute() -> None:
