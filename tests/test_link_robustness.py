@@ -106,6 +106,48 @@ async def test_non_finite_limit_in_remote_start(station: Station, number: str, c
     assert not station.controller.connectors[1].hw.contactor.is_closed
 
 
+@pytest.mark.parametrize("unit", ["A", "W"])
+async def test_huge_finite_limit_is_rejected_not_an_internal_error(station: Station, unit: str) -> None:
+    """1e308 is a finite double and a multiple of 0.1: the schema check must take it (Decimal's default 28
+    digits did not), and the profile is Rejected — installed, it made every later limit computation
+    overflow — while a CSMS's 999,999,999 for "no limit" is still accepted."""
+    for limit, status in (("1e308", "Rejected"), ("999999999", "Accepted")):
+        profile = _profile("TxDefaultProfile", limit).replace('"A"', f'"{unit}"')
+        frame = '[2,"h1","SetChargingProfile",{"connectorId":1,"csChargingProfiles":' + profile + "}]"
+        frames = await _answers(station, frame)
+        assert frames == [[3, "h1", {"status": status}]], (limit, frames)
+    conf = await station.call(
+        "GetCompositeSchedule", {"connectorId": 1, "duration": 60, "chargingRateUnit": "W"}
+    )
+    assert conf["status"] == "Accepted", conf  # the installed profile computes (1e308 overflowed)
+    assert (station.controller.connectors[1].limit_a or 0) <= 32.0
+
+
+def test_profile_limit_bounds() -> None:
+    from chargepoint.smart.profiles import (
+        MAX_RATE,
+        ProfileLimits,
+        ProfileRejected,
+        profile_from_ocpp,
+        validate_profile,
+    )
+
+    def check(limit: float) -> None:
+        profile = profile_from_ocpp(json.loads(_profile("TxDefaultProfile", repr(limit))))
+        validate_profile(
+            profile,
+            1,
+            limits=ProfileLimits(max_stack_level=8),
+            active_transaction_id=None,
+            number_of_connectors=1,
+        )
+
+    check(MAX_RATE)
+    for bad in (MAX_RATE * 1.01, 1e308, -0.1):
+        with pytest.raises(ProfileRejected):
+            check(bad)
+
+
 async def test_integer_beyond_64_bits_is_out_of_range(station: Station) -> None:
     frame = f'[2,"i1","ClearChargingProfile",{{"id":{2**64}}}]'
     error = await _callerror(station, frame)

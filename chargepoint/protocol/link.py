@@ -275,9 +275,13 @@ def _first_schema_error(action: str, payload: dict[str, Any]) -> SchemaValidatio
     validator = _precise_validator(action)
     if validator is None:
         return None
-    if action in _DECIMAL_ACTIONS:  # numbers are finite here (decode_frame), so Decimal takes them all
+    if action not in _DECIMAL_ACTIONS:
+        return next(iter(sorted(validator.iter_errors(payload), key=lambda e: list(e.path))), None)
+    # Numbers are finite here (decode_frame). multipleOf computes value % 0.1, whose integer quotient must fit
+    # the context's precision: 28 digits refuse 1e308 with InvalidOperation; 400 hold any double's quotient.
+    with decimal.localcontext(prec=400):
         payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
-    return next(iter(sorted(validator.iter_errors(payload), key=lambda e: list(e.path))), None)
+        return next(iter(sorted(validator.iter_errors(payload), key=lambda e: list(e.path))), None)
 
 
 class OcppSession(_LibraryChargePoint):
