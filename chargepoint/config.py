@@ -53,7 +53,7 @@ class CsmsConfig:
     ca_file: str | None = None
     response_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 300.0
+    reconnect_max_s: float = 60.0  # full jitter: a central system that comes back is reached within a minute
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             cs, "reconnect_min_s", "csms.reconnect_min_s", float, 1.0, minimum=0.01, maximum=600
         ),
         reconnect_max_s=r.get(
-            cs, "reconnect_max_s", "csms.reconnect_max_s", float, 300.0, minimum=0.1, maximum=3600
+            cs, "reconnect_max_s", "csms.reconnect_max_s", float, 60.0, minimum=0.1, maximum=3600
         ),
     )
     if csms.ca_file and not Path(csms.ca_file).is_file():

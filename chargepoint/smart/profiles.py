@@ -15,6 +15,9 @@ on the function that applies it):
 * ``recurrencyKind`` on a non-Recurring profile is ignored (kept for the round trip, never used).
 * A Recurring profile whose ``duration`` is longer than its recurrence (1 day / 1 week) is cut to
   the recurrence: the next occurrence starts a new schedule.
+* A ``limit`` or ``minChargingRate`` (§7.13 decimal, no range given) above `MAX_RATE` (10⁹ A or W) is
+  Rejected: far beyond any charger, yet the composite arithmetic (×10 rounding, A↔W with 230 V × 3
+  phases) on 1e308 overflows to infinity. CSMSs that send 999,999,999 W for "no limit" stay accepted.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ RECURRENCY_KINDS = (DAILY, WEEKLY)
 RECURRENCY_SECONDS = {DAILY: 86_400, WEEKLY: 7 * 86_400}
 
 UNITS = ("A", "W")
+MAX_RATE = 1e9  # A or W; see the module docstring
 # ChargingScheduleAllowedChargingRateUnit is a CSL of "Current" / "Power" (§9.4).
 _CONFIG_UNIT = {"current": "A", "power": "W"}
 
@@ -365,15 +369,15 @@ def validate_profile(
                 "(must be strictly increasing)"
             )
         prev = per.start_period
-        if not math.isfinite(per.limit) or per.limit < 0:
-            raise ProfileRejected(f"profile {pid}: period {i} limit {per.limit} must be >= 0")
+        if not math.isfinite(per.limit) or not 0 <= per.limit <= MAX_RATE:
+            raise ProfileRejected(f"profile {pid}: period {i} limit {per.limit} must be in 0..{MAX_RATE:g}")
         if per.number_phases is not None and not 1 <= per.number_phases <= 3:
             raise ProfileRejected(f"profile {pid}: period {i} numberPhases {per.number_phases} not in 1..3")
     if s.duration is not None and s.duration < 0:
         raise ProfileRejected(f"profile {pid}: duration {s.duration} must be >= 0")
     mcr = s.min_charging_rate
-    if mcr is not None and (not math.isfinite(mcr) or mcr < 0):
-        raise ProfileRejected(f"profile {pid}: minChargingRate {s.min_charging_rate} must be >= 0")
+    if mcr is not None and (not math.isfinite(mcr) or not 0 <= mcr <= MAX_RATE):
+        raise ProfileRejected(f"profile {pid}: minChargingRate {s.min_charging_rate} must be in 0..{MAX_RATE:g}")
     if profile.kind == RECURRING:
         if profile.recurrency_kind not in RECURRENCY_KINDS:
             raise ProfileRejected(f"profile {pid}: Recurring profile needs recurrencyKind Daily or Weekly")
