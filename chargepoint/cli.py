@@ -14,7 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from chargepoint.config import ConfigError, load_config, simulated_config
+from chargepoint.config import (
+    ConfigError,
+    ConfigProblem,
+    hardware_problem,
+    hardware_problems,
+    load_config,
+    parse_config,
+    read_config_data,
+    simulated_config,
+)
 from hal.interfaces import HardwareConfigError
 
 log = logging.getLogger("chargepoint")
@@ -100,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         hardware, ctx = build_hardware(config)
     except HardwareConfigError as exc:
-        print(f"{args.config}: hardware configuration: {exc}", file=sys.stderr)
+        print(_hardware_error(args.config, exc), file=sys.stderr)
         return 2
     restart: list[str] = []
 
@@ -165,44 +174,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not path:
         print("check-config: name the configuration file (chargepoint check-config FILE)", file=sys.stderr)
         return 2
-    args.config = path
-    config = _load(path)
-    if config is None:
+    try:
+        data = read_config_data(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    problem = _check_driver_options(config)
-    if problem:
-        print(f"{path}: hardware configuration: {problem}", file=sys.stderr)
+    config = None
+    problems: list[ConfigProblem] = []
+    try:
+        config = parse_config(data, path)
+    except ConfigError as exc:
+        problems += exc.problems
+    # Driver options too, even when the file has other problems: every problem in one run.
+    problems += [p for p in hardware_problems(data) if p not in problems]
+    if problems or config is None:
+        print(ConfigError(path, problems), file=sys.stderr)
         return 2
     drivers = ", ".join(
         f"connector {c.id}: " + " ".join(f"{k}={v.get('driver', 'sim')}" for k, v in c.devices.items())
         for c in config.connectors
     )
     print(
-        f"{args.config}: OK — charge point {config.charge_point_id}, {len(config.connectors)} connector(s), "
+        f"{path}: OK — charge point {config.charge_point_id}, {len(config.connectors)} connector(s), "
         f"CSMS {config.csms.url}\n  {drivers}"
     )
     return 0
 
 
-def _check_driver_options(config: Any) -> str | None:
-    """Build every driver against mock GPIO pins: options are checked (names, pins, conflicts, ports given)
-    without touching hardware a running service owns. Returns the problem, or None."""
-    from chargepoint.controller import build_hardware
-    from hal.registry import BuildContext
-
-    try:
-        from gpiozero.pins.mock import MockFactory
-
-        ctx = BuildContext(gpio_pin_factory=MockFactory())
-    except ImportError:
-        ctx = BuildContext()
-    try:
-        build_hardware(config, ctx)
-    except HardwareConfigError as exc:
-        return str(exc)
-    except Exception as exc:  # a driver that cannot even be constructed: say which
-        return f"{type(exc).__name__}: {exc}"
-    return None
+def _hardware_error(path: str, exc: HardwareConfigError) -> str:
+    return f"{path}: hardware configuration: {hardware_problem(exc)}"
 
 
 def cmd_check_hardware(args: argparse.Namespace) -> int:
@@ -215,7 +215,7 @@ def cmd_check_hardware(args: argparse.Namespace) -> int:
     try:
         hardware, _ = build_hardware(config)
     except HardwareConfigError as exc:
-        print(f"{args.config}: hardware configuration: {exc}", file=sys.stderr)
+        print(_hardware_error(args.config, exc), file=sys.stderr)
         return 2
     try:
         from chargepoint.commissioning import check_hardware

@@ -7,7 +7,9 @@ of a file are reported together, before anything is switched. See
 
 from __future__ import annotations
 
+import difflib
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,8 @@ class ConfigProblem:
     allowed: str
 
     def __str__(self) -> str:
-        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        # TOML has no null: a None here always means "not given" (never show Python's None to an installer).
+        shown = "(missing)" if self.value is _MISSING or self.value is None else repr(self.value)
         return f"{self.key} = {shown}: {self.allowed}"
 
 
@@ -44,6 +47,33 @@ class ConfigError(Exception):
 
 
 _MISSING = object()
+
+KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging")
+CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket")
+CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
+STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
+GRID_KEYS = ("enabled", "meter", "limit_a", "margin_a", "poll_s")
+CONNECTOR_KEYS = ("id", "max_current_a", "min_current_a", "phases", "ventilation", *DEVICE_KINDS)
+LOGGING_KEYS = ("level",)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a misspelt one (``max_curent_a`` → ``max_current_a``), or None."""
+    known = list(known)
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    by_lower = {k.lower(): k for k in known}  # OCPP keys are CamelCase: heartbeatinterval → HeartbeatInterval
+    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[match[0]] if match else None
+
+
+def unknown_key_text(name: str, known: Iterable[str], what: str = "unknown key") -> str:
+    known = sorted(known)
+    guess = did_you_mean(name, known)
+    if guess is not None:
+        return f"{what}; did you mean {guess!r}?"
+    return f"{what}; allowed: " + ", ".join(known)
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,14 @@ class _Reader:
     def problem(self, key: str, value: object, allowed: str) -> None:
         self.problems.append(ConfigProblem(key, value, allowed))
 
+    def unknown_keys(self, table: dict[str, Any], known: Iterable[str], prefix: str) -> None:
+        """Every section rejects keys it does not know: a typo must not fall back to a default silently
+        (``max_curent_a = 16`` would leave a 32 A fuse limit in place)."""
+        known = tuple(known)
+        for name in table:
+            if name not in known:
+                self.problem(f"{prefix}.{name}" if prefix else name, table[name], unknown_key_text(name, known))
+
     def table(self, data: dict[str, Any], name: str, key: str) -> dict[str, Any]:
         value = data.get(name, {})
         if not isinstance(value, dict):
@@ -145,9 +183,17 @@ class _Reader:
             self.problem(key, value, "one of " + ", ".join(repr(c) for c in choices))
             return None if default is _MISSING else default
         if minimum is not None and value < minimum or maximum is not None and value > maximum:
-            self.problem(key, value, f"a number from {minimum} to {maximum}")
+            self.problem(key, value, _range_text(minimum, maximum))
             return None if default is _MISSING else default
         return value
+
+
+def _range_text(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"a number from {minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f"a number of at least {minimum:g}"
+    return f"a number of at most {maximum:g}"
 
 
 def _kind_name(kind: type) -> str:
@@ -158,12 +204,12 @@ def _kind_name(kind: type) -> str:
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     r = _Reader()
-    known_top = {"chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging"}
     for name in data:
-        if name not in known_top:
-            r.problem(name, data[name], "unknown section; allowed: " + ", ".join(sorted(known_top)))
+        if name not in KNOWN_SECTIONS:
+            r.problem(name, data[name], unknown_key_text(name, KNOWN_SECTIONS, "unknown section"))
 
     cp = r.table(data, "chargepoint", "chargepoint")
+    r.unknown_keys(cp, CHARGEPOINT_KEYS, "chargepoint")
     cp_id = r.get(cp, "id", "chargepoint.id", str)
     if cp_id is not None and (not cp_id or len(cp_id) > 48 or any(c in cp_id for c in "/?# ")):
         r.problem(
@@ -203,25 +249,17 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     )
     if csms.ca_file and not Path(csms.ca_file).is_file():
         r.problem("csms.ca_file", csms.ca_file, "an existing PEM file with the CA certificate(s)")
-    for name in cs:
-        if name not in (
-            "url",
-            "password",
-            "ca_file",
-            "response_timeout_s",
-            "reconnect_min_s",
-            "reconnect_max_s",
-        ):
-            r.problem(f"csms.{name}", cs[name], "unknown key")
+    r.unknown_keys(cs, CSMS_KEYS, "csms")
 
     st = r.table(data, "station", "station")
+    r.unknown_keys(st, STATION_KEYS, "station")
     grid: GridConfig | None = None
     raw_grid = st.get("grid")
     if raw_grid is not None:
         if not isinstance(raw_grid, dict):
             r.problem("station.grid", raw_grid, "a table: [station.grid] with meter, limit_a")
         elif raw_grid.get("enabled", True) is not False:
-            meter = raw_grid.get("meter")
+            meter = raw_grid.get("meter", _MISSING)
             if not isinstance(meter, dict):
                 r.problem("station.grid.meter", meter, 'a table, e.g. { driver = "modbus", model = "sdm630", … }')
                 meter = {}
@@ -234,9 +272,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 margin_a=r.get(raw_grid, "margin_a", "station.grid.margin_a", float, 1.0, minimum=0, maximum=100),
                 poll_s=r.get(raw_grid, "poll_s", "station.grid.poll_s", float, 2.0, minimum=0.5, maximum=60),
             )
-            for name in raw_grid:
-                if name not in ("enabled", "meter", "limit_a", "margin_a", "poll_s"):
-                    r.problem(f"station.grid.{name}", raw_grid[name], "unknown key")
+            r.unknown_keys(raw_grid, GRID_KEYS, "station.grid")
     station = StationConfig(
         max_current_a=r.get(
             st, "max_current_a", "station.max_current_a", float, 32.0, minimum=6, maximum=630
@@ -250,11 +286,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     connectors: list[ConnectorConfig] = []
     raw_connectors = data.get("connectors", _MISSING)
     if raw_connectors is _MISSING or not isinstance(raw_connectors, list) or not raw_connectors:
-        r.problem(
-            "connectors",
-            None if raw_connectors is _MISSING else raw_connectors,
-            "at least one [[connectors]] table",
-        )
+        r.problem("connectors", raw_connectors, "at least one [[connectors]] table")
         raw_connectors = []
     for index, raw in enumerate(raw_connectors):
         base = f"connectors[{index}]"
@@ -292,9 +324,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                     "one of " + ", ".join(repr(d) for d in sorted(DRIVERS[kind])),
                 )
             devices[kind] = dict(table)
-        for name in raw:
-            if name not in ("id", "max_current_a", "min_current_a", "phases", "ventilation", *DEVICE_KINDS):
-                r.problem(f"{base}.{name}", raw[name], "unknown key")
+        r.unknown_keys(raw, CONNECTOR_KEYS, base)
         connectors.append(
             ConnectorConfig(
                 id=cid or index + 1,
@@ -326,16 +356,18 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
     indicator = data.get("indicator")
     if indicator is not None and not isinstance(indicator, dict):
-        r.problem("indicator", indicator, "a table")
+        r.problem("indicator", indicator, 'a table, e.g. { driver = "gpio" }')
         indicator = None
+    elif indicator is not None and indicator.get("driver", "sim") not in DRIVERS["indicator"]:
+        r.problem("indicator.driver", indicator.get("driver"),
+                  "one of " + ", ".join(repr(d) for d in sorted(DRIVERS["indicator"])))
 
     ocpp_keys = r.table(data, "ocpp", "ocpp")
-    from chargepoint.keys import validate_initial_keys  # local import: keys imports config types lazily
-
-    for key, value, allowed in validate_initial_keys(ocpp_keys, number_of_connectors=len(connectors)):
+    for key, value, allowed in _ocpp_key_problems(ocpp_keys, number_of_connectors=len(connectors)):
         r.problem(f"ocpp.{key}", value, allowed)
 
     lg = r.table(data, "logging", "logging")
+    r.unknown_keys(lg, LOGGING_KEYS, "logging")
     level = r.get(lg, "level", "logging.level", str, "info", choices=("debug", "info", "warning", "error"))
 
     if r.problems:
@@ -358,7 +390,35 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     )
 
 
-def load_config(path: str | Path) -> Config:
+def _ocpp_key_problems(values: dict[str, Any], *, number_of_connectors: int) -> list[tuple[str, Any, str]]:
+    """[ocpp]: only keys this charge point knows and the central system could change too.
+
+    OCPP 1.6 §9 marks keys such as NumberOfConnectors or SupportedFeatureProfiles read-only (R): they
+    describe what this charge point *is*, so a value in the file would be a lie told to the central system
+    (and ConfigurationKeys would take it as the initial value). They are refused like unknown keys.
+    """
+    from chargepoint.keys import ConfigurationKeys, validate_initial_keys  # keys imports config types lazily
+
+    specs = ConfigurationKeys(number_of_connectors=number_of_connectors).specs
+    problems: list[tuple[str, Any, str]] = []
+    settable: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:
+            writable = [n for n, sp in specs.items() if not sp.readonly]
+            guess = did_you_mean(name, writable)
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            problems.append((name, value, f"not an OCPP 1.6 configuration key this charge point knows{hint}"))
+        elif spec.readonly:
+            problems.append((name, value, "read-only (OCPP 1.6 §9): fixed by this charge point, not configurable"))
+        else:
+            settable[name] = value
+    problems += validate_initial_keys(settable, number_of_connectors=number_of_connectors)
+    return problems
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a configuration file; ConfigError when it cannot be read or is not TOML."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -370,13 +430,90 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             str(path), [ConfigProblem("(file)", str(path), f"cannot be read: {exc.strerror}")]
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path), [ConfigProblem("(file)", str(path), f"UTF-8 text ({exc.reason} at byte {exc.start})")]
+        ) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             str(path), [ConfigProblem("(syntax)", str(exc), "valid TOML (https://toml.io)")]
         ) from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(read_config_data(path), str(path))
+
+
+def _device_tables(data: dict[str, Any]) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(kind, key, connector id, options) of every device table with a known driver, in the order
+    ``build_hardware`` builds them (shared resources such as pins are claimed in that order)."""
+    out: list[tuple[str, str, int, dict[str, Any]]] = []
+
+    def add(kind: str, key: str, connector_id: int, table: Any) -> None:
+        if isinstance(table, dict) and table.get("driver", "sim") in DRIVERS[kind]:
+            out.append((kind, key, connector_id, table))
+
+    connectors = data.get("connectors")
+    for index, raw in enumerate(connectors if isinstance(connectors, list) else []):
+        if isinstance(raw, dict):
+            cid = raw.get("id", index + 1)
+            cid = cid if isinstance(cid, int) and not isinstance(cid, bool) else index + 1
+            for kind in DEVICE_KINDS:
+                add(kind, f"connectors[{index}].{kind}", cid, raw.get(kind))
+    readers = data.get("readers")
+    for index, raw in enumerate(readers if isinstance(readers, list) else []):
+        add("reader", f"readers[{index}]", 0, raw)
+    add("indicator", "indicator", 0, data.get("indicator"))
+    station = data.get("station")
+    grid = station.get("grid") if isinstance(station, dict) else None
+    if isinstance(grid, dict) and grid.get("enabled", True) is not False:
+        add("meter", "station.grid.meter", 0, grid.get("meter"))
+    return out
+
+
+def hardware_problems(data: dict[str, Any]) -> list[ConfigProblem]:
+    """Every device's driver options, checked by building the driver against mock GPIO pins.
+
+    Nothing is opened or switched (a running service may own the hardware). Each device is built on its
+    own, so one wrong option does not hide the problems of the others; pin and bus conflicts are still
+    found because all devices share one build context, as in ``build_hardware``.
+    """
+    from hal.interfaces import HardwareConfigError
+    from hal.registry import BuildContext, build
+
+    try:
+        from gpiozero.pins.mock import MockFactory
+
+        ctx = BuildContext(gpio_pin_factory=MockFactory())
+    except ImportError:
+        ctx = BuildContext()
+    problems: list[ConfigProblem] = []
+    for kind, key, connector_id, options in _device_tables(data):
+        try:
+            build(kind, options, key, connector_id, ctx)
+        except HardwareConfigError as exc:
+            problems.append(hardware_problem(exc))
+        except Exception as exc:  # a driver that cannot even be constructed: say which
+            problems.append(ConfigProblem(key, options.get("driver", "sim"),
+                                          f"the driver could not be set up: {type(exc).__name__}: {exc}"))
+    return problems
+
+
+_UNKNOWN_OPTION = "unknown option; known: "
+
+
+def hardware_problem(exc: Any) -> ConfigProblem:
+    """A driver's HardwareConfigError as a ConfigProblem: "(missing)" instead of None, and a
+    "did you mean" for a misspelt driver option (``relay_pn`` → ``relay_pin``)."""
+    allowed = str(exc.allowed)
+    if allowed.startswith(_UNKNOWN_OPTION):
+        known = [k.strip() for k in allowed[len(_UNKNOWN_OPTION):].split(",") if k.strip()]
+        guess = did_you_mean(str(exc.key).rsplit(".", 1)[-1], known)
+        if guess is not None:
+            allowed = f"unknown option; did you mean {guess!r}?"
+    return ConfigProblem(str(exc.key), _MISSING if exc.value is None else exc.value, allowed)
 
 
 def simulated_config(
