@@ -57,6 +57,14 @@ CONNECTOR_KEYS = ("id", "max_current_a", "min_current_a", "phases", "ventilation
 LOGGING_KEYS = ("level",)
 
 
+#: Read-only OCPP keys (§9) that are capacity limits or site policy: the [ocpp] table may lower them.
+INSTALLER_REDUCIBLE_KEYS = frozenset({
+    "LocalAuthListMaxLength", "SendLocalListMaxLength", "ReserveConnectorZeroSupported",
+    "ChargeProfileMaxStackLevel", "ChargingScheduleMaxPeriods", "MaxChargingProfilesInstalled",
+    "CertificateStoreMaxLength",
+})
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str | None:
     """The known name closest to a misspelt one (``max_curent_a`` → ``max_current_a``), or None."""
     known = list(known)
@@ -396,6 +404,10 @@ def _ocpp_key_problems(values: dict[str, Any], *, number_of_connectors: int) -> 
     OCPP 1.6 §9 marks keys such as NumberOfConnectors or SupportedFeatureProfiles read-only (R): they
     describe what this charge point *is*, so a value in the file would be a lie told to the central system
     (and ConfigurationKeys would take it as the initial value). They are refused like unknown keys.
+
+    The exception, as on commercial wallboxes, are read-only keys that are capacity limits or site policy
+    (:data:`INSTALLER_REDUCIBLE_KEYS`): an installer may *lower* them (a smaller local list, no
+    reservation of connector 0), never raise them above what this implementation is built for.
     """
     from chargepoint.keys import ConfigurationKeys, validate_initial_keys  # keys imports config types lazily
 
@@ -405,12 +417,17 @@ def _ocpp_key_problems(values: dict[str, Any], *, number_of_connectors: int) -> 
     for name, value in values.items():
         spec = specs.get(name)
         if spec is None:
-            writable = [n for n, sp in specs.items() if not sp.readonly]
-            guess = did_you_mean(name, writable)
+            configurable = [n for n, sp in specs.items() if not sp.readonly or n in INSTALLER_REDUCIBLE_KEYS]
+            guess = did_you_mean(name, configurable)
             hint = f"; did you mean {guess!r}?" if guess else ""
             problems.append((name, value, f"not an OCPP 1.6 configuration key this charge point knows{hint}"))
-        elif spec.readonly:
+        elif spec.readonly and name not in INSTALLER_REDUCIBLE_KEYS:
             problems.append((name, value, "read-only (OCPP 1.6 §9): fixed by this charge point, not configurable"))
+        elif spec.readonly and spec.kind == "int" and not (
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= int(spec.default)
+        ):
+            problems.append((name, value, f"a whole number from 1 to {spec.default} (read-only: may only be "
+                                          "lowered below what this charge point supports)"))
         else:
             settable[name] = value
     problems += validate_initial_keys(settable, number_of_connectors=number_of_connectors)

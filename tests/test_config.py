@@ -202,13 +202,24 @@ def test_unknown_key_without_a_near_miss_lists_the_allowed_ones() -> None:
     assert "station.zzz = 1: unknown key; allowed: grid, max_current_a, nominal_voltage_v" in str(err.value)
 
 
-@pytest.mark.parametrize("key", ["NumberOfConnectors", "SupportedFeatureProfiles", "ChargeProfileMaxStackLevel"])
-def test_read_only_ocpp_keys_are_refused(key: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("NumberOfConnectors", "5"), ("SupportedFeatureProfiles", '"Core"'), ("GetConfigurationMaxKeys", "5"),
+     ("LocalAuthListMaxLength", "20000")],
+)
+def test_read_only_ocpp_keys_are_refused(key: str, value: str) -> None:
     import tomllib
 
     with pytest.raises(ConfigError) as err:
-        parse_config(tomllib.loads(GOOD.replace("[csms]", f'[ocpp]\n{key} = "5"\n[csms]')))
+        parse_config(tomllib.loads(GOOD.replace("[csms]", f"[ocpp]\n{key} = {value}\n[csms]")))
     assert any(p.key == f"ocpp.{key}" and "read-only" in p.allowed for p in err.value.problems), str(err.value)
+
+
+def test_read_only_capacity_limits_may_be_lowered() -> None:
+    import tomllib
+
+    text = GOOD.replace("[csms]", "[ocpp]\nLocalAuthListMaxLength = 500\nReserveConnectorZeroSupported = false\n[csms]")
+    assert parse_config(tomllib.loads(text)).ocpp_keys["LocalAuthListMaxLength"] == 500
 
 
 def test_no_python_none_in_messages(tmp_path: Path) -> None:
