@@ -271,7 +271,11 @@ def cmd_firmware(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from chargepoint import __version__
+
     parser = argparse.ArgumentParser(prog="chargepoint", description="OCPP 1.6J charge point controller")
+    parser.add_argument("--version", action="version", version=f"chargepoint {__version__}",
+                        help="print the software version (for the commissioning record) and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the controller on the hardware the configuration names")
