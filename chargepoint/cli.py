@@ -205,9 +205,35 @@ def _hardware_error(path: str, exc: HardwareConfigError) -> str:
     return f"{path}: hardware configuration: {hardware_problem(exc)}"
 
 
+def _service_answers(socket_path: str) -> bool:
+    """True when a controller serves its status socket there (it then owns the hardware)."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(socket_path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def cmd_check_hardware(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
+        return 2
+    from chargepoint.status_socket import DEFAULT_STATUS_SOCKET
+
+    socket_path = config.status_socket or DEFAULT_STATUS_SOCKET
+    if _service_answers(socket_path):
+        print(
+            f"check-hardware: the charge point service is running (it answers on {socket_path}) and owns the "
+            "hardware. Stop it first: sudo systemctl stop chargepoint; start it again afterwards: "
+            "sudo systemctl start chargepoint",
+            file=sys.stderr,
+        )
         return 2
     _setup_logging("warning")
     from chargepoint.controller import build_hardware
