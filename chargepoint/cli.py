@@ -283,17 +283,115 @@ def cmd_firmware(args: argparse.Namespace) -> int:
         return fw.cli_update(args.source, root)
     if args.command == "rollback":
         return fw.cli_rollback(root)
+    return _diagnostics(args, diag, fw)
+
+
+class DiagnosticsSourceError(Exception):
+    """The state store can be neither asked for nor read; the message says why and what to do."""
+
+
+#: How long ``chargepoint diagnostics`` waits for a lock on a store no controller answers for.
+STORE_LOCK_TIMEOUT_S = 2.0
+
+
+def _copy_state_dir_directly(state_dir: Path, dest: Path, why_not_asked: str) -> list[str]:
+    """Copy the SQLite files of a state directory that no running controller answers for.
+
+    Read-only, inside a read transaction (so a controller starting meanwhile cannot switch the file under
+    the copy) and with a short lock timeout: a store still held by a controller fails within seconds instead
+    of waiting forever (CPython's ``backup()`` retries a busy source without end). Returns notes.
+    """
+    import sqlite3
+
+    notes: list[str] = []
+    try:
+        candidates = sorted(state_dir.iterdir()) if state_dir.is_dir() else []
+    except PermissionError:
+        raise DiagnosticsSourceError(
+            f"cannot read the state directory {state_dir}: run as root (sudo chargepoint diagnostics …)"
+        ) from None
+    for db in candidates:
+        if not db.is_file() or db.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        try:
+            with db.open("rb") as fh:
+                if fh.read(16) != b"SQLite format 3\x00":
+                    continue
+        except OSError as exc:
+            notes.append(f"{db} unreadable: {exc.strerror or exc}")
+            continue
+        src = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=STORE_LOCK_TIMEOUT_S)
+        try:
+            src.execute("BEGIN")
+            src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            dst = sqlite3.connect(dest / db.name)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise DiagnosticsSourceError(
+                    f"the state store {db} is locked by a running controller, and no controller answered on "
+                    f"its status socket ({why_not_asked}). Give the socket with --socket (the configuration's "
+                    "chargepoint.status_socket), or stop the service (sudo systemctl stop chargepoint) and "
+                    "run it again"
+                ) from None
+            notes.append(f"{db.name} could not be read: {exc}")
+        except sqlite3.DatabaseError as exc:
+            notes.append(f"{db.name} could not be read: {exc}")
+        finally:
+            src.close()
+    return notes
+
+
+def _diagnostics(args: argparse.Namespace, diag: Any, fw: Any) -> int:
+    """``chargepoint diagnostics OUT``: the running controller copies its (exclusively locked) store over
+    the status socket; without a controller the state directory is read directly."""
+    import shutil
+    import time
     from datetime import UTC, datetime, timedelta
 
     from chargepoint import __version__
+    from chargepoint.status_socket import DEFAULT_STATUS_SOCKET, StatusUnavailable, fetch_store_copy
 
+    root = Path(args.root)
     versions: dict[str, Any] = {"chargepoint": __version__}
     if root.is_dir():
         with contextlib.suppress(OSError):
             versions["releases"] = fw.ReleaseManager(root).status()
     since = datetime.now(UTC) - timedelta(hours=args.hours) if args.hours else None
     config = Path(args.config) if args.config else None
-    return diag.cli_diagnostics(Path(args.out), config, Path(args.state_dir), since=since, versions=versions)
+    if config is not None and not config.is_file():
+        print(f"error: configuration file {config} does not exist", file=sys.stderr)
+        return 2
+    socket_path = args.socket
+    if socket_path is None and config is not None:
+        with contextlib.suppress(ConfigError):
+            socket_path = load_config(config).status_socket
+    socket_path = socket_path or DEFAULT_STATUS_SOCKET
+    out_path = Path(args.out)
+    if out_path.is_dir():
+        out_path = out_path / f"diagnostics-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz"
+    partial = out_path.with_name(out_path.name + ".tmp")
+    copy_dir = Path(tempfile.mkdtemp(prefix="chargepoint-diagnostics-"))  # 0700: the copy holds id tags
+    code = 1
+    try:
+        try:
+            asyncio.run(fetch_store_copy(socket_path, copy_dir, timeout=60.0))
+            print(f"state store: copied by the running controller ({socket_path})")
+        except StatusUnavailable as exc:
+            for note in _copy_state_dir_directly(Path(args.state_dir), copy_dir, str(exc)):
+                print(f"note: {note}", file=sys.stderr)
+        code = diag.cli_diagnostics(out_path, config, copy_dir, since=since, versions=versions)
+    except DiagnosticsSourceError as exc:
+        print(f"chargepoint diagnostics: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        if code != 0:
+            partial.unlink(missing_ok=True)  # never leave a half-written archive behind
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,7 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="/etc/chargepoint/chargepoint.toml",
         help="configuration to include (secrets removed); '' for none",
     )
-    p.add_argument("--state-dir", default="/var/lib/chargepoint")
+    p.add_argument("--state-dir", default="/var/lib/chargepoint",
+                   help="read directly only when no controller answers on the status socket")
+    p.add_argument("--socket", help="the running controller's status socket, which copies its state store "
+                                    "(default: chargepoint.status_socket of --config, else "
+                                    "/run/chargepoint/status.sock)")
     p.add_argument("--hours", type=float, default=24.0, help="journal window: the last N hours (default 24)")
     p.add_argument("--root", default=default_root)
     p.set_defaults(func=cmd_firmware)
