@@ -23,6 +23,7 @@ from chargepoint.config import (
     parse_config,
     read_config_data,
     simulated_config,
+    simulated_from,
 )
 from hal.interfaces import HardwareConfigError
 
@@ -130,24 +131,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
-    state_dir = args.state_dir or tempfile.mkdtemp(prefix="chargepoint-sim-")
     keys: dict[str, Any] = {}
     for item in args.key or []:
-        name, _, value = item.partition("=")
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"simulate: --key {item!r}: NAME=VALUE, e.g. --key HeartbeatInterval=60", file=sys.stderr)
+            return 2
         keys[name] = value
+    if args.config is None and (args.csms is None or args.id is None):
+        print("simulate: give --csms URL and --id ID, or --config FILE (your configuration, devices simulated)",
+              file=sys.stderr)
+        return 2
+    if args.config is not None and args.connectors is not None:
+        print("simulate: --connectors comes from the [[connectors]] of --config; give one or the other",
+              file=sys.stderr)
+        return 2
+    # Never the configuration's state_dir: that is the live service's store.
+    state_dir = args.state_dir or tempfile.mkdtemp(prefix="chargepoint-sim-")
     try:
-        config = simulated_config(
-            charge_point_id=args.id,
-            csms_url=args.csms,
-            connectors=args.connectors,
-            state_dir=state_dir,
-            ocpp_keys=keys,
-            password=args.password,
-        )
+        if args.config is not None:
+            installed = load_config(args.config)
+            config = simulated_from(
+                installed,
+                state_dir=state_dir,
+                csms_url=args.csms,
+                charge_point_id=args.id,
+                password=args.password,
+                ocpp_keys=keys,
+                status_socket=args.status_socket,
+            )
+        else:
+            config = simulated_config(
+                charge_point_id=args.id,
+                csms_url=args.csms,
+                connectors=args.connectors or 1,
+                state_dir=state_dir,
+                ocpp_keys=keys,
+                password=args.password,
+                status_socket=args.status_socket,
+            )
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    _setup_logging(args.log_level or config.log_level)
+    log.info("simulating %s (%d connector(s), every device simulated) against %s; state in %s",
+             config.charge_point_id, len(config.connectors), config.csms.url, state_dir)
     from chargepoint.controller import Controller
     from chargepoint.simulate import run_simulator
 
@@ -406,14 +434,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("simulate", help="the whole controller with simulated hardware, commands on stdin")
-    p.add_argument("--csms", required=True, help="central system URL, e.g. ws://127.0.0.1:9000/ocpp")
-    p.add_argument("--id", required=True, help="charge point identity")
-    p.add_argument("--connectors", type=int, default=1)
-    p.add_argument("--state-dir")
+    p = sub.add_parser(
+        "simulate",
+        help="the whole controller with simulated hardware, commands on stdin",
+        description="The whole controller with every device simulated, driven by commands on standard input "
+        "(plug C, unplug C, tap IDTAG, ev C suspend|resume, fault C KIND, clear C KIND, status, quit). Either "
+        "--csms and --id, or --config with your own configuration file: its identity, central system, limits, "
+        "OCPP keys and station settings, every device simulated (--csms, --id, --password and --key then "
+        "override the file). The state is kept in --state-dir (default: a new temporary directory), never in "
+        "the file's state_dir.",
+    )
+    p.add_argument("--config", help="your configuration file, every device simulated")
+    p.add_argument("--csms", help="central system URL, e.g. ws://127.0.0.1:9000/ocpp (overrides --config's)")
+    p.add_argument("--id", help="charge point identity (overrides --config's)")
+    p.add_argument("--connectors", type=int, help="number of connectors without --config (default 1)")
+    p.add_argument("--state-dir", help="where the simulated charge point keeps its state (default: a new "
+                                       "temporary directory)")
     p.add_argument("--password", help="HTTP Basic authentication password")
     p.add_argument("--key", action="append", help="initial OCPP configuration key, NAME=VALUE (repeatable)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--status-socket", help="serve `chargepoint status --socket PATH` here (default: "
+                                           "chargepoint.status_socket of --config; none without --config)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="default: the configuration's logging.level, else info")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="a full charging session against an embedded central system")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -210,6 +210,19 @@ def _kind_name(kind: type) -> str:
     )
 
 
+def _charge_point_id_problem(cp_id: str) -> str | None:
+    if not cp_id or len(cp_id) > 48 or any(c in cp_id for c in "/?# "):
+        return "1 to 48 characters, no '/', '?', '#' or spaces (it becomes part of the URL)"
+    return None
+
+
+def _csms_url_problem(url: str) -> str | None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        return "a ws:// or wss:// URL, e.g. wss://csms.example.com/ocpp"
+    return None
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     r = _Reader()
     for name in data:
@@ -219,12 +232,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     cp = r.table(data, "chargepoint", "chargepoint")
     r.unknown_keys(cp, CHARGEPOINT_KEYS, "chargepoint")
     cp_id = r.get(cp, "id", "chargepoint.id", str)
-    if cp_id is not None and (not cp_id or len(cp_id) > 48 or any(c in cp_id for c in "/?# ")):
-        r.problem(
-            "chargepoint.id",
-            cp_id,
-            "1 to 48 characters, no '/', '?', '#' or spaces (it becomes part of the URL)",
-        )
+    if cp_id is not None and (problem := _charge_point_id_problem(cp_id)):
+        r.problem("chargepoint.id", cp_id, problem)
     vendor = r.get(cp, "vendor", "chargepoint.vendor", str, "OpenWallbox")
     model = r.get(cp, "model", "chargepoint.model", str, "PiEVSE")
     for k, limit in (("vendor", 20), ("model", 20)):
@@ -237,10 +246,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
     cs = r.table(data, "csms", "csms")
     url = r.get(cs, "url", "csms.url", str)
-    if url is not None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-            r.problem("csms.url", url, "a ws:// or wss:// URL, e.g. wss://csms.example.com/ocpp")
+    if url is not None and (problem := _csms_url_problem(url)):
+        r.problem("csms.url", url, problem)
     csms = CsmsConfig(
         url=url or "",
         password=r.get(cs, "password", "csms.password", str, None) or None,
@@ -423,15 +430,24 @@ def _ocpp_key_problems(values: dict[str, Any], *, number_of_connectors: int) -> 
             problems.append((name, value, f"not an OCPP 1.6 configuration key this charge point knows{hint}"))
         elif spec.readonly and name not in INSTALLER_REDUCIBLE_KEYS:
             problems.append((name, value, "read-only (OCPP 1.6 §9): fixed by this charge point, not configurable"))
-        elif spec.readonly and spec.kind == "int" and not (
-            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= int(spec.default)
-        ):
+        elif spec.readonly and spec.kind == "int" and not 1 <= _whole_number(value, 0) <= int(spec.default):
             problems.append((name, value, f"a whole number from 1 to {spec.default} (read-only: may only be "
                                           "lowered below what this charge point supports)"))
         else:
             settable[name] = value
     problems += validate_initial_keys(settable, number_of_connectors=number_of_connectors)
     return problems
+
+
+def _whole_number(value: Any, otherwise: int) -> int:
+    """A TOML integer or, from ``--key NAME=VALUE``, its decimal text; ``otherwise`` for anything else."""
+    if isinstance(value, bool):
+        return otherwise
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return otherwise
 
 
 def read_config_data(path: str | Path) -> dict[str, Any]:
@@ -544,6 +560,7 @@ def simulated_config(
     password: str | None = None,
     grid: dict[str, Any] | None = None,
     max_current_a: float = 32.0,
+    status_socket: str | None = None,
 ) -> Config:
     """The configuration ``chargepoint simulate`` and the demo use: every device simulated."""
     sim = {"driver": "sim"}
@@ -571,4 +588,64 @@ def simulated_config(
         data["csms"]["password"] = password
     if grid is not None:
         data["station"]["grid"] = grid
+    if status_socket:
+        data["chargepoint"]["status_socket"] = status_socket
     return parse_config(data, "<simulate>")
+
+
+def simulated_from(
+    config: Config,
+    *,
+    state_dir: str | Path,
+    csms_url: str | None = None,
+    charge_point_id: str | None = None,
+    password: str | None = None,
+    ocpp_keys: dict[str, Any] | None = None,
+    status_socket: str | None = None,
+    ev_reaction_s: float = 0.05,
+) -> Config:
+    """An installer's own configuration with every device simulated (``chargepoint simulate --config``).
+
+    Everything else stays as the file says: identity, central system, password, CA file, station and
+    connector limits, phases, ventilation, OCPP keys, log level, status socket — so the rehearsal behaves
+    as the wallbox will. The same devices exist (a lock only where the file has one, as many readers),
+    but never the file's state directory: that is the live service's store. The overrides are checked
+    like the file (ConfigError).
+    """
+    problems: list[ConfigProblem] = []
+    if csms_url is not None and (problem := _csms_url_problem(csms_url)):
+        problems.append(ConfigProblem("--csms", csms_url, problem))
+    if charge_point_id is not None and (problem := _charge_point_id_problem(charge_point_id)):
+        problems.append(ConfigProblem("--id", charge_point_id, problem))
+    keys = {**config.ocpp_keys, **(ocpp_keys or {})}
+    for key, value, allowed in _ocpp_key_problems(ocpp_keys or {}, number_of_connectors=len(config.connectors)):
+        problems.append(ConfigProblem(f"--key {key}", value, allowed))
+    if problems:
+        raise ConfigError("simulate", problems)
+    sim: dict[str, Any] = {"driver": "sim"}
+    state = Path(state_dir)
+    connectors = []
+    for c in config.connectors:
+        devices: dict[str, dict[str, Any]] = {}
+        for kind in c.devices:
+            if kind == "pilot":
+                devices[kind] = {**sim, "ev_reaction_s": ev_reaction_s}
+            elif kind == "meter":
+                devices[kind] = {**sim, "phases": c.phases, "persist_path": str(state / f"sim-meter-{c.id}.wh")}
+            else:
+                devices[kind] = dict(sim)
+        connectors.append(replace(c, devices=devices))
+    grid = config.station.grid
+    return replace(
+        config,
+        charge_point_id=charge_point_id or config.charge_point_id,
+        csms=replace(config.csms, url=csms_url or config.csms.url,
+                     password=password if password is not None else config.csms.password),
+        connectors=connectors,
+        station=replace(config.station, grid=replace(grid, meter=dict(sim)) if grid is not None else None),
+        readers=[dict(sim) for _ in config.readers],
+        indicator=dict(sim) if config.indicator is not None else None,
+        ocpp_keys=keys,
+        state_dir=state,
+        status_socket=status_socket or config.status_socket,
+    )
