@@ -61,6 +61,12 @@ SnapshotSource = Callable[[], Snapshot | Awaitable[Snapshot]]
 StoreCopier = Callable[[], Path | None | Awaitable[Path | None]]
 
 
+class StatusSocketInUse(OSError, RuntimeError):
+    """The socket path is taken (another controller serves it, or it is not a socket). An OSError, so that
+    the controller logs it and carries on, as for any socket that cannot be bound (``simulate --config``
+    with the live service's path while the service runs)."""
+
+
 class StatusUnavailable(Exception):
     """The status socket cannot be read; the message says why and what to do."""
 
@@ -111,7 +117,7 @@ class StatusServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
-            raise RuntimeError(f"{self.path} exists and is not a socket; refusing to replace it")
+            raise StatusSocketInUse(f"{self.path} exists and is not a socket; refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
@@ -119,7 +125,7 @@ class StatusServer:
         except OSError:
             self.path.unlink(missing_ok=True)  # nobody listening: stale
         else:
-            raise RuntimeError(f"another process already serves {self.path}")
+            raise StatusSocketInUse(f"another process already serves {self.path}")
         finally:
             probe.close()
 

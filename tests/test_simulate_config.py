@@ -138,3 +138,31 @@ async def test_tap_without_a_reader_is_an_error_answer_not_a_crash() -> None:
     controller = SimpleNamespace(build_context=SimpleNamespace(shared={"sim_bench": SimBench()}), connectors={1: None})
     with pytest.raises(ValueError, match="no RFID reader"):
         await Simulator(controller).execute("tap CARD1")  # type: ignore[arg-type]
+
+
+async def test_simulate_carries_on_when_the_services_socket_is_taken(tmp_path: Path, sockdir: Path) -> None:
+    """`simulate --config /etc/chargepoint/chargepoint.toml` on a Pi whose service runs: its socket path is
+    served already; the rehearsal runs without a socket instead of crashing."""
+    from chargepoint.status_socket import StatusServer
+
+    sock = sockdir / "taken.sock"
+    async with CentralSystem() as cs, StatusServer(sock, lambda: {"connectors": []}):
+        cfg = installer_file(tmp_path, sock, url=cs.url)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chargepoint", "simulate", "--config", str(cfg), "--state-dir",
+            str(tmp_path / "state"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert proc.stdin is not None
+        try:
+            await cs.wait_for_message("BootNotification", timeout=15)
+            proc.stdin.write(b"quit\n")
+            await proc.stdin.drain()
+            _, err = await asyncio.wait_for(proc.communicate(), 15)
+            assert proc.returncode == 0, err.decode()
+            assert b"already serves" in err and b"Traceback" not in err
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
