@@ -331,7 +331,7 @@ def _copy_state_dir_directly(state_dir: Path, dest: Path, why_not_asked: str) ->
     """
     import sqlite3
 
-    notes: list[str] = []
+    notes: list[str] = [] if state_dir.is_dir() else [f"state directory {state_dir} does not exist"]
     try:
         candidates = sorted(state_dir.iterdir()) if state_dir.is_dir() else []
     except PermissionError:

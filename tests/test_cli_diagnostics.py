@@ -160,3 +160,11 @@ async def test_store_copy_request_over_the_socket(tmp_path: Path, sockdir: Path)
     async with StatusServer(sockdir / "t.sock", lambda: {"connectors": []}, store_copy=lambda: None):
         with pytest.raises(StatusUnavailable, match="could not be copied"):
             await fetch_store_copy(sockdir / "t.sock", tmp_path, timeout=10)
+
+
+async def test_a_missing_state_directory_is_noted(tmp_path: Path, sockdir: Path) -> None:
+    code, _, stderr, _ = await _diagnostics(
+        str(tmp_path / "d.tar.gz"), "--config", "", "--state-dir", str(tmp_path / "nowhere"), "--socket",
+        str(sockdir / "none.sock"))
+    assert code == 0, stderr
+    assert f"state directory {tmp_path / 'nowhere'} does not exist" in stderr
