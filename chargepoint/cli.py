@@ -14,7 +14,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from chargepoint.config import ConfigError, load_config, simulated_config
+from chargepoint.config import (
+    ConfigError,
+    ConfigProblem,
+    hardware_problem,
+    hardware_problems,
+    load_config,
+    parse_config,
+    read_config_data,
+    simulated_config,
+    simulated_from,
+)
 from hal.interfaces import HardwareConfigError
 
 log = logging.getLogger("chargepoint")
@@ -100,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         hardware, ctx = build_hardware(config)
     except HardwareConfigError as exc:
-        print(f"{args.config}: hardware configuration: {exc}", file=sys.stderr)
+        print(_hardware_error(args.config, exc), file=sys.stderr)
         return 2
     restart: list[str] = []
 
@@ -121,24 +131,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
-    state_dir = args.state_dir or tempfile.mkdtemp(prefix="chargepoint-sim-")
     keys: dict[str, Any] = {}
     for item in args.key or []:
-        name, _, value = item.partition("=")
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"simulate: --key {item!r}: NAME=VALUE, e.g. --key HeartbeatInterval=60", file=sys.stderr)
+            return 2
         keys[name] = value
+    if args.config is None and (args.csms is None or args.id is None):
+        print("simulate: give --csms URL and --id ID, or --config FILE (your configuration, devices simulated)",
+              file=sys.stderr)
+        return 2
+    if args.config is not None and args.connectors is not None:
+        print("simulate: --connectors comes from the [[connectors]] of --config; give one or the other",
+              file=sys.stderr)
+        return 2
+    # Never the configuration's state_dir: that is the live service's store.
+    state_dir = args.state_dir or tempfile.mkdtemp(prefix="chargepoint-sim-")
     try:
-        config = simulated_config(
-            charge_point_id=args.id,
-            csms_url=args.csms,
-            connectors=args.connectors,
-            state_dir=state_dir,
-            ocpp_keys=keys,
-            password=args.password,
-        )
+        if args.config is not None:
+            installed = load_config(args.config)
+            config = simulated_from(
+                installed,
+                state_dir=state_dir,
+                csms_url=args.csms,
+                charge_point_id=args.id,
+                password=args.password,
+                ocpp_keys=keys,
+                status_socket=args.status_socket,
+            )
+        else:
+            config = simulated_config(
+                charge_point_id=args.id,
+                csms_url=args.csms,
+                connectors=args.connectors or 1,
+                state_dir=state_dir,
+                ocpp_keys=keys,
+                password=args.password,
+                status_socket=args.status_socket,
+            )
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    _setup_logging(args.log_level or config.log_level)
+    log.info("simulating %s (%d connector(s), every device simulated) against %s; state in %s",
+             config.charge_point_id, len(config.connectors), config.csms.url, state_dir)
     from chargepoint.controller import Controller
     from chargepoint.simulate import run_simulator
 
@@ -165,49 +202,66 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not path:
         print("check-config: name the configuration file (chargepoint check-config FILE)", file=sys.stderr)
         return 2
-    args.config = path
-    config = _load(path)
-    if config is None:
+    try:
+        data = read_config_data(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    problem = _check_driver_options(config)
-    if problem:
-        print(f"{path}: hardware configuration: {problem}", file=sys.stderr)
+    config = None
+    problems: list[ConfigProblem] = []
+    try:
+        config = parse_config(data, path)
+    except ConfigError as exc:
+        problems += exc.problems
+    # Driver options too, even when the file has other problems: every problem in one run.
+    problems += [p for p in hardware_problems(data) if p not in problems]
+    if problems or config is None:
+        print(ConfigError(path, problems), file=sys.stderr)
         return 2
     drivers = ", ".join(
         f"connector {c.id}: " + " ".join(f"{k}={v.get('driver', 'sim')}" for k, v in c.devices.items())
         for c in config.connectors
     )
     print(
-        f"{args.config}: OK — charge point {config.charge_point_id}, {len(config.connectors)} connector(s), "
+        f"{path}: OK — charge point {config.charge_point_id}, {len(config.connectors)} connector(s), "
         f"CSMS {config.csms.url}\n  {drivers}"
     )
     return 0
 
 
-def _check_driver_options(config: Any) -> str | None:
-    """Build every driver against mock GPIO pins: options are checked (names, pins, conflicts, ports given)
-    without touching hardware a running service owns. Returns the problem, or None."""
-    from chargepoint.controller import build_hardware
-    from hal.registry import BuildContext
+def _hardware_error(path: str, exc: HardwareConfigError) -> str:
+    return f"{path}: hardware configuration: {hardware_problem(exc)}"
 
-    try:
-        from gpiozero.pins.mock import MockFactory
 
-        ctx = BuildContext(gpio_pin_factory=MockFactory())
-    except ImportError:
-        ctx = BuildContext()
+def _service_answers(socket_path: str) -> bool:
+    """True when a controller serves its status socket there (it then owns the hardware)."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
     try:
-        build_hardware(config, ctx)
-    except HardwareConfigError as exc:
-        return str(exc)
-    except Exception as exc:  # a driver that cannot even be constructed: say which
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        probe.connect(socket_path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def cmd_check_hardware(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
+        return 2
+    from chargepoint.status_socket import DEFAULT_STATUS_SOCKET
+
+    socket_path = config.status_socket or DEFAULT_STATUS_SOCKET
+    if _service_answers(socket_path):
+        print(
+            f"check-hardware: the charge point service is running (it answers on {socket_path}) and owns the "
+            "hardware. Stop it first: sudo systemctl stop chargepoint; start it again afterwards: "
+            "sudo systemctl start chargepoint",
+            file=sys.stderr,
+        )
         return 2
     _setup_logging("warning")
     from chargepoint.controller import build_hardware
@@ -215,7 +269,7 @@ def cmd_check_hardware(args: argparse.Namespace) -> int:
     try:
         hardware, _ = build_hardware(config)
     except HardwareConfigError as exc:
-        print(f"{args.config}: hardware configuration: {exc}", file=sys.stderr)
+        print(_hardware_error(args.config, exc), file=sys.stderr)
         return 2
     try:
         from chargepoint.commissioning import check_hardware
@@ -257,35 +311,151 @@ def cmd_firmware(args: argparse.Namespace) -> int:
         return fw.cli_update(args.source, root)
     if args.command == "rollback":
         return fw.cli_rollback(root)
+    return _diagnostics(args, diag, fw)
+
+
+class DiagnosticsSourceError(Exception):
+    """The state store can be neither asked for nor read; the message says why and what to do."""
+
+
+#: How long ``chargepoint diagnostics`` waits for a lock on a store no controller answers for.
+STORE_LOCK_TIMEOUT_S = 2.0
+
+
+def _copy_state_dir_directly(state_dir: Path, dest: Path, why_not_asked: str) -> list[str]:
+    """Copy the SQLite files of a state directory that no running controller answers for.
+
+    Read-only, inside a read transaction (so a controller starting meanwhile cannot switch the file under
+    the copy) and with a short lock timeout: a store still held by a controller fails within seconds instead
+    of waiting forever (CPython's ``backup()`` retries a busy source without end). Returns notes.
+    """
+    import sqlite3
+
+    notes: list[str] = [] if state_dir.is_dir() else [f"state directory {state_dir} does not exist"]
+    try:
+        candidates = sorted(state_dir.iterdir()) if state_dir.is_dir() else []
+    except PermissionError:
+        raise DiagnosticsSourceError(
+            f"cannot read the state directory {state_dir}: run as root (sudo chargepoint diagnostics …)"
+        ) from None
+    for db in candidates:
+        if not db.is_file() or db.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        try:
+            with db.open("rb") as fh:
+                if fh.read(16) != b"SQLite format 3\x00":
+                    continue
+        except OSError as exc:
+            notes.append(f"{db} unreadable: {exc.strerror or exc}")
+            continue
+        src = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=STORE_LOCK_TIMEOUT_S)
+        try:
+            src.execute("BEGIN")
+            src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            dst = sqlite3.connect(dest / db.name)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise DiagnosticsSourceError(
+                    f"the state store {db} is locked by a running controller, and no controller answered on "
+                    f"its status socket ({why_not_asked}). Give the socket with --socket (the configuration's "
+                    "chargepoint.status_socket), or stop the service (sudo systemctl stop chargepoint) and "
+                    "run it again"
+                ) from None
+            notes.append(f"{db.name} could not be read: {exc}")
+        except sqlite3.DatabaseError as exc:
+            notes.append(f"{db.name} could not be read: {exc}")
+        finally:
+            src.close()
+    return notes
+
+
+def _diagnostics(args: argparse.Namespace, diag: Any, fw: Any) -> int:
+    """``chargepoint diagnostics OUT``: the running controller copies its (exclusively locked) store over
+    the status socket; without a controller the state directory is read directly."""
+    import shutil
+    import time
     from datetime import UTC, datetime, timedelta
 
     from chargepoint import __version__
+    from chargepoint.status_socket import DEFAULT_STATUS_SOCKET, StatusUnavailable, fetch_store_copy
 
+    root = Path(args.root)
     versions: dict[str, Any] = {"chargepoint": __version__}
     if root.is_dir():
         with contextlib.suppress(OSError):
             versions["releases"] = fw.ReleaseManager(root).status()
     since = datetime.now(UTC) - timedelta(hours=args.hours) if args.hours else None
     config = Path(args.config) if args.config else None
-    return diag.cli_diagnostics(Path(args.out), config, Path(args.state_dir), since=since, versions=versions)
+    if config is not None and not config.is_file():
+        print(f"error: configuration file {config} does not exist", file=sys.stderr)
+        return 2
+    socket_path = args.socket
+    if socket_path is None and config is not None:
+        with contextlib.suppress(ConfigError):
+            socket_path = load_config(config).status_socket
+    socket_path = socket_path or DEFAULT_STATUS_SOCKET
+    out_path = Path(args.out)
+    if out_path.is_dir():
+        out_path = out_path / f"diagnostics-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz"
+    partial = out_path.with_name(out_path.name + ".tmp")
+    copy_dir = Path(tempfile.mkdtemp(prefix="chargepoint-diagnostics-"))  # 0700: the copy holds id tags
+    code = 1
+    try:
+        try:
+            asyncio.run(fetch_store_copy(socket_path, copy_dir, timeout=60.0))
+            print(f"state store: copied by the running controller ({socket_path})")
+        except StatusUnavailable as exc:
+            for note in _copy_state_dir_directly(Path(args.state_dir), copy_dir, str(exc)):
+                print(f"note: {note}", file=sys.stderr)
+        code = diag.cli_diagnostics(out_path, config, copy_dir, since=since, versions=versions)
+    except DiagnosticsSourceError as exc:
+        print(f"chargepoint diagnostics: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        if code != 0:
+            partial.unlink(missing_ok=True)  # never leave a half-written archive behind
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from chargepoint import __version__
+
     parser = argparse.ArgumentParser(prog="chargepoint", description="OCPP 1.6J charge point controller")
+    parser.add_argument("--version", action="version", version=f"chargepoint {__version__}",
+                        help="print the software version (for the commissioning record) and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the controller on the hardware the configuration names")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("simulate", help="the whole controller with simulated hardware, commands on stdin")
-    p.add_argument("--csms", required=True, help="central system URL, e.g. ws://127.0.0.1:9000/ocpp")
-    p.add_argument("--id", required=True, help="charge point identity")
-    p.add_argument("--connectors", type=int, default=1)
-    p.add_argument("--state-dir")
+    p = sub.add_parser(
+        "simulate",
+        help="the whole controller with simulated hardware, commands on stdin",
+        description="The whole controller with every device simulated, driven by commands on standard input "
+        "(plug C, unplug C, tap IDTAG, ev C suspend|resume, fault C KIND, clear C KIND, status, quit). Either "
+        "--csms and --id, or --config with your own configuration file: its identity, central system, limits, "
+        "OCPP keys and station settings, every device simulated (--csms, --id, --password and --key then "
+        "override the file). The state is kept in --state-dir (default: a new temporary directory), never in "
+        "the file's state_dir.",
+    )
+    p.add_argument("--config", help="your configuration file, every device simulated")
+    p.add_argument("--csms", help="central system URL, e.g. ws://127.0.0.1:9000/ocpp (overrides --config's)")
+    p.add_argument("--id", help="charge point identity (overrides --config's)")
+    p.add_argument("--connectors", type=int, help="number of connectors without --config (default 1)")
+    p.add_argument("--state-dir", help="where the simulated charge point keeps its state (default: a new "
+                                       "temporary directory)")
     p.add_argument("--password", help="HTTP Basic authentication password")
     p.add_argument("--key", action="append", help="initial OCPP configuration key, NAME=VALUE (repeatable)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--status-socket", help="serve `chargepoint status --socket PATH` here (default: "
+                                           "chargepoint.status_socket of --config; none without --config)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="default: the configuration's logging.level, else info")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="a full charging session against an embedded central system")
@@ -322,7 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="/etc/chargepoint/chargepoint.toml",
         help="configuration to include (secrets removed); '' for none",
     )
-    p.add_argument("--state-dir", default="/var/lib/chargepoint")
+    p.add_argument("--state-dir", default="/var/lib/chargepoint",
+                   help="read directly only when no controller answers on the status socket")
+    p.add_argument("--socket", help="the running controller's status socket, which copies its state store "
+                                    "(default: chargepoint.status_socket of --config, else "
+                                    "/run/chargepoint/status.sock)")
     p.add_argument("--hours", type=float, default=24.0, help="journal window: the last N hours (default 24)")
     p.add_argument("--root", default=default_root)
     p.set_defaults(func=cmd_firmware)

@@ -6,7 +6,13 @@ Steps that need a person (tap a card, set an EV test adapter) wait for the event
 with ``--yes`` and nobody there they end as SKIP, not FAIL.
 
 ``ask`` is a blocking callable (``input``); it runs in a worker thread so the drivers' own tasks
-(pilot sensing, RAPI heartbeat) keep running while the installer reads the question.
+(pilot sensing, RAPI heartbeat) keep running while the installer reads the question. When standard
+input ends (``ssh host chargepoint check-hardware`` without a terminal) ``ask`` raises EOFError: every
+further question is answered "no" (nothing is switched without a person confirming it) and the result
+is reported as incomplete.
+
+The "check:" hints name the driver that is really configured and its pins, port or address, read from
+the built device, not the reference build's defaults.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Session:
     timeouts: Timeouts
     events: list[HalEvent] = field(default_factory=list)
     results: list[tuple[str, str]] = field(default_factory=list)
+    input_closed: bool = False
 
     def report(self, status: str, title: str, detail: str = "", hints: tuple[str, ...] = ()) -> str:
         self.results.append((status, title))
@@ -59,12 +66,30 @@ class Session:
                 self.say(f"       check: {h}")
         return status
 
+    async def _ask(self, text: str) -> str | None:
+        """The installer's answer; None once standard input has ended (nobody can answer any more)."""
+        if self.input_closed:
+            self.say(f"{text} -> no (standard input closed)")
+            return None
+        try:
+            return str(await asyncio.to_thread(self.ask, text))
+        except EOFError:
+            self.input_closed = True
+            self.say("")
+            self.say("standard input closed: nobody can answer, so every question from here on is answered "
+                     "'no' and nothing more is switched. Run it in a terminal (ssh -t), or with --yes "
+                     "for an unattended check.")
+            return None
+
     async def question(self, text: str, default_yes: bool = False) -> bool:
         if self.assume_yes:
             self.say(f"{text} -> yes (--yes)")
             return True
         suffix = " [Y/n]" if default_yes else " [y/N]"
-        answer = (await asyncio.to_thread(self.ask, text + suffix)).strip().lower()
+        answer = await self._ask(text + suffix)
+        if answer is None:
+            return False  # never a default "yes" without a person there
+        answer = answer.strip().lower()
         if not answer:
             return default_yes
         return answer in ("y", "yes", "j", "ja")
@@ -74,8 +99,8 @@ class Session:
         if self.assume_yes:
             self.say(f"{text} (not asking: --yes; waiting for it to happen)")
             return True
-        answer = await asyncio.to_thread(self.ask, text + " [Enter = done, s = skip]")
-        return answer.strip().lower() not in ("s", "skip")
+        answer = await self._ask(text + " [Enter = done, s = skip]")
+        return answer is not None and answer.strip().lower() not in ("s", "skip")
 
     def faults_since(self, mark: int, kinds: tuple[FaultKind, ...] | None = None) -> list[FaultRaised]:
         return [e for e in self.events[mark:] if isinstance(e, FaultRaised) and (kinds is None or e.kind in kinds)]
@@ -92,6 +117,142 @@ async def _wait(cond: Callable[[], bool], timeout: float) -> bool:
 
 def _name(dev: Any) -> str:
     return type(dev).__name__
+
+
+def _driver(dev: Any) -> str:
+    """The configuration's driver name of a built device (``hal.rapi`` → ``rapi``, ``hal.sim.*`` → ``sim``)."""
+    module = type(dev).__module__
+    if module.startswith("hal.sim"):
+        return "sim"
+    return {"hal.pilot_pwm": "pwm", "hal.rapi": "rapi", "hal.gpio": "gpio", "hal.modbus": "modbus",
+            "hal.pcsc": "pcsc", "hal.rdm6300": "rdm6300"}.get(module, module.rsplit(".", 1)[-1])
+
+
+def _gpio(dev: Any, attr: str) -> str:
+    pin = getattr(dev, attr, None)
+    return f"GPIO{pin}" if isinstance(pin, int) else "not configured"
+
+
+SIM_HINT = "this device is simulated (driver = \"sim\"): set the real driver in the configuration"
+
+
+def _meter_hints(meter: Any) -> tuple[str, ...]:
+    driver = _driver(meter)
+    bus = getattr(meter, "bus", None)
+    model = getattr(getattr(meter, "model", None), "name", None)
+    model_hint = f"model {model!r}: the register map must match the meter (hal/meters/*.toml)"
+    address = f"the meter's Modbus address (device_id = {getattr(meter, 'device_id', '?')})"
+    if driver == "modbus" and getattr(bus, "kind", None) == "tcp":
+        return (
+            f"the network path to {bus.describe()}: cable, IP address, `nc -vz` to the port from the Pi",
+            "Modbus TCP enabled in the meter (or its gateway) and the port it listens on",
+            f"{address}: the unit id the meter or gateway answers to",
+            model_hint,
+        )
+    if driver == "modbus":
+        port = bus.settings.get("port") if bus is not None else "?"
+        return (
+            "RS-485 wiring: A to A, B to B (swap A/B if nothing answers), GND/shield, 120 Ω termination",
+            f"the port {port} exists (ls -l /dev/ttyUSB* /dev/chargepoint-meter /dev/serial0)",
+            f"{address}, baud rate and parity in its menu match the configuration ({bus.describe()})"
+            if bus is not None else f"{address}, baud rate and parity in its menu",
+            model_hint,
+        )
+    if driver == "sim":
+        return (SIM_HINT,)
+    return ("the meter configuration",)
+
+
+def _pilot_hints(pilot: Any) -> tuple[str, ...]:
+    driver = _driver(pilot)
+    if driver == "pwm":
+        pwm = getattr(pilot, "pwm", None)
+        chip = getattr(pwm, "chip_dir", None)
+        return (
+            "CP wiring from the socket to the pilot circuit (1 kΩ series resistor, PE as reference)",
+            f"pilot driver pwm: the PWM output ({chip.name if chip is not None else 'pwmchip'}/pwm"
+            f"{getattr(pwm, 'channel', '?')}, GPIO18 with the pwm overlay) and the MCP3008 channel "
+            f"{getattr(pilot, 'channel', '?')} on SPI {getattr(pilot, 'spi_port', 0)}.{getattr(pilot, 'spi_device', 0)}"
+            f"; scale/offset calibration (now {getattr(pilot, 'scale', '?')}/{getattr(pilot, 'offset', '?')})",
+            "the ±12 V supply of the pilot op-amp",
+        )
+    if driver == "rapi":
+        board = getattr(pilot, "board", None)
+        return (
+            "CP wiring from the OpenEVSE board's pilot output to the socket, PE connected",
+            f"pilot driver rapi: the board on {getattr(board, 'port', '?')} at "
+            f"{getattr(board, 'baudrate', '?')} baud answers (its display/LED shows it powered)",
+            "the board's own self-test and its ±12 V supply",
+        )
+    if driver == "sim":
+        return (SIM_HINT,)
+    return ("the pilot configuration",)
+
+
+def _contactor_hints(c: Any) -> tuple[str, ...]:
+    if _driver(c) == "sim":
+        return (SIM_HINT,)
+    mirror = getattr(c, "mirror_pin", None)
+    return (
+        f"relay driver input on relay_pin ({_gpio(c, 'relay_pin')}) and its 12 V supply; the coil relay for a "
+        "230 V coil",
+        f"mirror contact wiring ({_gpio(c, 'mirror_pin')} to the auxiliary contact, other side to GND) and "
+        f"mirror_contact = {getattr(c, 'mirror_contact', 'nc')!r} as fitted (\"nc\" or \"no\")"
+        if mirror is not None else "no mirror contact configured (mirror_pin): a weld cannot be detected",
+    )
+
+
+def _rcm_hints(rcm: Any) -> tuple[str, ...]:
+    if _driver(rcm) == "sim":
+        return (SIM_HINT,)
+    return (
+        f"fault output to fault_pin ({_gpio(rcm, 'fault_pin')}) through its optocoupler; fault_active_high "
+        f"= {str(getattr(rcm, 'fault_active_high', True)).lower()} must match how the module drives it",
+        f"test input from test_pin ({_gpio(rcm, 'test_pin')}); the module's supply",
+        "a latched RCM fault needs the module's own reset first",
+    )
+
+
+def _lock_hints(lock: Any) -> tuple[str, ...]:
+    if _driver(lock) == "sim":
+        return (SIM_HINT,)
+    return (
+        f"motor wiring to the H-bridge (lock_pin {_gpio(lock, 'lock_pin')}, unlock_pin "
+        f"{_gpio(lock, 'unlock_pin')}) and its 12 V supply",
+        f"feedback switch on feedback_pin ({_gpio(lock, 'feedback_pin')}) and feedback_active_low",
+        "pulse_s for this actuator (0.3-1 s)",
+    )
+
+
+def _indicator_hints(ind: Any) -> tuple[str, ...]:
+    if _driver(ind) == "sim":
+        return (SIM_HINT,)
+    pins = getattr(ind, "pins", (None, None, None))
+    named = ", ".join(f"{colour} {'GPIO' + str(pin) if isinstance(pin, int) else 'none'}"
+                      for colour, pin in zip(("green", "red", "blue"), pins, strict=False))
+    return (f"LED pins ({named}) and their transistors",)
+
+
+def _reader_hints(reader: Any) -> tuple[str, ...]:
+    driver = _driver(reader)
+    if driver == "pcsc":
+        wanted = getattr(reader, "reader_filter", None)
+        return (
+            "PC/SC: `pcsc_scan` lists the reader" + (f" (its name must contain {wanted!r})" if wanted else "")
+            + "; pcscd runs (systemctl status pcscd)",
+            "ACR122U: blacklist the pn533/nfc kernel modules (they take the reader from pcscd)",
+            "hold the card flat on the reader for a second",
+        )
+    if driver == "rdm6300":
+        return (
+            f"RDM6300: port {getattr(reader, 'port', '?')} at {getattr(reader, 'baudrate', 9600)} baud, module "
+            "TX to the Pi's RX (GPIO15 for /dev/serial0), 5 V supply",
+            "the serial console is off on that UART (raspi-config), enable_uart=1",
+            "hold the card flat on the reader for a second",
+        )
+    if driver == "sim":
+        return (SIM_HINT,)
+    return ("the reader configuration",)
 
 
 def _mask(tag: str) -> str:
@@ -117,14 +278,9 @@ async def check_meter(s: Session, conn: ConnectorHardware) -> str:
     try:
         r = await meter.read()
     except MeterError as exc:
-        return s.report(FAIL, title + where, str(exc), (
-            "RS-485 wiring: A to A, B to B (swap A/B if nothing answers), GND/shield, 120 Ω termination",
-            "the port in the configuration (ls -l /dev/ttyUSB* /dev/chargepoint-meter /dev/serial0)",
-            "the meter's Modbus address (device_id), baud rate and parity in its menu",
-            "model: the register map must match the meter (hal/meters/*.toml)",
-        ))
+        return s.report(FAIL, title + where, str(exc), _meter_hints(meter))
     except Exception as exc:  # a driver bug must not end the walk-through
-        return s.report(FAIL, title + where, f"{type(exc).__name__}: {exc}", ("the meter configuration",))
+        return s.report(FAIL, title + where, f"{type(exc).__name__}: {exc}", _meter_hints(meter))
     phases = getattr(meter, "phases", 3)
     s.say(f"       voltage {_fmt(r.voltage_v, 'V', phases)}, current {_fmt(r.current_a, 'A', phases)}, "
           f"power {'–' if r.power_w is None else f'{r.power_w:.0f} W'}, "
@@ -140,12 +296,7 @@ async def check_meter(s: Session, conn: ConnectorHardware) -> str:
 async def check_pilot(s: Session, conn: ConnectorHardware) -> None:
     pilot = conn.pilot
     cid = conn.connector_id
-    hints_sense = (
-        "CP wiring from the socket to the pilot circuit (1 kΩ series resistor, PE as reference)",
-        "pilot driver: scale/offset calibration and the MCP3008 channel (driver pwm), or the serial port "
-        "and baud rate 115200 (driver rapi)",
-        "the ±12 V supply of the pilot op-amp",
-    )
+    hints_sense = _pilot_hints(pilot)
 
     def volts() -> str:
         v = getattr(pilot, "last_volts", None)
@@ -159,7 +310,8 @@ async def check_pilot(s: Session, conn: ConnectorHardware) -> None:
     await pilot.set_unavailable()
     ok = await _wait(lambda: pilot.state == CpState.F, s.timeouts.settle_s)
     s.report(PASS if ok else FAIL, f"connector {cid} pilot, unavailable", f"state {pilot.state.value}{volts()}, "
-             "expected F (-12 V)", ("the -12 V rail and the op-amp output stage", *hints_sense[1:2]))
+             "expected F (-12 V)", ("the -12 V rail and the op-amp output stage", *hints_sense[1:2])
+             if _driver(pilot) == "pwm" else hints_sense)
     await pilot.offer(None)
     if not await s.prompt(f"Connector {cid}: plug in an EV test adapter set to state B (vehicle connected)."):
         s.report(SKIP, f"connector {cid} pilot with test adapter", "skipped by the installer")
@@ -194,9 +346,7 @@ async def check_contactor(s: Session, conn: ConnectorHardware) -> str:
         return s.report(SKIP, title, "the pilot board switches its relay itself when an EV asks for power; "
                         "verify it with the test adapter in state C and a voltage tester")
     mirror = getattr(c, "mirror_closed", None)
-    hints = ("relay driver input on the relay_pin (GPIO17) and its 12 V supply; the coil relay for a 230 V coil",
-             "mirror contact wiring (GPIO27 to the auxiliary contact, other side to GND) and mirror_contact "
-             "= \"nc\" or \"no\" as fitted")
+    hints = _contactor_hints(c)
     if mirror is not None:
         s.say(f"       mirror contact reads {'CLOSED' if mirror else 'open'} with the relay off")
         if mirror:
@@ -241,11 +391,8 @@ async def check_rcm(s: Session, conn: ConnectorHardware) -> str:
     if not await s.question(f"Connector {conn.connector_id}: run the RCM self-test now?", default_yes=True):
         return s.report(SKIP, title, "skipped by the installer")
     ok = await conn.rcm.self_test()
-    return s.report(PASS if ok else FAIL, title, "self-test " + ("passed" if ok else "failed"), (
-        "fault output to fault_pin (GPIO5) through its optocoupler; fault_active_high as the module drives it",
-        "test input from test_pin (GPIO6); the module's supply",
-        "a latched RCM fault needs the module's own reset first",
-    ))
+    return s.report(PASS if ok else FAIL, title, "self-test " + ("passed" if ok else "failed"),
+                    _rcm_hints(conn.rcm))
 
 
 async def check_lock(s: Session, conn: ConnectorHardware) -> str:
@@ -256,9 +403,7 @@ async def check_lock(s: Session, conn: ConnectorHardware) -> str:
     if not await s.question(f"Connector {conn.connector_id}: lock and unlock the socket now? Nothing may be "
                             "plugged in", default_yes=True):
         return s.report(SKIP, title, "skipped by the installer")
-    hints = ("motor wiring to the H-bridge (lock_pin GPIO22, unlock_pin GPIO23) and its 12 V supply",
-             "feedback switch on feedback_pin (GPIO24) and feedback_active_low",
-             "pulse_s for this actuator (0.3-1 s)")
+    hints = _lock_hints(lock)
     locked = await lock.lock()
     unlocked = await lock.unlock() if locked else False
     if locked and unlocked and not lock.is_locked:
@@ -280,15 +425,13 @@ async def check_indicator(s: Session, ind: Any, where: str) -> str:
         return s.report(SKIP, title, "shown green, red, blue; nobody asked to confirm")
     seen = await s.question("Did you see green, then red, then blue?")
     return s.report(PASS if seen else FAIL, title, "installer " + ("saw" if seen else "did not see") + " it",
-                    ("LED pins (green GPIO16, red GPIO20, blue GPIO12) and their transistors",))
+                    _indicator_hints(ind))
 
 
 async def check_reader(s: Session, reader: Device, index: int) -> str:
     title = f"RFID reader {index} ({_name(reader)})"
     gone = [f for f in s.events if isinstance(f, FaultRaised) and f.kind == FaultKind.READER]
-    hints = ("PC/SC: `pcsc_scan` lists the reader; blacklist the pn533/nfc kernel modules for an ACR122U",
-             "RDM6300: port (e.g. /dev/serial0), 9600 baud, module TX to the Pi's RX (GPIO15), 5 V supply",
-             "hold the card flat on the reader for a second")
+    hints = _reader_hints(reader)
     mark = len(s.events)
     if not await s.prompt(f"Tap a card on RFID reader {index} (waiting {s.timeouts.tag_s:.0f} s)."):
         return s.report(SKIP, title, "skipped by the installer")
@@ -354,5 +497,6 @@ async def check_hardware(station: StationHardware, *, ask: Callable[[str], str],
             with contextlib.suppress(Exception):
                 await dev.stop()
     counts = {k: sum(1 for st, _ in s.results if st == k) for k in (PASS, FAIL, SKIP)}
-    say(f"Result: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped.")
-    return counts[FAIL] == 0
+    say(f"Result: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped."
+        + (" Incomplete: standard input closed before every question was answered." if s.input_closed else ""))
+    return counts[FAIL] == 0 and not s.input_closed

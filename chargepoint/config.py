@@ -7,8 +7,10 @@ of a file are reported together, before anything is switched. See
 
 from __future__ import annotations
 
+import difflib
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,7 +33,8 @@ class ConfigProblem:
     allowed: str
 
     def __str__(self) -> str:
-        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        # TOML has no null: a None here always means "not given" (never show Python's None to an installer).
+        shown = "(missing)" if self.value is _MISSING or self.value is None else repr(self.value)
         return f"{self.key} = {shown}: {self.allowed}"
 
 
@@ -44,6 +47,41 @@ class ConfigError(Exception):
 
 
 _MISSING = object()
+
+KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging")
+CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket")
+CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
+STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
+GRID_KEYS = ("enabled", "meter", "limit_a", "margin_a", "poll_s")
+CONNECTOR_KEYS = ("id", "max_current_a", "min_current_a", "phases", "ventilation", *DEVICE_KINDS)
+LOGGING_KEYS = ("level",)
+
+
+#: Read-only OCPP keys (§9) that are capacity limits or site policy: the [ocpp] table may lower them.
+INSTALLER_REDUCIBLE_KEYS = frozenset({
+    "LocalAuthListMaxLength", "SendLocalListMaxLength", "ReserveConnectorZeroSupported",
+    "ChargeProfileMaxStackLevel", "ChargingScheduleMaxPeriods", "MaxChargingProfilesInstalled",
+    "CertificateStoreMaxLength",
+})
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a misspelt one (``max_curent_a`` → ``max_current_a``), or None."""
+    known = list(known)
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    by_lower = {k.lower(): k for k in known}  # OCPP keys are CamelCase: heartbeatinterval → HeartbeatInterval
+    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[match[0]] if match else None
+
+
+def unknown_key_text(name: str, known: Iterable[str], what: str = "unknown key") -> str:
+    known = sorted(known)
+    guess = did_you_mean(name, known)
+    if guess is not None:
+        return f"{what}; did you mean {guess!r}?"
+    return f"{what}; allowed: " + ", ".join(known)
 
 
 @dataclass(frozen=True)
@@ -111,6 +149,14 @@ class _Reader:
     def problem(self, key: str, value: object, allowed: str) -> None:
         self.problems.append(ConfigProblem(key, value, allowed))
 
+    def unknown_keys(self, table: dict[str, Any], known: Iterable[str], prefix: str) -> None:
+        """Every section rejects keys it does not know: a typo must not fall back to a default silently
+        (``max_curent_a = 16`` would leave a 32 A fuse limit in place)."""
+        known = tuple(known)
+        for name in table:
+            if name not in known:
+                self.problem(f"{prefix}.{name}" if prefix else name, table[name], unknown_key_text(name, known))
+
     def table(self, data: dict[str, Any], name: str, key: str) -> dict[str, Any]:
         value = data.get(name, {})
         if not isinstance(value, dict):
@@ -145,9 +191,17 @@ class _Reader:
             self.problem(key, value, "one of " + ", ".join(repr(c) for c in choices))
             return None if default is _MISSING else default
         if minimum is not None and value < minimum or maximum is not None and value > maximum:
-            self.problem(key, value, f"a number from {minimum} to {maximum}")
+            self.problem(key, value, _range_text(minimum, maximum))
             return None if default is _MISSING else default
         return value
+
+
+def _range_text(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"a number from {minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f"a number of at least {minimum:g}"
+    return f"a number of at most {maximum:g}"
 
 
 def _kind_name(kind: type) -> str:
@@ -156,21 +210,30 @@ def _kind_name(kind: type) -> str:
     )
 
 
+def _charge_point_id_problem(cp_id: str) -> str | None:
+    if not cp_id or len(cp_id) > 48 or any(c in cp_id for c in "/?# "):
+        return "1 to 48 characters, no '/', '?', '#' or spaces (it becomes part of the URL)"
+    return None
+
+
+def _csms_url_problem(url: str) -> str | None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        return "a ws:// or wss:// URL, e.g. wss://csms.example.com/ocpp"
+    return None
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     r = _Reader()
-    known_top = {"chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging"}
     for name in data:
-        if name not in known_top:
-            r.problem(name, data[name], "unknown section; allowed: " + ", ".join(sorted(known_top)))
+        if name not in KNOWN_SECTIONS:
+            r.problem(name, data[name], unknown_key_text(name, KNOWN_SECTIONS, "unknown section"))
 
     cp = r.table(data, "chargepoint", "chargepoint")
+    r.unknown_keys(cp, CHARGEPOINT_KEYS, "chargepoint")
     cp_id = r.get(cp, "id", "chargepoint.id", str)
-    if cp_id is not None and (not cp_id or len(cp_id) > 48 or any(c in cp_id for c in "/?# ")):
-        r.problem(
-            "chargepoint.id",
-            cp_id,
-            "1 to 48 characters, no '/', '?', '#' or spaces (it becomes part of the URL)",
-        )
+    if cp_id is not None and (problem := _charge_point_id_problem(cp_id)):
+        r.problem("chargepoint.id", cp_id, problem)
     vendor = r.get(cp, "vendor", "chargepoint.vendor", str, "OpenWallbox")
     model = r.get(cp, "model", "chargepoint.model", str, "PiEVSE")
     for k, limit in (("vendor", 20), ("model", 20)):
@@ -183,10 +246,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
     cs = r.table(data, "csms", "csms")
     url = r.get(cs, "url", "csms.url", str)
-    if url is not None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-            r.problem("csms.url", url, "a ws:// or wss:// URL, e.g. wss://csms.example.com/ocpp")
+    if url is not None and (problem := _csms_url_problem(url)):
+        r.problem("csms.url", url, problem)
     csms = CsmsConfig(
         url=url or "",
         password=r.get(cs, "password", "csms.password", str, None) or None,
@@ -203,25 +264,17 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     )
     if csms.ca_file and not Path(csms.ca_file).is_file():
         r.problem("csms.ca_file", csms.ca_file, "an existing PEM file with the CA certificate(s)")
-    for name in cs:
-        if name not in (
-            "url",
-            "password",
-            "ca_file",
-            "response_timeout_s",
-            "reconnect_min_s",
-            "reconnect_max_s",
-        ):
-            r.problem(f"csms.{name}", cs[name], "unknown key")
+    r.unknown_keys(cs, CSMS_KEYS, "csms")
 
     st = r.table(data, "station", "station")
+    r.unknown_keys(st, STATION_KEYS, "station")
     grid: GridConfig | None = None
     raw_grid = st.get("grid")
     if raw_grid is not None:
         if not isinstance(raw_grid, dict):
             r.problem("station.grid", raw_grid, "a table: [station.grid] with meter, limit_a")
         elif raw_grid.get("enabled", True) is not False:
-            meter = raw_grid.get("meter")
+            meter = raw_grid.get("meter", _MISSING)
             if not isinstance(meter, dict):
                 r.problem("station.grid.meter", meter, 'a table, e.g. { driver = "modbus", model = "sdm630", … }')
                 meter = {}
@@ -234,9 +287,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 margin_a=r.get(raw_grid, "margin_a", "station.grid.margin_a", float, 1.0, minimum=0, maximum=100),
                 poll_s=r.get(raw_grid, "poll_s", "station.grid.poll_s", float, 2.0, minimum=0.5, maximum=60),
             )
-            for name in raw_grid:
-                if name not in ("enabled", "meter", "limit_a", "margin_a", "poll_s"):
-                    r.problem(f"station.grid.{name}", raw_grid[name], "unknown key")
+            r.unknown_keys(raw_grid, GRID_KEYS, "station.grid")
     station = StationConfig(
         max_current_a=r.get(
             st, "max_current_a", "station.max_current_a", float, 32.0, minimum=6, maximum=630
@@ -250,11 +301,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     connectors: list[ConnectorConfig] = []
     raw_connectors = data.get("connectors", _MISSING)
     if raw_connectors is _MISSING or not isinstance(raw_connectors, list) or not raw_connectors:
-        r.problem(
-            "connectors",
-            None if raw_connectors is _MISSING else raw_connectors,
-            "at least one [[connectors]] table",
-        )
+        r.problem("connectors", raw_connectors, "at least one [[connectors]] table")
         raw_connectors = []
     for index, raw in enumerate(raw_connectors):
         base = f"connectors[{index}]"
@@ -292,9 +339,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                     "one of " + ", ".join(repr(d) for d in sorted(DRIVERS[kind])),
                 )
             devices[kind] = dict(table)
-        for name in raw:
-            if name not in ("id", "max_current_a", "min_current_a", "phases", "ventilation", *DEVICE_KINDS):
-                r.problem(f"{base}.{name}", raw[name], "unknown key")
+        r.unknown_keys(raw, CONNECTOR_KEYS, base)
         connectors.append(
             ConnectorConfig(
                 id=cid or index + 1,
@@ -326,16 +371,18 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
     indicator = data.get("indicator")
     if indicator is not None and not isinstance(indicator, dict):
-        r.problem("indicator", indicator, "a table")
+        r.problem("indicator", indicator, 'a table, e.g. { driver = "gpio" }')
         indicator = None
+    elif indicator is not None and indicator.get("driver", "sim") not in DRIVERS["indicator"]:
+        r.problem("indicator.driver", indicator.get("driver"),
+                  "one of " + ", ".join(repr(d) for d in sorted(DRIVERS["indicator"])))
 
     ocpp_keys = r.table(data, "ocpp", "ocpp")
-    from chargepoint.keys import validate_initial_keys  # local import: keys imports config types lazily
-
-    for key, value, allowed in validate_initial_keys(ocpp_keys, number_of_connectors=len(connectors)):
+    for key, value, allowed in _ocpp_key_problems(ocpp_keys, number_of_connectors=len(connectors)):
         r.problem(f"ocpp.{key}", value, allowed)
 
     lg = r.table(data, "logging", "logging")
+    r.unknown_keys(lg, LOGGING_KEYS, "logging")
     level = r.get(lg, "level", "logging.level", str, "info", choices=("debug", "info", "warning", "error"))
 
     if r.problems:
@@ -358,7 +405,53 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     )
 
 
-def load_config(path: str | Path) -> Config:
+def _ocpp_key_problems(values: dict[str, Any], *, number_of_connectors: int) -> list[tuple[str, Any, str]]:
+    """[ocpp]: only keys this charge point knows and the central system could change too.
+
+    OCPP 1.6 §9 marks keys such as NumberOfConnectors or SupportedFeatureProfiles read-only (R): they
+    describe what this charge point *is*, so a value in the file would be a lie told to the central system
+    (and ConfigurationKeys would take it as the initial value). They are refused like unknown keys.
+
+    The exception, as on commercial wallboxes, are read-only keys that are capacity limits or site policy
+    (:data:`INSTALLER_REDUCIBLE_KEYS`): an installer may *lower* them (a smaller local list, no
+    reservation of connector 0), never raise them above what this implementation is built for.
+    """
+    from chargepoint.keys import ConfigurationKeys, validate_initial_keys  # keys imports config types lazily
+
+    specs = ConfigurationKeys(number_of_connectors=number_of_connectors).specs
+    problems: list[tuple[str, Any, str]] = []
+    settable: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:
+            configurable = [n for n, sp in specs.items() if not sp.readonly or n in INSTALLER_REDUCIBLE_KEYS]
+            guess = did_you_mean(name, configurable)
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            problems.append((name, value, f"not an OCPP 1.6 configuration key this charge point knows{hint}"))
+        elif spec.readonly and name not in INSTALLER_REDUCIBLE_KEYS:
+            problems.append((name, value, "read-only (OCPP 1.6 §9): fixed by this charge point, not configurable"))
+        elif spec.readonly and spec.kind == "int" and not 1 <= _whole_number(value, 0) <= int(spec.default):
+            problems.append((name, value, f"a whole number from 1 to {spec.default} (read-only: may only be "
+                                          "lowered below what this charge point supports)"))
+        else:
+            settable[name] = value
+    problems += validate_initial_keys(settable, number_of_connectors=number_of_connectors)
+    return problems
+
+
+def _whole_number(value: Any, otherwise: int) -> int:
+    """A TOML integer or, from ``--key NAME=VALUE``, its decimal text; ``otherwise`` for anything else."""
+    if isinstance(value, bool):
+        return otherwise
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return otherwise
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a configuration file; ConfigError when it cannot be read or is not TOML."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -370,13 +463,90 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             str(path), [ConfigProblem("(file)", str(path), f"cannot be read: {exc.strerror}")]
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path), [ConfigProblem("(file)", str(path), f"UTF-8 text ({exc.reason} at byte {exc.start})")]
+        ) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             str(path), [ConfigProblem("(syntax)", str(exc), "valid TOML (https://toml.io)")]
         ) from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(read_config_data(path), str(path))
+
+
+def _device_tables(data: dict[str, Any]) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(kind, key, connector id, options) of every device table with a known driver, in the order
+    ``build_hardware`` builds them (shared resources such as pins are claimed in that order)."""
+    out: list[tuple[str, str, int, dict[str, Any]]] = []
+
+    def add(kind: str, key: str, connector_id: int, table: Any) -> None:
+        if isinstance(table, dict) and table.get("driver", "sim") in DRIVERS[kind]:
+            out.append((kind, key, connector_id, table))
+
+    connectors = data.get("connectors")
+    for index, raw in enumerate(connectors if isinstance(connectors, list) else []):
+        if isinstance(raw, dict):
+            cid = raw.get("id", index + 1)
+            cid = cid if isinstance(cid, int) and not isinstance(cid, bool) else index + 1
+            for kind in DEVICE_KINDS:
+                add(kind, f"connectors[{index}].{kind}", cid, raw.get(kind))
+    readers = data.get("readers")
+    for index, raw in enumerate(readers if isinstance(readers, list) else []):
+        add("reader", f"readers[{index}]", 0, raw)
+    add("indicator", "indicator", 0, data.get("indicator"))
+    station = data.get("station")
+    grid = station.get("grid") if isinstance(station, dict) else None
+    if isinstance(grid, dict) and grid.get("enabled", True) is not False:
+        add("meter", "station.grid.meter", 0, grid.get("meter"))
+    return out
+
+
+def hardware_problems(data: dict[str, Any]) -> list[ConfigProblem]:
+    """Every device's driver options, checked by building the driver against mock GPIO pins.
+
+    Nothing is opened or switched (a running service may own the hardware). Each device is built on its
+    own, so one wrong option does not hide the problems of the others; pin and bus conflicts are still
+    found because all devices share one build context, as in ``build_hardware``.
+    """
+    from hal.interfaces import HardwareConfigError
+    from hal.registry import BuildContext, build
+
+    try:
+        from gpiozero.pins.mock import MockFactory
+
+        ctx = BuildContext(gpio_pin_factory=MockFactory())
+    except ImportError:
+        ctx = BuildContext()
+    problems: list[ConfigProblem] = []
+    for kind, key, connector_id, options in _device_tables(data):
+        try:
+            build(kind, options, key, connector_id, ctx)
+        except HardwareConfigError as exc:
+            problems.append(hardware_problem(exc))
+        except Exception as exc:  # a driver that cannot even be constructed: say which
+            problems.append(ConfigProblem(key, options.get("driver", "sim"),
+                                          f"the driver could not be set up: {type(exc).__name__}: {exc}"))
+    return problems
+
+
+_UNKNOWN_OPTION = "unknown option; known: "
+
+
+def hardware_problem(exc: Any) -> ConfigProblem:
+    """A driver's HardwareConfigError as a ConfigProblem: "(missing)" instead of None, and a
+    "did you mean" for a misspelt driver option (``relay_pn`` → ``relay_pin``)."""
+    allowed = str(exc.allowed)
+    if allowed.startswith(_UNKNOWN_OPTION):
+        known = [k.strip() for k in allowed[len(_UNKNOWN_OPTION):].split(",") if k.strip()]
+        guess = did_you_mean(str(exc.key).rsplit(".", 1)[-1], known)
+        if guess is not None:
+            allowed = f"unknown option; did you mean {guess!r}?"
+    return ConfigProblem(str(exc.key), _MISSING if exc.value is None else exc.value, allowed)
 
 
 def simulated_config(
@@ -390,6 +560,7 @@ def simulated_config(
     password: str | None = None,
     grid: dict[str, Any] | None = None,
     max_current_a: float = 32.0,
+    status_socket: str | None = None,
 ) -> Config:
     """The configuration ``chargepoint simulate`` and the demo use: every device simulated."""
     sim = {"driver": "sim"}
@@ -417,4 +588,64 @@ def simulated_config(
         data["csms"]["password"] = password
     if grid is not None:
         data["station"]["grid"] = grid
+    if status_socket:
+        data["chargepoint"]["status_socket"] = status_socket
     return parse_config(data, "<simulate>")
+
+
+def simulated_from(
+    config: Config,
+    *,
+    state_dir: str | Path,
+    csms_url: str | None = None,
+    charge_point_id: str | None = None,
+    password: str | None = None,
+    ocpp_keys: dict[str, Any] | None = None,
+    status_socket: str | None = None,
+    ev_reaction_s: float = 0.05,
+) -> Config:
+    """An installer's own configuration with every device simulated (``chargepoint simulate --config``).
+
+    Everything else stays as the file says: identity, central system, password, CA file, station and
+    connector limits, phases, ventilation, OCPP keys, log level, status socket — so the rehearsal behaves
+    as the wallbox will. The same devices exist (a lock only where the file has one, as many readers),
+    but never the file's state directory: that is the live service's store. The overrides are checked
+    like the file (ConfigError).
+    """
+    problems: list[ConfigProblem] = []
+    if csms_url is not None and (problem := _csms_url_problem(csms_url)):
+        problems.append(ConfigProblem("--csms", csms_url, problem))
+    if charge_point_id is not None and (problem := _charge_point_id_problem(charge_point_id)):
+        problems.append(ConfigProblem("--id", charge_point_id, problem))
+    keys = {**config.ocpp_keys, **(ocpp_keys or {})}
+    for key, value, allowed in _ocpp_key_problems(ocpp_keys or {}, number_of_connectors=len(config.connectors)):
+        problems.append(ConfigProblem(f"--key {key}", value, allowed))
+    if problems:
+        raise ConfigError("simulate", problems)
+    sim: dict[str, Any] = {"driver": "sim"}
+    state = Path(state_dir)
+    connectors = []
+    for c in config.connectors:
+        devices: dict[str, dict[str, Any]] = {}
+        for kind in c.devices:
+            if kind == "pilot":
+                devices[kind] = {**sim, "ev_reaction_s": ev_reaction_s}
+            elif kind == "meter":
+                devices[kind] = {**sim, "phases": c.phases, "persist_path": str(state / f"sim-meter-{c.id}.wh")}
+            else:
+                devices[kind] = dict(sim)
+        connectors.append(replace(c, devices=devices))
+    grid = config.station.grid
+    return replace(
+        config,
+        charge_point_id=charge_point_id or config.charge_point_id,
+        csms=replace(config.csms, url=csms_url or config.csms.url,
+                     password=password if password is not None else config.csms.password),
+        connectors=connectors,
+        station=replace(config.station, grid=replace(grid, meter=dict(sim)) if grid is not None else None),
+        readers=[dict(sim) for _ in config.readers],
+        indicator=dict(sim) if config.indicator is not None else None,
+        ocpp_keys=keys,
+        state_dir=state,
+        status_socket=status_socket or config.status_socket,
+    )

@@ -5,6 +5,9 @@ Commands, one per line (answers on stdout, logs on stderr):
   fault C KIND | clear C KIND     (KIND: rcd, weld, meter, overcurrent, diode, cp_short, lock, overtemp)
   status                          (one JSON line)
   quit                            (end of input also quits)
+
+With ``--config FILE`` the installer's own configuration runs with every device simulated (see
+:func:`chargepoint.config.simulated_from`); with a status socket, ``chargepoint status`` works against it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class Simulator:
         if cmd == "tap" and len(args) == 1:
             if len(args[0]) > 20:
                 raise ValueError("an idTag has at most 20 characters (OCPP 1.6 CiString20)")
+            if not self.bench.readers:
+                raise ValueError("this configuration has no RFID reader ([[readers]]): start a session with "
+                                 "RemoteStartTransaction from the central system")
             self.bench.readers[0].present(args[0])
             return {"ok": True}
         if cmd == "ev" and len(args) == 2 and args[1] in ("suspend", "resume"):

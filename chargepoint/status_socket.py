@@ -1,10 +1,19 @@
 """A local status socket: ``chargepoint status`` asks the running service what it is doing.
 
 The service listens on a Unix stream socket (default
-``/run/chargepoint/status.sock``, in systemd's ``RuntimeDirectory=``). Each
-connection receives one JSON snapshot followed by a newline, then the server
-closes it; the client sends nothing. The snapshot shape is documented in
-:mod:`chargepoint.service`.
+``/run/chargepoint/status.sock``, in systemd's ``RuntimeDirectory=``). A client
+sends one request line and gets one answer, then the server closes the
+connection:
+
+* ``status`` (or nothing: a client that sends nothing within
+  :attr:`StatusServer.request_wait_s` gets the status too, e.g. ``socat -
+  UNIX-CONNECT:…``): one JSON snapshot and a newline. The snapshot shape is
+  documented in :mod:`chargepoint.service`.
+* ``store-copy``: a consistent copy of the state store, for ``chargepoint
+  diagnostics`` (the store holds an exclusive SQLite lock, so no other process
+  can read the file while the controller runs). The answer is a JSON header
+  line ``{"ok": true, "files": [{"name": "state.db", "size": N}]}`` followed by
+  the files' bytes in that order, or ``{"ok": false, "error": "…"}``.
 
 Access control is the file itself: mode 0660 with the service's group, so only
 root and members of that group (``adduser pi chargepoint``) may connect. The
@@ -21,6 +30,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,8 +49,22 @@ CONNECTOR_KEYS = (
     "contactor", "transaction_id", "limit_a", "limit_source", "error_code",
 )
 
+#: The longest request line a client may send.
+MAX_REQUEST_BYTES = 256
+#: Largest file a ``store-copy`` answer may announce (a sanity bound for the client, not a quota).
+MAX_STORE_FILE_BYTES = 4 << 30
+
 Snapshot = Mapping[str, Any]
 SnapshotSource = Callable[[], Snapshot | Awaitable[Snapshot]]
+#: Makes a consistent copy of the state store; returns a directory holding it (removed after sending)
+#: or None when no copy could be made.
+StoreCopier = Callable[[], Path | None | Awaitable[Path | None]]
+
+
+class StatusSocketInUse(OSError, RuntimeError):
+    """The socket path is taken (another controller serves it, or it is not a socket). An OSError, so that
+    the controller logs it and carries on, as for any socket that cannot be bound (``simulate --config``
+    with the live service's path while the service runs)."""
 
 
 class StatusUnavailable(Exception):
@@ -63,12 +87,16 @@ class StatusServer:
         *,
         mode: int = 0o660,
         write_timeout: float = 5.0,
+        store_copy: StoreCopier | None = None,
+        request_wait_s: float = 0.5,
     ) -> None:
         self.path = Path(path)
         self.snapshot = snapshot
         self.group = group
         self.mode = mode
         self.write_timeout = write_timeout
+        self.store_copy = store_copy
+        self.request_wait_s = request_wait_s
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None
 
@@ -89,7 +117,7 @@ class StatusServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
-            raise RuntimeError(f"{self.path} exists and is not a socket; refusing to replace it")
+            raise StatusSocketInUse(f"{self.path} exists and is not a socket; refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
@@ -97,7 +125,7 @@ class StatusServer:
         except OSError:
             self.path.unlink(missing_ok=True)  # nobody listening: stale
         else:
-            raise RuntimeError(f"another process already serves {self.path}")
+            raise StatusSocketInUse(f"another process already serves {self.path}")
         finally:
             probe.close()
 
@@ -133,17 +161,66 @@ class StatusServer:
             result = await result
         return result
 
+    async def _read_request(self, reader: asyncio.StreamReader) -> str:
+        """The client's request word; "status" when it sends nothing (older clients, socat)."""
+        try:
+            line = await asyncio.wait_for(reader.readline(), self.request_wait_s)
+        except TimeoutError:
+            return "status"
+        except ValueError:  # a line longer than the reader's limit
+            return "(too long)"
+        if len(line) > MAX_REQUEST_BYTES:
+            return "(too long)"
+        return line.decode("utf-8", errors="replace").strip().lower() or "status"
+
+    async def _send_json(self, writer: asyncio.StreamWriter, obj: Any) -> None:
+        writer.write(json.dumps(obj, default=str, ensure_ascii=False).encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), self.write_timeout)
+
+    async def _send_store_copy(self, writer: asyncio.StreamWriter) -> None:
+        if self.store_copy is None:
+            await self._send_json(writer, {"ok": False, "error": "this controller has no state store to copy"})
+            return
+        try:
+            made = self.store_copy()
+            copy_dir = await made if inspect.isawaitable(made) else made
+        except Exception as exc:
+            log.exception("state store copy for a local client failed")
+            await self._send_json(writer, {"ok": False, "error": f"copy failed: {type(exc).__name__}: {exc}"})
+            return
+        if copy_dir is None:
+            await self._send_json(writer, {"ok": False, "error": "the state store could not be copied "
+                                                                 "(the service's journal says why)"})
+            return
+        try:
+            files = sorted(f for f in Path(copy_dir).iterdir() if f.is_file())
+            await self._send_json(writer, {"ok": True, "files": [{"name": f.name, "size": f.stat().st_size}
+                                                                  for f in files]})
+            for f in files:
+                with f.open("rb") as fh:
+                    while chunk := await asyncio.to_thread(fh.read, 1 << 16):
+                        writer.write(chunk)
+                        await asyncio.wait_for(writer.drain(), self.write_timeout)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, copy_dir, True)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            request = await self._read_request(reader)
+            if request == "store-copy":
+                await self._send_store_copy(writer)
+                return
+            if request != "status":
+                await self._send_json(writer, {"error": f"unknown request {request[:40]!r}; "
+                                                        "requests: status, store-copy"})
+                return
             try:
                 snap: Any = await self._take_snapshot()
             except Exception as exc:
                 log.exception("status snapshot failed")
                 snap = {"error": f"snapshot failed: {type(exc).__name__}: {exc}"}
-            payload = json.dumps(snap, default=str, ensure_ascii=False).encode() + b"\n"
-            writer.write(payload)
-            await asyncio.wait_for(writer.drain(), self.write_timeout)
-        except (ConnectionError, TimeoutError) as exc:
+            await self._send_json(writer, snap)
+        except (ConnectionError, TimeoutError, OSError) as exc:
             log.debug("status client went away: %s", exc)
         finally:
             writer.close()
@@ -170,9 +247,10 @@ class StatusServer:
         await self.stop()
 
 
-async def fetch_status(path: str | os.PathLike[str] = DEFAULT_STATUS_SOCKET, timeout: float = 5.0) -> dict:
-    """Read one snapshot from a running service; raises StatusUnavailable with a helpful message."""
-    where = str(path)
+async def _connect(
+    where: str, timeout: float, request: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect and send the request line; StatusUnavailable says why that failed and what to do."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(where), timeout)
     except FileNotFoundError:
@@ -191,7 +269,24 @@ async def fetch_status(path: str | os.PathLike[str] = DEFAULT_STATUS_SOCKET, tim
     except OSError as exc:
         raise StatusUnavailable(f"cannot connect to {where}: {exc.strerror or exc}") from None
     try:
-        data = await asyncio.wait_for(reader.read(MAX_SNAPSHOT_BYTES + 1), timeout)
+        writer.write(request.encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), timeout)
+    except (ConnectionError, TimeoutError):
+        pass  # a server of an older release answers without reading; its answer is still there to read
+    return reader, writer
+
+
+async def fetch_status(path: str | os.PathLike[str] = DEFAULT_STATUS_SOCKET, timeout: float = 5.0) -> dict:
+    """Read one snapshot from a running service; raises StatusUnavailable with a helpful message."""
+    where = str(path)
+    reader, writer = await _connect(where, timeout, "status")
+    try:
+        data = b""
+        while len(data) <= MAX_SNAPSHOT_BYTES:  # until the server closes: one read may return a part
+            chunk = await asyncio.wait_for(reader.read(MAX_SNAPSHOT_BYTES + 1 - len(data)), timeout)
+            if not chunk:
+                break
+            data += chunk
     except TimeoutError:
         raise StatusUnavailable(f"the service did not answer on {where} within {timeout:g} s") from None
     except OSError as exc:
@@ -211,6 +306,57 @@ async def fetch_status(path: str | os.PathLike[str] = DEFAULT_STATUS_SOCKET, tim
     if "error" in snap and "connectors" not in snap:
         raise StatusUnavailable(f"the service could not build its status: {snap['error']}")
     return snap
+
+
+async def fetch_store_copy(
+    path: str | os.PathLike[str], dest_dir: str | os.PathLike[str], *, timeout: float = 60.0
+) -> list[Path]:
+    """Ask the running service for a consistent copy of its state store and write it into ``dest_dir``.
+
+    Returns the files written. Raises StatusUnavailable (the message says why) when nothing answers, the
+    service cannot make the copy, or it is a release without the ``store-copy`` request.
+    """
+    where = str(path)
+    dest = Path(dest_dir)
+    reader, writer = await _connect(where, timeout, "store-copy")
+    written: list[Path] = []
+    try:
+        try:
+            header_line = await asyncio.wait_for(reader.readline(), timeout)
+            header = json.loads(header_line)
+        except TimeoutError:
+            raise StatusUnavailable(f"the service did not answer on {where} within {timeout:g} s") from None
+        except (ValueError, OSError) as exc:
+            raise StatusUnavailable(f"the service on {where} sent no usable answer: {exc}") from None
+        if not isinstance(header, dict) or "ok" not in header:
+            raise StatusUnavailable(f"the service on {where} cannot copy its state store (an older release)")
+        if header["ok"] is not True:
+            raise StatusUnavailable(f"the service could not copy its state store: {header.get('error')}")
+        for entry in header.get("files") or []:
+            name = str(entry.get("name", "")) if isinstance(entry, dict) else ""
+            size = entry.get("size") if isinstance(entry, dict) else None
+            if (not name or Path(name).name != name or name.startswith(".") or not isinstance(size, int)
+                    or isinstance(size, bool) or not 0 <= size <= MAX_STORE_FILE_BYTES):
+                raise StatusUnavailable(f"the service on {where} announced an unusable file: {entry!r}")
+            target = dest / name
+            written.append(target)
+            with target.open("wb") as fh:
+                left = size
+                while left:
+                    chunk = await asyncio.wait_for(reader.read(min(left, 1 << 16)), timeout)
+                    if not chunk:
+                        raise StatusUnavailable(f"the copy of {name} from {where} ended early")
+                    fh.write(chunk)
+                    left -= len(chunk)
+    except BaseException:
+        for target in written:
+            target.unlink(missing_ok=True)
+        raise
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return written
 
 
 def check_snapshot(snapshot: Any) -> list[str]:

@@ -75,3 +75,27 @@ async def test_run_refuses_a_bad_hardware_option_before_switching(tmp_path: Path
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 2
     assert b"connectors[0].meter.phases" in err and b"Traceback" not in err
+
+
+async def test_run_refuses_a_misspelt_station_key(tmp_path: Path) -> None:
+    """`max_curent_a = 16` must not leave the 32 A default in place: the controller does not start."""
+    cfg = tmp_path / "cp.toml"
+    cfg.write_text(
+        CONFIG.format(state=tmp_path / "s", url="ws://127.0.0.1:9/ocpp").replace(
+            "[[connectors]]", "[station]\nmax_curent_a = 16\n[[connectors]]"
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chargepoint", "run", "--config", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2, err.decode()
+    assert b"station.max_curent_a = 16: unknown key; did you mean 'max_current_a'?" in err
+    assert b"Traceback" not in err
+    assert not (tmp_path / "s").exists()  # refused before the store was even opened

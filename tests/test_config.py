@@ -163,3 +163,100 @@ def test_check_config_checks_driver_options_without_touching_hardware(tmp_path: 
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "suggestion"),
+    [
+        (("[csms]", "[station]\nmax_curent_a = 16\n[csms]"), "station.max_curent_a", "max_current_a"),
+        (('id = "CP-1"', 'id = "CP-1"\nstate_dri = "/tmp/x"'), "chargepoint.state_dri", "state_dir"),
+        (("[csms]", '[logging]\nlevl = "debug"\n[csms]'), "logging.levl", "level"),
+        (("[csms]\n", '[csms]\npasword = "x"\n'), "csms.pasword", "password"),
+        (("id = 1\n", "id = 1\nmax_curent_a = 16\n"), "connectors[0].max_curent_a", "max_current_a"),
+        (("[csms]", "[statoin]\n[csms]"), "statoin", "station"),
+        (("[csms]", "[ocpp]\nheartbeatinterval = 60\n[csms]"), "ocpp.heartbeatinterval", "HeartbeatInterval"),
+        (
+            ("[csms]", '[station.grid]\nlimit = 35\nmeter = { driver = "sim" }\n[csms]'),
+            "station.grid.limit",
+            "limit_a",
+        ),
+    ],
+)
+def test_every_section_rejects_unknown_keys_with_a_suggestion(
+    change: tuple[str, str], key: str, suggestion: str
+) -> None:
+    import tomllib
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(GOOD.replace(*change, 1)))
+    problem = next((p for p in err.value.problems if p.key == key), None)
+    assert problem is not None, str(err.value)
+    assert f"did you mean {suggestion!r}" in str(problem)
+
+
+def test_unknown_key_without_a_near_miss_lists_the_allowed_ones() -> None:
+    import tomllib
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(GOOD.replace("[csms]", "[station]\nzzz = 1\n[csms]")))
+    assert "station.zzz = 1: unknown key; allowed: grid, max_current_a, nominal_voltage_v" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("NumberOfConnectors", "5"), ("SupportedFeatureProfiles", '"Core"'), ("GetConfigurationMaxKeys", "5"),
+     ("LocalAuthListMaxLength", "20000")],
+)
+def test_read_only_ocpp_keys_are_refused(key: str, value: str) -> None:
+    import tomllib
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(GOOD.replace("[csms]", f"[ocpp]\n{key} = {value}\n[csms]")))
+    assert any(p.key == f"ocpp.{key}" and "read-only" in p.allowed for p in err.value.problems), str(err.value)
+
+
+def test_read_only_capacity_limits_may_be_lowered() -> None:
+    import tomllib
+
+    text = GOOD.replace("[csms]", "[ocpp]\nLocalAuthListMaxLength = 500\nReserveConnectorZeroSupported = false\n[csms]")
+    assert parse_config(tomllib.loads(text)).ocpp_keys["LocalAuthListMaxLength"] == 500
+
+
+def test_no_python_none_in_messages(tmp_path: Path) -> None:
+    import tomllib
+
+    text = GOOD.split("[[connectors]]")[0] + "[station.grid]\nlimit_a = 35\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text))
+    assert {"connectors", "station.grid.meter"} <= {p.key for p in err.value.problems}
+    assert "None" not in str(err.value) and "(missing)" in str(err.value)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD + '[[readers]]\ndriver = "rdm6300"\n')
+    out = subprocess.run([sys.executable, "-m", "chargepoint", "check-config", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "readers[0].port = (missing)" in out.stderr, out.stderr
+    assert "None" not in out.stderr
+
+
+def test_check_config_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    """A section typo, a read-only OCPP key and two driver-option mistakes: all four at once."""
+    text = (
+        EXAMPLE.read_text()
+        .replace("max_current_a = 32                # the installation", "max_curent_a = 16  # the installation")
+        .replace("HeartbeatInterval = 300", "HeartbeatInterval = 300\nNumberOfConnectors = 2")
+        .replace("relay_pin = 17", "relay_pn = 17")
+        .replace("fault_pin = 5", "fault_pin = 16")  # the green LED pin: the indicator, built later, clashes
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "chargepoint", "check-config", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    for expected in (
+        "station.max_curent_a = 16: unknown key; did you mean 'max_current_a'?",
+        "ocpp.NumberOfConnectors = 2: read-only",
+        "connectors[0].contactor.relay_pn = 17: unknown option; did you mean 'relay_pin'?",
+        "connectors[0].indicator.green_pin = 16: a GPIO not already used (taken by connectors[0].rcm.fault_pin)",
+    ):
+        assert expected in out.stderr, out.stderr
+    assert "4 problem(s)" in out.stderr, out.stderr

@@ -79,7 +79,8 @@ class ServiceFeature(_Base):
         self.watchdog.start()
         path = status_socket_path(self.config.status_socket)
         if path is not None:
-            server = StatusServer(path, self.snapshot)
+            # store-copy: `chargepoint diagnostics` cannot read the exclusively locked store itself.
+            server = StatusServer(path, self.snapshot, store_copy=getattr(self, "_copy_store", None))
             try:
                 await server.start()
                 self.status_server = server
