@@ -36,6 +36,7 @@ from ocpp.messages import Call, CallError, CallResult, MessageType, get_validato
 from ocpp.v16 import ChargePoint as _LibraryChargePoint
 from ocpp.v16.enums import Action
 
+from chargepoint.privacy import mask_tags_in_text
 from chargepoint.protocol.outbox import CallErrorReceived
 
 # Schema validation of a 1.6 payload takes ~0.2 ms; the library's default runs it in a thread pool, and the
@@ -131,6 +132,12 @@ class OcppSession(_LibraryChargePoint):
         self.accept_calls: Callable[[str], str | None] = lambda action: None
 
     # ------------------------------------------------------------------ incoming
+    async def start(self) -> None:
+        """The library's reader loop without its INFO line per raw frame: route_message logs each
+        incoming CALL once (validated, tags masked), answers at DEBUG."""
+        while True:
+            await self.route_message(await self._connection.recv())
+
     async def route_message(self, raw_msg: str | bytes) -> None:
         unique_id = "-1"
         if isinstance(raw_msg, bytes):
@@ -154,8 +161,9 @@ class OcppSession(_LibraryChargePoint):
             try:
                 parsed = CallResult(*msg[1:]) if type_id == MessageType.CallResult else CallError(*msg[1:])
             except TypeError:
-                log.warning("ignoring malformed response frame: %.200s", raw_msg)
+                log.warning("ignoring malformed response frame: %.200s", mask_tags_in_text(raw_msg))
                 return
+            log.debug("← %s", mask_tags_in_text(raw_msg[:1000]))
             self._response_queue.put_nowait(parsed)
             return
         if type_id != MessageType.Call:
@@ -192,7 +200,7 @@ class OcppSession(_LibraryChargePoint):
         # Validated above with the 1.6 error-code mapping: the library need not validate the request again
         # (a SendLocalList of 10,000 entries costs ~150 ms per validation).
         self.route_map[action]["_skip_schema_validation"] = True
-        log.info("← %s %s", action, json.dumps(payload)[:500], extra={"OCPP_ACTION": action})
+        log.info("← %s %s", action, mask_tags_in_text(json.dumps(payload)[:500]), extra={"OCPP_ACTION": action})
         try:
             await self._handle_call(Call(unique_id, action, payload))
         except OCPPError as exc:
@@ -215,7 +223,7 @@ class OcppSession(_LibraryChargePoint):
                 message = json.dumps(frame, separators=(",", ":"))
             except (ValueError, IndexError):
                 pass
-        log.debug("→ %s", message[:1000])
+        log.debug("→ %s", mask_tags_in_text(message[:1000]))
         await self._connection.send(message)
 
     # ------------------------------------------------------------------ outgoing
