@@ -35,7 +35,7 @@ import re
 import secrets
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,16 @@ def salt_for_state_dir(state_dir: str | Path | None) -> tuple[bytes, str | None]
 # ------------------------------------------------------------------------------------------------ masking
 
 
+_hmac_base: tuple[bytes, Any] | None = None  # (secret, HMAC keyed with it): copying is faster than keying
+
+
+def _keyed(salt: bytes) -> Any:
+    global _hmac_base
+    if _hmac_base is None or _hmac_base[0] != salt:
+        _hmac_base = (salt, hmac.new(salt, digestmod=hashlib.sha256))
+    return _hmac_base[1].copy()
+
+
 def mask_id_tag(id_tag: str | None, salt: bytes | None = None) -> str:
     """``"04A2B3C4D5"`` -> ``"tag:3f9a1c2e"``: the one mask of an idTag (``""`` for no tag).
 
@@ -170,9 +180,9 @@ def mask_id_tag(id_tag: str | None, salt: bytes | None = None) -> str:
     """
     if id_tag is None or id_tag == "":
         return ""
-    key = _salt if salt is None else salt
-    digest = hmac.new(key, id_tag.upper().encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-    return MASK_PREFIX + digest[:MASK_HEX_DIGITS]
+    h = _keyed(_salt if salt is None else salt)
+    h.update(id_tag.upper().encode("utf-8", "surrogatepass"))
+    return MASK_PREFIX + h.hexdigest()[:MASK_HEX_DIGITS]
 
 
 def is_mask(value: object) -> bool:
@@ -180,55 +190,57 @@ def is_mask(value: object) -> bool:
     return isinstance(value, str) and _MASK_RE.match(value) is not None
 
 
-# Field names that carry an idTag: idTag, parentIdTag, id_tag, parent_id_tag, stop_id_tag, tx_id_tag …
-# (never idTagInfo: the name must end at "tag").
-_KEY = r"[A-Za-z_]*?id_?tag"
-_TAG_FIELDS: list[tuple[re.Pattern[str], str]] = [
-    # JSON / Python repr with double quotes: "idTag": "…", 'idTag': "O'Neil"
-    (re.compile(rf"""(?P<head>["']{_KEY}["']\s*:\s*)"(?P<val>(?:[^"\\\n]|\\.)*)\"""", re.I), "json"),
-    # Python repr with single quotes: 'idTag': '…'
-    (re.compile(rf"""(?P<head>["']{_KEY}["']\s*:\s*)'(?P<val>(?:[^'\\\n]|\\.)*)'""", re.I), "repr'"),
-    # keyword / dataclass repr and key=value text: id_tag='…', parentIdTag="…"
-    (re.compile(rf"""(?P<head>(?<![\w"'])(?:{_KEY})\s*=\s*)"(?P<val>(?:[^"\\\n]|\\.)*)\"""", re.I), "json"),
-    (re.compile(rf"""(?P<head>(?<![\w"'])(?:{_KEY})\s*=\s*)'(?P<val>(?:[^'\\\n]|\\.)*)'""", re.I), "repr'"),
-    # a JSON frame inside a JSON string: \"idTag\": \"…\"
-    (re.compile(rf"""(?P<head>\\"{_KEY}\\"\s*:\s*)\\"(?P<val>.*?)\\\"""", re.I), "escaped"),
-]
+# A field that carries an idTag: its name ends in idTag / id_tag (idTag, parentIdTag, id_tag, stop_id_tag …,
+# never idTagInfo), then the name's closing quote if any, ":" or "=", and a quoted value. The match starts
+# at "id" (the name's prefix does not matter), which keeps the scan of a long frame fast.
+_TAG_FIELD = re.compile(
+    r"""id_?tag(?P<kq>\\?["']|)(?P<sep>\s*[:=]\s*)(?:"""
+    r""""(?P<dq>(?:[^"\\\n]|\\.)*)"|"""  # JSON, or a Python repr in double quotes: "idTag": "…"
+    r"""'(?P<sq>(?:[^'\\\n]|\\.)*)'|"""  # Python repr: 'idTag': '…', id_tag='…'
+    r"""\\"(?P<eq>.*?)\\")""",  # a frame inside a JSON string: \"idTag\": \"…\"
+    re.IGNORECASE,
+)
 
 
-def _unquote(raw: str, style: str) -> str:
-    """The tag as the charger saw it, so the mask in a frame equals the mask in ID_TAG."""
+def _field_value(m: re.Match[str]) -> tuple[str, str, str]:
+    """(value as written, the tag it stands for, the quote around it)."""
+    if m.group("dq") is not None:
+        raw = m.group("dq")
+        try:
+            return raw, str(json.loads(f'"{raw}"')), '"'
+        except ValueError:
+            return raw, raw, '"'
+    if m.group("sq") is not None:
+        raw = m.group("sq")
+        try:
+            return raw, str(ast.literal_eval(f"'{raw}'")), "'"
+        except (ValueError, SyntaxError):
+            return raw, raw, "'"
+    raw = m.group("eq")
     try:
-        if style == "json":
-            return str(json.loads(f'"{raw}"'))
-        if style == "repr'":
-            return str(ast.literal_eval(f"'{raw}'"))
-        return str(json.loads(json.loads(f'"\\"{raw}\\""')))
-    except (ValueError, SyntaxError):
-        return raw
+        return raw, str(json.loads(json.loads(f'"\\"{raw}\\""'))), '\\"'
+    except ValueError:
+        return raw, raw, '\\"'
 
 
 def mask_tags_in_text(text: str, salt: bytes | None = None) -> str:
     """Mask every idTag/parentIdTag value written as a field in ``text`` (OCPP-J frames, payload reprs).
 
-    Parse-free on purpose: it runs on every log record and on truncated frames. Values that already are
-    masks stay as they are.
+    Parse-free on purpose: it runs on every log record and on truncated frames. The mask is that of the tag
+    the text stands for (JSON or Python escapes undone), so it equals the journal's ID_TAG. Values that
+    already are masks stay as they are.
     """
-    if "tag" not in text.lower():
+    if "tag" not in text and "Tag" not in text and "TAG" not in text:
         return text
-    for pattern, style in _TAG_FIELDS:
 
-        def repl(m: re.Match[str], style: str = style) -> str:
-            raw = m.group("val")
-            if is_mask(raw) or raw == "":
-                return m.group(0)
-            quote = m.group(0)[len(m.group("head"))]
-            if style == "escaped":
-                return f'{m.group("head")}\\"{mask_id_tag(_unquote(raw, style), salt)}\\"'
-            return f"{m.group('head')}{quote}{mask_id_tag(_unquote(raw, style), salt)}{quote}"
+    def repl(m: re.Match[str]) -> str:
+        raw, tag, quote = _field_value(m)
+        if raw == "" or is_mask(raw):
+            return m.group(0)
+        head = m.group(0)[: m.end("sep") - m.start()]
+        return f"{head}{quote}{mask_id_tag(tag, salt)}{quote}"
 
-        text = pattern.sub(repl, text)
-    return text
+    return _TAG_FIELD.sub(repl, text)
 
 
 # ------------------------------------------------------------------------------------------------ command
