@@ -294,3 +294,34 @@ def test_authorization_messages_name_a_tag_by_its_mask() -> None:
     assert result.status == "Failed" and "more than once" in result.reason
     _assert_absent("the SendLocalList reason", result.reason, TAG)
     assert mask_id_tag(TAG) in result.reason
+
+
+async def test_get_diagnostics_masks_tags_like_the_journal(e2e_rig: Any) -> None:
+    """GetDiagnostics builds the archive inside the controller, from a copy of the store that has no secret
+    file next to it: the masks must still be the journal's (the installation's secret)."""
+    from fakes_firmware import HttpServer
+
+    with HttpServer() as http:
+        rig = await e2e_rig()
+        rig.bench.ev(1).plug()
+        rig.tap(TAG)
+        await rig.cs.wait_for_message("StartTransaction")
+        await rig.wait(lambda: rig.controller.connectors[1].tx is not None)
+        conf = await rig.call("GetDiagnostics", {"location": f"{http.base}/diag/", "retries": 1})
+        name = conf["fileName"]
+        await rig.wait(lambda: f"/diag/{name}" in http.received, timeout=20)
+        body = http.received[f"/diag/{name}"]
+    raw = gzip.decompress(body).decode("latin-1")
+    _assert_absent("the uploaded diagnostics archive", raw, TAG)
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tf:
+        db_member = next(m for m in tf.getmembers() if m.name.startswith("diagnostics/state/"))
+        data = tf.extractfile(db_member).read()  # type: ignore[union-attr]
+        manifest = tf.extractfile("diagnostics/manifest.json").read().decode()  # type: ignore[union-attr]
+    assert "one-off" not in manifest
+    copy = Path(rig.controller.config.state_dir).parent / "copy.db"
+    copy.write_bytes(data)
+    c = sqlite3.connect(copy)
+    try:
+        assert {r[0] for r in c.execute("SELECT id_tag FROM transactions")} == {mask_id_tag(TAG)}
+    finally:
+        c.close()
