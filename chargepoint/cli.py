@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_firmware)
     p = sub.add_parser("mask-tag", help="the mask this charger logs for an id tag (journalctl ID_TAG=…)")
     p.add_argument("tag")
-    p.add_argument("--state-dir", help="state directory (default: the configuration's, /var/lib/chargepoint)")
+    p.add_argument("--state-dir", help="state directory (default /var/lib/chargepoint)")
     p.add_argument("--config", help="take the state directory from this configuration")
     p.set_defaults(func=cmd_mask_tag)
     return parser
