@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
+from chargepoint.privacy import mask_id_tag
+
 AuthStatus = Literal["Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"]
 AUTH_STATUSES: frozenset[str] = frozenset({"Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"})
 UpdateType = Literal["Full", "Differential"]
@@ -60,10 +62,18 @@ def norm_id_tag(id_tag: str) -> str:
     return id_tag.upper()
 
 
+def _shown(value: object) -> str:
+    """An idTag in a message (they end up in logs): its mask and length, never the tag (chargepoint.privacy).
+    A value that is not a string is no card: its type is what helps."""
+    if isinstance(value, str):
+        return f"{mask_id_tag(value) or '(empty)'} ({len(value)} characters)"
+    return f"<{type(value).__name__}>"
+
+
 def _check_id_tag(value: object, field_name: str) -> str:
     if not is_valid_id_tag(value):
         raise AuthDataError(
-            f"{field_name}={value!r} is not a valid idTag: need a string of 1..{ID_TAG_MAX_LEN} "
+            f"{field_name}={_shown(value)} is not a valid idTag: need a string of 1..{ID_TAG_MAX_LEN} "
             "printable ASCII characters"
         )
     assert isinstance(value, str)
@@ -255,7 +265,7 @@ class LocalAuthList:
             tag, info = _info_from_row(row, "local list")
             key = norm_id_tag(tag)
             if key in entries:
-                raise AuthDataError(f"local list rows contain idTag {tag!r} twice")
+                raise AuthDataError(f"local list rows contain idTag {_shown(tag)} twice")
             entries[key] = info
         return cls(version, entries)
 
@@ -282,7 +292,7 @@ def _parse_entry(raw: object, index: int, update_type: str) -> tuple[str, IdTagI
     if raw_info is None:
         if update_type == "Full":
             # §5.15 / AuthorizationData: idTagInfo is "Required when UpdateType is Full".
-            raise AuthDataError(f"{what} (idTag {tag!r}) lacks idTagInfo, required in a Full update")
+            raise AuthDataError(f"{what} (idTag {_shown(tag)}) lacks idTagInfo, required in a Full update")
         return tag, None
     try:
         return tag, IdTagInfo.from_ocpp(raw_info)
@@ -353,7 +363,7 @@ def apply_send_local_list(
             # §5.15: "All idTags in the localAuthorizationList MUST be unique, no duplicate values are
             # allowed."
             return SendLocalListResult(
-                "Failed", None, f"idTag {tag!r} appears more than once in localAuthorizationList"
+                "Failed", None, f"idTag {_shown(tag)} appears more than once in localAuthorizationList"
             )
         parsed[key] = (tag, info)
 
@@ -570,7 +580,7 @@ def decide(
     """
     _require_aware(now)
     if not is_valid_id_tag(id_tag):
-        return Decision("Refused", None, "invalid-tag", f"idTag {id_tag!r} is not 1..20 printable ASCII")
+        return Decision("Refused", None, "invalid-tag", f"idTag {_shown(id_tag)} is not 1..20 printable ASCII")
     list_info, cache_info = _local_infos(id_tag, now, local_list, cache)
 
     negative = _first_negative(list_info, cache_info, config)
@@ -665,7 +675,7 @@ def decide_stop(
     _require_aware(now)
     if not is_valid_id_tag(presented_tag):
         return Decision(
-            "Refused", None, "invalid-tag", f"idTag {presented_tag!r} is not 1..20 printable ASCII"
+            "Refused", None, "invalid-tag", f"idTag {_shown(presented_tag)} is not 1..20 printable ASCII"
         )
     if is_valid_id_tag(tx_id_tag) and norm_id_tag(presented_tag) == norm_id_tag(tx_id_tag):
         return Decision("Accepted", None, "same-tag", "same identifier as the transaction")

@@ -422,6 +422,18 @@ def _diagnostics(args: argparse.Namespace, diag: Any, fw: Any) -> int:
     return code
 
 
+def cmd_mask_tag(args: argparse.Namespace) -> int:
+    from chargepoint.privacy import cli_mask_tag
+
+    state_dir = args.state_dir
+    if args.config:
+        config = _load(args.config)
+        if config is None:
+            return 2
+        state_dir = config.state_dir
+    return cli_mask_tag(args.tag, state_dir or "/var/lib/chargepoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from chargepoint import __version__
 
@@ -500,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=24.0, help="journal window: the last N hours (default 24)")
     p.add_argument("--root", default=default_root)
     p.set_defaults(func=cmd_firmware)
+    p = sub.add_parser("mask-tag", help="the mask this charger logs for an id tag (journalctl ID_TAG=…)")
+    p.add_argument("tag")
+    p.add_argument("--state-dir", help="state directory (default /var/lib/chargepoint)")
+    p.add_argument("--config", help="take the state directory from this configuration")
+    p.set_defaults(func=cmd_mask_tag)
     return parser
 
 

@@ -26,6 +26,7 @@ from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
 from chargepoint.metering import iso, measured_current, sampled_values
 from chargepoint.overcurrent import OvercurrentMonitor
+from chargepoint.privacy import mask_id_tag
 from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
 from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
 from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
@@ -651,7 +652,7 @@ class ControllerCore:
             rt.id,
             _mask(id_tag),
             meter_start,
-            extra={"CONNECTOR_ID": rt.id, "OCPP_ACTION": "StartTransaction"},
+            extra={"CONNECTOR_ID": rt.id, "OCPP_ACTION": "StartTransaction", "ID_TAG": _mask(id_tag)},
         )
         self._emit_timeline("transaction_started", connector=rt.id, id_tag=id_tag, meter_start=meter_start)
         self.sender.wake()
@@ -1200,7 +1201,8 @@ class ControllerCore:
             if rt.state.session_tag == id_tag and not rt.state.in_transaction:
                 self.post(rt.id, cm.Stop("Local"))  # second tap before plugging in: cancel
                 return
-        accepted, info = await self.authorize(id_tag)
+        answer = await self.authorize(id_tag)
+        accepted, info = answer
         parent = (info or {}).get("parentIdTag")
         if accepted and parent:
             for rt in self.connectors.values():
@@ -1210,7 +1212,8 @@ class ControllerCore:
                     return
         target = self.reserved_connector_for(id_tag, parent) or self.connector_for_tag(id_tag)
         if not accepted or target is None:
-            log.info("tag %s refused (%s)", _mask(id_tag), (info or {}).get("status", "no free connector"))
+            why = "no free connector" if accepted else getattr(answer, "reason", "") or "not authorized"
+            log.info("tag %s refused (%s)", _mask(id_tag), why, extra={"ID_TAG": _mask(id_tag)})
             self._emit_timeline("refused", id_tag=id_tag)
             self.flash(target.id if target else None, IndicatorPattern.REFUSED)
             return
@@ -1351,10 +1354,8 @@ class _Barrier:
 
 
 def _mask(id_tag: str | None) -> str:
-    """Id tags are personal data: logs show only the first characters."""
-    if not id_tag:
-        return ""
-    return id_tag[:4] + "…" if len(id_tag) > 4 else id_tag
+    """Id tags are personal data: logs and status show only their mask (chargepoint.privacy)."""
+    return mask_id_tag(id_tag)
 
 
 def _default_session_class() -> type[OcppSession]:

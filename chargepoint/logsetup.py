@@ -12,8 +12,12 @@ Callers attach the fields with ``extra=log_fields(...)``::
                                                     ocpp_action="StartTransaction", id_tag=tag))
 
 Id tags are personal data (they identify a driver's card), so ``ID_TAG`` only
-ever holds :func:`mask_id_tag` of the tag: the first two characters and a
-hash suffix, enough to correlate sessions of one card without storing it.
+ever holds :func:`chargepoint.privacy.mask_id_tag` of the tag (``tag:3f9a1c2e``,
+a hash keyed with the installation's secret): enough to find one card's
+sessions, not enough to recover the card. The filter masks tags inside frames
+as well (``"idTag":"…"``, ``'idTag': '…'``, ``id_tag='…'``), whichever logger
+wrote them (the ``ocpp`` library's included), and masks an ``ID_TAG`` field a
+caller set in clear.
 
 :class:`RedactFilter` sits on the handler, so it sees every record of every
 logger: OCPP AuthorizationKey values, passwords and basic-auth credentials in
@@ -23,7 +27,6 @@ AuthorizationKey is the charge point's basic-auth password).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -31,6 +34,8 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
+
+from chargepoint.privacy import is_mask, mask_id_tag, mask_tags_in_text, set_salt
 
 try:  # systemd-python is an optional extra ([systemd])
     from systemd import journal as _sd_journal
@@ -50,24 +55,11 @@ FIELD_NAMES: dict[str, str] = {
 
 _JOURNAL_FIELD = re.compile(r"^[A-Z0-9][A-Z0-9_]{0,63}$")
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-_id_tag_salt = b""
 
 
 def set_id_tag_salt(salt: bytes) -> None:
-    """Key the id-tag hash with a per-installation secret.
-
-    A 4-byte card UID has few enough values that an unsalted hash can be
-    reversed by trying them all; with a secret salt (e.g. random bytes kept in
-    the state directory) the masked value only correlates entries.
-    """
-    global _id_tag_salt
-    _id_tag_salt = bytes(salt)
-
-
-def mask_id_tag(id_tag: str) -> str:
-    """``"04A1B2C3D4"`` -> ``"04…9f3a2b1c"``: first 2 characters + 8 hex digits of a salted hash."""
-    digest = hashlib.sha256(_id_tag_salt + id_tag.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{id_tag[:2]}…{digest[:8]}"
+    """Key the id-tag masks with ``salt`` (see :mod:`chargepoint.privacy`; kept for callers of this module)."""
+    set_salt(salt)
 
 
 def log_fields(
@@ -150,7 +142,7 @@ class RedactFilter(logging.Filter):
             text = text.replace(secret, REDACTED)
         for pattern, repl in _PATTERNS:
             text = pattern.sub(repl, text)
-        return text
+        return mask_tags_in_text(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -169,7 +161,9 @@ class RedactFilter(logging.Filter):
             record.stack_info = self.redact(record.stack_info)
         for name in FIELD_NAMES:
             value = getattr(record, name, None)
-            if isinstance(value, str):
+            if name == "ID_TAG" and value is not None and not is_mask(value):
+                setattr(record, name, mask_id_tag(str(value)))  # a caller passed the tag in clear
+            elif isinstance(value, str):
                 setattr(record, name, self.redact(value))
         return True
 
@@ -306,6 +300,9 @@ def setup_logging(
             old.close()
     root.addHandler(handler)
     root.setLevel(levelno)
+    # websockets' DEBUG lines dump frames cut in the middle ("…Tag":"04A2…"): the field name may be cut
+    # off, so an idTag in them cannot be found and masked. They stay off.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger("websockets").level))
     if fallback_warning:
         logging.getLogger(__name__).warning(fallback_warning)
     return handler

@@ -27,6 +27,7 @@ from chargepoint.firmware.diagnostics import (
     journalctl_reader,
     redact_config_text,
 )
+from chargepoint.logsetup import mask_id_tag
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -154,8 +155,9 @@ def test_archive_contents_and_no_secret_survives(charger, tmp_path):
     assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert dict(c.execute("SELECT key, value FROM config_keys")) == {
         "AuthorizationKey": "<redacted>", "HeartbeatInterval": "300", "MeterValueSampleInterval": "60"}
+    # id tags are personal data: masked as in the journal's ID_TAG field, the rest of the row kept
     assert c.execute("SELECT id, id_tag, meter_start FROM tx ORDER BY id").fetchall() == [
-        (1, "TAG-1", 1000), (2, "TAG-2", 2000)]
+        (1, mask_id_tag("TAG-1"), 1000), (2, mask_id_tag("TAG-2"), 2000)]
     assert c.execute("SELECT note FROM tx WHERE id=1").fetchone() == ("sent with ftp password <redacted>",)
     c.close()
     manifest = json.loads(members["diagnostics/manifest.json"])
@@ -256,6 +258,79 @@ def test_no_secret_survives_redaction(secret, key, style):
 def test_invalid_toml_is_still_redacted_line_by_line():
     out, notes = redact_config_text('password = "p4ss-word-1"\nbroken = = =\n')
     assert "p4ss-word-1" not in out and notes and "not valid TOML" in notes[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Id tags
+
+
+def test_id_tags_are_masked_in_every_member(tmp_path):
+    """Store columns, queued OCPP payloads, old journal lines (frames, free text), hardware summary: the tag
+    is nowhere in clear, its mask (the journal's ID_TAG value, with the installation's secret) is."""
+    from chargepoint.privacy import SALT_FILE, load_or_create_salt, mask_id_tag
+
+    tag, parent, listed = "04AB12CD34EF56", "GROUP-77AA01", "04FF00EE11DD22"
+    state = tmp_path / "state"
+    salt = load_or_create_salt(state)  # as the controller created it
+    db = sqlite3.connect(state / "state.db")
+    db.executescript(
+        "CREATE TABLE auth_cache (id_tag TEXT PRIMARY KEY, status TEXT, parent_id_tag TEXT) WITHOUT ROWID;"
+        "CREATE TABLE local_list (id_tag TEXT PRIMARY KEY, status TEXT) WITHOUT ROWID;"
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, action TEXT, payload TEXT);"
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT);")
+    db.execute("INSERT INTO auth_cache VALUES (?, 'Accepted', ?)", (tag, parent))
+    db.execute("INSERT INTO local_list VALUES (?, 'Accepted')", (listed,))
+    db.execute("INSERT INTO outbox VALUES (1, 'StopTransaction', ?)",
+               (json.dumps({"idTag": tag.lower(), "meterStop": 1200, "transactionId": 7}),))
+    db.execute("INSERT INTO notes VALUES (1, ?)", (f"card {tag} seen twice",))
+    db.commit()
+    db.close()
+    journal = [
+        f'2025-03-01T11:00:00+0000 cp chargepoint[1]: CP-1: receive message [2,"u1","RemoteStartTransaction",'
+        f'{{"idTag":"{tag}"}}]',
+        f"2025-03-01T11:00:01+0000 cp chargepoint[1]: Error while handling request 'Call(unique_id='u2', "
+        f"action='ReserveNow', payload={{'idTag': '{listed}', 'parentIdTag': '{parent}'}})'",
+        f"2025-03-01T11:00:02+0000 cp chargepoint[1]: tag presented: {tag[:4]}… (an old release)",
+        f"2025-03-01T11:00:03+0000 cp chargepoint[1]: stray {tag} in a message",
+        "2025-03-01T11:00:04+0000 cp chargepoint[1]: meter 1234567 Wh",
+    ]
+    out = build_archive(tmp_path / "d.tar.gz", state_dir=state, config_path=None,
+                        journal_reader=lambda since, until: journal,
+                        hardware_summary={"snapshot": {"id_tag": tag}}, now=T0)
+    members, raw = read_all(out)
+    text = raw.decode("latin-1")
+    for clear in (tag, tag.lower(), parent, listed):
+        assert clear not in text, clear
+    assert salt not in raw and SALT_FILE not in text
+    log = members["diagnostics/journal.log"].decode()
+    assert log.count(mask_id_tag(tag, salt)) == 2 and mask_id_tag(parent, salt) in log
+    assert mask_id_tag(listed, salt) in log and "meter 1234567 Wh" in log
+    assert mask_id_tag(tag, salt) in members["diagnostics/hardware.json"].decode()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(members["diagnostics/state/state.db"])
+    c = sqlite3.connect(copy)
+    assert c.execute("SELECT * FROM auth_cache").fetchall() == [
+        (mask_id_tag(tag, salt), "Accepted", mask_id_tag(parent, salt))]
+    assert c.execute("SELECT id_tag FROM local_list").fetchall() == [(mask_id_tag(listed, salt),)]
+    assert json.loads(c.execute("SELECT payload FROM outbox").fetchone()[0]) == {
+        "idTag": mask_id_tag(tag, salt), "meterStop": 1200, "transactionId": 7}
+    assert c.execute("SELECT text FROM notes").fetchone() == (f"card {mask_id_tag(tag, salt)} seen twice",)
+    c.close()
+    manifest = json.loads(members["diagnostics/manifest.json"])
+    assert manifest["databases"][0]["masked_id_tags"] == 3
+    assert not any("one-off" in n for n in manifest["notes"])
+
+
+def test_without_the_installation_secret_the_archive_says_so(charger, tmp_path):
+    from chargepoint.privacy import set_salt
+
+    state, cfg = charger  # no secret in this state directory
+    set_salt(os.urandom(32))  # and no controller in this process (chargepoint diagnostics)
+    out = build_archive(tmp_path / "d.tar.gz", state_dir=state, config_path=cfg,
+                        journal_reader=lambda s, u: [], now=T0)
+    members, raw = read_all(out)
+    assert b"TAG-1" not in raw
+    assert any("one-off secret" in n for n in json.loads(members["diagnostics/manifest.json"])["notes"])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from chargepoint import connector as cm
@@ -53,7 +54,10 @@ from chargepoint.auth import (
     norm_id_tag,
 )
 from chargepoint.auth import AuthRow as ModelAuthRow
+from chargepoint.logsetup import log_fields
 from chargepoint.metering import iso
+from chargepoint.privacy import mask_id_tag as _mask
+from chargepoint.privacy import use_installation_salt
 from chargepoint.protocol.outbox import CallErrorReceived
 from chargepoint.reservations import Reservation, ReservationError, Reservations
 from chargepoint.store import AuthRow, ReservationRow, StoreError
@@ -73,10 +77,17 @@ AUTHORIZE_TIMEOUT_S = 5.0
 _RECENT_PARENTS = 64
 
 
-def _mask(id_tag: str | None) -> str:
-    if not id_tag:
-        return ""
-    return id_tag[:4] + "…" if len(id_tag) > 4 else id_tag
+class AuthorizeResult(tuple[bool, dict[str, Any] | None]):
+    """``(accepted, idTagInfo)`` of :meth:`AuthorizationFeature.authorize`: unpacks and compares like that
+    pair; ``reason`` says why, in words for the log ("offline and not locally authorized", "Authorize.conf
+    Blocked" …), so a refusal is logged with its real cause."""
+
+    reason: str
+
+    def __new__(cls, accepted: bool, info: dict[str, Any] | None, reason: str = "") -> AuthorizeResult:
+        self = super().__new__(cls, (accepted, info))
+        self.reason = reason
+        return self
 
 
 def _store_row(row: ModelAuthRow) -> AuthRow:
@@ -102,6 +113,8 @@ class AuthorizationFeature(_Base):
     def load_persisted_state(self) -> None:
         """List, cache and reservations from the store, before any tap or OCPP request can arrive."""
         super().load_persisted_state()
+        # Before any tag is logged: masks are keyed with this installation's secret (chargepoint.privacy).
+        use_installation_salt(self.config.state_dir)
         store = self.store
         assert store is not None
         version, rows = self._safe(store.local_list, (0, []))
@@ -198,7 +211,7 @@ class AuthorizationFeature(_Base):
         entry = self.local_list.get(id_tag) or self.auth_cache.peek(id_tag)
         return entry.parent_id_tag if entry else None
 
-    async def authorize(self, id_tag: str) -> tuple[bool, dict[str, Any] | None]:
+    async def authorize(self, id_tag: str) -> AuthorizeResult:
         """§3.5 / §4.1: list over cache, LocalPreAuthorize, Authorize.req when online, offline rules."""
         cfg = self.auth_config()
         d = decide(
@@ -218,9 +231,10 @@ class AuthorizationFeature(_Base):
             d.outcome,
             d.source,
             d.reason,
-            extra={"ID_TAG": _mask(id_tag)},
+            extra=log_fields(id_tag=id_tag),
         )
-        return d.outcome == "Accepted", (d.info.to_ocpp() if d.info is not None else None)
+        info = d.info.to_ocpp() if d.info is not None else None
+        return AuthorizeResult(d.outcome == "Accepted", info, d.reason or d.source)
 
     async def _ask_csms(self, id_tag: str, cfg: AuthConfig) -> Decision:
         assert self.link is not None
@@ -228,8 +242,9 @@ class AuthorizationFeature(_Base):
         try:
             conf = await self.link.call("Authorize", {"idTag": id_tag}, timeout)
         except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
-            log.warning("Authorize failed (%s): deciding with the offline rules", exc or type(exc).__name__)
-            return decide(
+            why = f"{exc or type(exc).__name__}"
+            log.warning("Authorize failed (%s): deciding with the offline rules", why)
+            offline = decide(
                 id_tag,
                 now=self.now(),
                 online=False,
@@ -237,6 +252,7 @@ class AuthorizationFeature(_Base):
                 local_list=self.local_list,
                 cache=self.auth_cache,
             )
+            return replace(offline, reason=f"no answer to Authorize.req ({why}), {offline.reason}")
         raw = conf.get("idTagInfo", {})
         try:
             info = IdTagInfo.from_ocpp(raw)
@@ -252,7 +268,7 @@ class AuthorizationFeature(_Base):
         try:
             parsed = IdTagInfo.from_ocpp(info)
         except AuthDataError as exc:
-            log.warning("idTagInfo for %s not usable: %s", _mask(id_tag), exc)
+            log.warning("idTagInfo for %s not usable: %s", _mask(id_tag), exc, extra=log_fields(id_tag=id_tag))
             return
         if not is_valid_id_tag(id_tag):
             return
@@ -263,6 +279,7 @@ class AuthorizationFeature(_Base):
                 "central system says %s is %s, the local list says otherwise: LocalListConflict",
                 _mask(id_tag),
                 parsed.status,
+                extra=log_fields(id_tag=id_tag),
             )
             if self.boot_accepted:
                 status, _code = self.station_status()
@@ -351,7 +368,12 @@ class AuthorizationFeature(_Base):
         if rt is None:
             await super().on_tag(id_tag)
             return
-        log.info("tag %s of the same group stops connector %d", _mask(id_tag), rt.id)
+        log.info(
+            "tag %s of the same group stops connector %d",
+            _mask(id_tag),
+            rt.id,
+            extra=log_fields(connector_id=rt.id, id_tag=id_tag),
+        )
         self._emit_timeline("tap", id_tag=id_tag)
         rt.stop_tag = id_tag
         self.flash(rt.id, IndicatorPattern.ACCEPTED)
@@ -446,6 +468,7 @@ class AuthorizationFeature(_Base):
             res.connector_id,
             _mask(res.id_tag),
             iso(res.expiry_date),
+            extra=log_fields(connector_id=res.connector_id, ocpp_action="ReserveNow", id_tag=res.id_tag),
         )
         self._arm_reservation_timer()
         return "Accepted"
@@ -598,7 +621,12 @@ class AuthorizationFeature(_Base):
         """Defence in depth: the ``@after`` of RemoteStartTransaction runs whatever the answer was, so a
         connector reserved for somebody else is checked again here."""
         if connector_id in self.connectors and not self.reservation_allows(connector_id, id_tag):  # type: ignore[operator]
-            log.warning("remote start for %s on reserved connector %d not done", _mask(id_tag), connector_id)
+            log.warning(
+                "remote start for %s on reserved connector %d not done",
+                _mask(id_tag),
+                connector_id,
+                extra=log_fields(connector_id=connector_id, id_tag=id_tag),
+            )
             return
         await super().remote_start(id_tag, connector_id, profile)
 

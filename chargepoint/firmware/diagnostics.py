@@ -4,6 +4,13 @@ Archive members (under ``diagnostics/``): ``manifest.json``, ``journal.log`` (th
 requested window), ``state/<db>`` (SQLite copies made with the backup API, so a database in WAL mode with
 uncommitted checkpoints is still consistent), ``config.toml`` (secrets redacted), ``versions.json``,
 ``hardware.json``.  Secrets are removed from every member, including values found in the store.
+
+Id tags are personal data, not secrets the technician may not see: they are replaced by their mask
+(:func:`chargepoint.privacy.mask_id_tag`, the value of the journal field ``ID_TAG``), so a session in the
+store can still be matched with its journal lines. Masked: every id-tag column (``id_tag``,
+``parent_id_tag``, ``stop_id_tag``: transactions, local list, authorization cache, reservations), idTag
+fields inside any text (queued OCPP payloads, journal lines, configuration), and, as a safety net, any other
+occurrence of a tag found in those columns.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from chargepoint.firmware.download import Sleep, UploadFailed, safe_url, upload
+from chargepoint.privacy import is_mask, mask_id_tag, mask_tags_in_text, salt_for_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +246,67 @@ def _aware(t: datetime) -> datetime:
 # SQLite
 
 
-def _backup_sqlite(src_path: Path, dst_path: Path, secrets: set[str]) -> int:
-    """Consistent copy with the online backup API, then scrub secrets and VACUUM (so no old page keeps
-    them).  Returns the number of values redacted."""
+_TAG_COLUMN_RE = re.compile(r"^[a-z_]*id_?tag$", re.IGNORECASE)
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9][A-Za-z0-9_-]{5,19}(?![A-Za-z0-9_-])")
+_MIN_KNOWN_TAG = 6  # shorter values would mask ordinary words and numbers
+
+
+class TagMasker:
+    """Masks id tags in archive members with one installation's secret, and remembers the tags it met in
+    id-tag columns so that a stray occurrence elsewhere (a note, an old journal line) is masked too."""
+
+    def __init__(self, salt: bytes) -> None:
+        self._salt = salt
+        self.known: set[str] = set()
+        self.masked = 0
+
+    def tag(self, value: Any) -> Any:
+        if not isinstance(value, str) or value == "" or is_mask(value):
+            return value
+        if len(value) >= _MIN_KNOWN_TAG:
+            self.known.add(value.upper())
+        self.masked += 1
+        return mask_id_tag(value, self._salt)
+
+    def text(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = mask_tags_in_text(value, self._salt)
+        if self.known:
+            value = _TOKEN_RE.sub(
+                lambda m: mask_id_tag(m.group(0), self._salt) if m.group(0).upper() in self.known else m.group(0),
+                value,
+            )
+        return value
+
+
+def _mask_tags(dst: sqlite3.Connection, tables: list[str], masker: TagMasker) -> None:
+    """Id-tag columns first (they teach the masker the tags), then every other text value."""
+    dst.create_function("cp_mask_tag", 1, masker.tag)
+    dst.create_function("cp_mask_tags_in_text", 1, masker.text)
+    columns: dict[str, list[str]] = {}
+    for table in tables:
+        q = '"' + table.replace('"', '""') + '"'
+        columns[q] = [r[1] for r in dst.execute(f"PRAGMA table_info({q})")]
+        for c in columns[q]:
+            if _TAG_COLUMN_RE.match(c):
+                cq = '"' + c.replace('"', '""') + '"'
+                sql = f"UPDATE {q} SET {cq}=cp_mask_tag({cq}) WHERE typeof({cq})='text'"
+                try:
+                    dst.execute(sql)
+                except sqlite3.IntegrityError:  # two tags with one mask (1 in 2**32) in a key column
+                    dst.execute(sql.replace("UPDATE", "UPDATE OR REPLACE", 1))
+    for q, cols in columns.items():
+        for c in cols:
+            if not _TAG_COLUMN_RE.match(c):
+                cq = '"' + c.replace('"', '""') + '"'
+                dst.execute(f"UPDATE {q} SET {cq}=cp_mask_tags_in_text({cq}) WHERE typeof({cq})='text' "
+                            f"AND cp_mask_tags_in_text({cq}) IS NOT {cq}")
+
+
+def _backup_sqlite(src_path: Path, dst_path: Path, secrets: set[str], masker: TagMasker | None = None) -> int:
+    """Consistent copy with the online backup API, then scrub secrets, mask id tags and VACUUM (so no old
+    page keeps them).  Returns the number of values redacted."""
     src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True, timeout=10)
     dst = sqlite3.connect(dst_path)
     try:
@@ -273,6 +339,8 @@ def _backup_sqlite(src_path: Path, dst_path: Path, secrets: set[str]) -> int:
                         redacted += dst.execute(
                             f"UPDATE {q} SET {cq}=replace({cq}, ?, ?) WHERE typeof({cq})='text' "
                             f"AND instr({cq}, ?) > 0", (s, REDACTED, s)).rowcount
+        if masker is not None:
+            _mask_tags(dst, tables, masker)
         dst.commit()
         dst.execute("VACUUM")
     finally:
@@ -341,6 +409,11 @@ def build_archive(
         except OSError as e:
             notes.append(f"configuration {config_path} unreadable: {e.strerror}")
 
+    salt, salt_note = salt_for_state_dir(state_dir)
+    if salt_note:
+        notes.append(salt_note)
+    masker = TagMasker(salt)
+
     journal_lines: list[str] = []
     readers: list[tuple[str, JournalReader]] = []
     if journal_reader is not None:
@@ -376,29 +449,35 @@ def build_archive(
             "databases": [],
             "notes": notes,
         }
-        _add_bytes(tf, "journal.log", ("\n".join(journal_lines) + ("\n" if journal_lines else "")).encode(),
-                   mtime)
-        if config_text is not None:
-            _add_bytes(tf, "config.toml", config_text.encode(), mtime)
+        # The stores first: the tags they hold are masked wherever else they occur (journal, hardware).
+        copies: list[tuple[str, Path]] = []
         if state_dir is not None and Path(state_dir).is_dir():
             for db in sorted(Path(state_dir).iterdir()):
                 if not db.is_file() or db.name.endswith(("-wal", "-shm", "-journal")) or not _is_sqlite(db):
                     continue
                 copy = Path(tmp) / db.name
+                before = masker.masked
                 try:
-                    n = _backup_sqlite(db, copy, secrets)
+                    n = _backup_sqlite(db, copy, secrets, masker)
                 except sqlite3.Error as e:
                     notes.append(f"database {db.name} could not be copied: {e}")
                     continue
-                tf.add(copy, arcname=f"diagnostics/state/{db.name}", filter=_private)
-                manifest["databases"].append({"name": db.name, "redacted_values": n})
+                copies.append((db.name, copy))
+                manifest["databases"].append({"name": db.name, "redacted_values": n,
+                                              "masked_id_tags": masker.masked - before})
         elif state_dir is not None:
             notes.append(f"state directory {state_dir} does not exist")
+        journal_text = "\n".join(masker.text(line) for line in journal_lines) + ("\n" if journal_lines else "")
+        _add_bytes(tf, "journal.log", journal_text.encode(), mtime)
+        if config_text is not None:
+            _add_bytes(tf, "config.toml", masker.text(config_text).encode(), mtime)
+        for name, copy in copies:
+            tf.add(copy, arcname=f"diagnostics/state/{name}", filter=_private)
         _add_bytes(tf, "versions.json", json.dumps(versions or {}, indent=2, default=str).encode(), mtime)
         hw = hardware_summary if hardware_summary is not None else {}
         hw_text = hw if isinstance(hw, str) else json.dumps(hw, indent=2, default=str)
         _add_bytes(tf, "hardware.json" if not isinstance(hw, str) else "hardware.txt",
-                   redact_text(hw_text, secrets).encode(), mtime)
+                   masker.text(redact_text(hw_text, secrets)).encode(), mtime)
         _add_bytes(tf, "manifest.json", json.dumps(manifest, indent=2).encode(), mtime)
     os.replace(tmp_out, out_path)
     return out_path

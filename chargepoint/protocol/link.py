@@ -40,7 +40,7 @@ from ocpp.messages import Call, CallError, CallResult, MessageType, validate_pay
 from ocpp.v16 import ChargePoint as _LibraryChargePoint
 from ocpp.v16.enums import Action
 
-from chargepoint.logsetup import mask_id_tag
+from chargepoint.privacy import mask_tags_in_text
 from chargepoint.protocol.outbox import CallErrorReceived
 
 # Schema validation of a 1.6 payload takes ~0.2 ms; the library's default runs it in a thread pool, and the
@@ -167,13 +167,12 @@ def decode_frame(raw: str) -> Any:
     return value
 
 
-_ID_TAG_VALUE = re.compile(r'("(?:idTag|parentIdTag)"\s*:\s*")([^"\\]*)')
 _TAG_FIELDS = frozenset({"idTag", "parentIdTag"})
 
 
 def _for_log(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, id tags masked (they identify a driver's card)."""
-    return _ID_TAG_VALUE.sub(lambda m: m.group(1) + mask_id_tag(m.group(2)), text[:limit])
+    return mask_tags_in_text(text[:limit])
 
 
 class _Disconnected:
@@ -297,13 +296,11 @@ class OcppSession(_LibraryChargePoint):
 
     # ------------------------------------------------------------------ incoming
     async def start(self) -> None:
-        """Read frames until the connection closes (ConnectionClosed). The library's loop logs every frame
-        whole at INFO (up to 4 MB); here a frame is logged at DEBUG, cut short."""
+        """Read frames until the connection closes (ConnectionClosed). The library's loop logs every raw
+        frame whole at INFO (up to 4 MB); here each incoming CALL is logged once, cut short and with its tags
+        masked, when it has been validated (``_route``), and answers at DEBUG (``_accept_response``)."""
         while True:
-            message = await self._connection.recv()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("← %s", _for_log(message if isinstance(message, str) else repr(message), 1000))
-            await self.route_message(message)
+            await self.route_message(await self._connection.recv())
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Answer or drop one frame. Nothing a frame contains ends the reader: any failure while a CALL is
@@ -413,6 +410,8 @@ class OcppSession(_LibraryChargePoint):
         except ValueError as exc:
             self._drop_response(msg[1] if len(msg) > 1 else None, str(exc), raw_msg)
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("← %s", _for_log(raw_msg, 1000))
         if response.unique_id != self._awaiting_id:
             log.warning("dropping an answer to no outstanding call (unique id %.40r)", response.unique_id)
             return
