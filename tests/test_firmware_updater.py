@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 from collections import namedtuple
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -284,11 +285,17 @@ def _start_process(root: Path) -> dict:
             "buf = io.StringIO()\n"
             "with contextlib.redirect_stdout(buf): main(['check-boot', '--root', sys.argv[1]])\n"
             "out = json.loads(buf.getvalue()); out['running'] = running; out['file'] = chargepoint.__file__\n"
+            "import ocpp, websockets; out['deps'] = [ocpp.__file__, websockets.__file__]\n"
             "print(json.dumps(out))")
     proc = subprocess.run([python, "-c", code, str(root)], capture_output=True, text=True, timeout=120, cwd=str(root),
                           check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def _system_site(venv: Path) -> bool:
+    cfg = (venv / "pyvenv.cfg").read_text() if (venv / "pyvenv.cfg").exists() else ""
+    return "include-system-site-packages = true" in cfg or not cfg
 
 
 async def test_real_wheel_update_process_restart_and_rollback(tmp_path):
@@ -311,6 +318,10 @@ async def test_real_wheel_update_process_restart_and_rollback(tmp_path):
     assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
     assert starts[0]["running"] == "0.1.1" and starts[0]["outcome"] == "pending"
     assert starts[0]["file"].startswith(str(root / "releases" / "0.1.1" / "venv"))
+    # The dependencies come with the release (from the controller's own venv, not from the base interpreter,
+    # which has none on a fresh machine), so removing the release it was installed from cannot break it.
+    assert all(f.startswith(str(root / "releases" / "0.1.1" / "venv")) for f in starts[0]["deps"])
+    assert _system_site(root / "releases" / "0.1.1" / "venv") == _system_site(Path(sys.prefix))
 
     # the new release crashes before its BootNotification is accepted; systemd starts it again
     await restart()

@@ -2,7 +2,7 @@
 
 Layout under ``root`` (production: /opt/chargepoint)::
 
-    releases/<version>/venv/            its own venv (--system-site-packages: dependencies from the base env)
+    releases/<version>/venv/            its own venv, made like the running one (see RunningEnvironment)
     releases/<version>/artifact/<file>  the wheel/sdist it was installed from
     releases/<version>/release.json     version, install time, artifact sha256
     releases/<version>/.complete        written last: a release without it is half-installed
@@ -26,6 +26,7 @@ import email.parser
 import fcntl
 import gzip
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import logging
@@ -220,16 +221,128 @@ def _venv_site_packages(python: str) -> Path:
     return Path(out)
 
 
-def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
-                       extra_site_packages: list[Path] | None = None) -> VenvInstaller:
-    """Production strategy: ``python -m venv --system-site-packages`` + ``pip install --no-index --no-deps``.
+def artifact_requirements(path: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of a release artifact (wheel METADATA or sdist PKG-INFO), extras included."""
+    text = ""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            meta = [n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+            if meta:
+                text = zf.read(meta[0]).decode("utf-8", "replace")
+    else:
+        with contextlib.suppress(tarfile.TarError, OSError, EOFError, zlib.error), tarfile.open(path, "r:gz") as tf:
+            for member in tf:
+                if member.name.count("/") == 1 and member.name.endswith("/PKG-INFO"):
+                    f = tf.extractfile(member)
+                    text = f.read().decode("utf-8", "replace") if f else ""
+                    break
+    return email.parser.Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or []
 
-    The venv is created without its own pip: with --system-site-packages the base environment's pip runs
-    inside it and installs into the venv.  --ignore-installed because the base env may hold another
-    version of this project, which must neither satisfy nor be touched by this install.
-    ``extra_site_packages``: where the dependencies live if not in the base interpreter's site-packages.
+
+def _requirement_name(spec: str) -> str | None:
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+    return _canonical(m[1]) if m else None
+
+
+@dataclass(frozen=True)
+class RunningEnvironment:
+    """The Python environment the controller itself runs in, which a new release's venv must reproduce.
+
+    deploy/install.sh makes each release's venv with ``python3 -m venv --system-site-packages`` (Debian's
+    gpiozero, lgpio, pyscard, systemd) and pip-installs the other dependencies *into that venv*. A venv made
+    from the base interpreter alone would therefore lack ocpp, websockets, pymodbus ...: the new release
+    gets the base interpreter and the system-site setting of the running venv, and the running venv's own
+    copies of the dependencies (hard links: no space, no network, the versions this controller runs with).
     """
-    base = python or getattr(sys, "_base_executable", None) or sys.executable
+
+    base_python: str
+    system_site: bool
+    #: Site directories of the base interpreter: what a venv with system_site sees by itself.
+    base_site_dirs: frozenset[Path]
+
+    @classmethod
+    def current(cls) -> RunningEnvironment:
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        system_site = True
+        if sys.prefix != sys.base_prefix:
+            cfg = Path(sys.prefix) / "pyvenv.cfg"
+            with contextlib.suppress(OSError):
+                for line in cfg.read_text().splitlines():
+                    key, _, value = line.partition("=")
+                    if key.strip().lower() == "include-system-site-packages":
+                        system_site = value.strip().lower() == "true"
+        import site
+
+        dirs = frozenset(Path(d).resolve() for d in site.getsitepackages([sys.base_prefix]))
+        return cls(base, system_site, dirs)
+
+
+def link_running_dependencies(requirements: list[str], site_dir: Path, env: RunningEnvironment) -> list[str]:
+    """Hard-link (copy across file systems) into ``site_dir`` every distribution the running controller
+    imports for ``requirements``, their own requirements transitively, and pip; returns "name version" each.
+
+    Markers and extras are not evaluated: a requirement counts when the running environment has it
+    installed (so the pcsc/systemd extras come along where install.sh installed them, and nothing else).
+    Distributions in the base interpreter's site-packages are left where they are when the new venv sees
+    them by itself. pip unlinks a file before it writes one, so a link never lets one release's files
+    change another's.
+    """
+    queue = [n for n in map(_requirement_name, [*requirements, "pip"]) if n]
+    seen: set[str] = set()
+    linked: list[str] = []
+    while queue:
+        name = queue.pop(0)
+        if name in seen or name == PROJECT_NAME:
+            continue
+        seen.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # the smoke test says so if the release needs it
+        queue.extend(n for n in map(_requirement_name, dist.requires or []) if n)
+        origin = Path(str(dist.locate_file(""))).resolve()
+        if env.system_site and origin in env.base_site_dirs:
+            continue
+        files = dist.files
+        if files is None:
+            log.warning("%s %s has no RECORD: it cannot be given to the new release", name, dist.version)
+            continue
+        for rel in files:
+            if rel.is_absolute() or ".." in rel.parts:
+                continue  # console scripts in bin/: they name the running venv's interpreter
+            src = Path(str(dist.locate_file(rel)))
+            if not src.is_file():
+                continue
+            dst = site_dir / str(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except FileExistsError:
+                continue
+            except OSError:  # another file system, or fs.protected_hardlinks: copy instead
+                shutil.copy2(src, dst)
+        linked.append(f"{dist.metadata['Name']} {dist.version}")
+    return linked
+
+
+def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
+                       extra_site_packages: list[Path] | None = None,
+                       inherit_dependencies: bool | None = None) -> VenvInstaller:
+    """Production strategy: a venv like the running one + ``pip install --no-index --no-deps`` of the release.
+
+    Default (``python`` None): the venv is made from the interpreter under the controller's own venv, with
+    the same ``include-system-site-packages``, and gets the running venv's copies of the release's
+    dependencies (:class:`RunningEnvironment`, :func:`link_running_dependencies`); no package index is
+    needed. ``python`` given: a plain ``--system-site-packages`` venv of that interpreter, whose dependencies
+    must be in its site-packages (``inherit_dependencies=True`` links them anyway: same Python version only).
+    --ignore-installed because a visible environment may hold another version of this project, which must
+    neither satisfy nor be touched by this install.
+    ``extra_site_packages``: further dependency directories, appended to the venv's path by a .pth file.
+    """
+    inherit = python is None if inherit_dependencies is None else inherit_dependencies
+    env = RunningEnvironment.current()
+    base = python or env.base_python
+    system_site = env.system_site if python is None else True
 
     def run(cmd: list[str]) -> None:
         try:
@@ -241,10 +354,20 @@ def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
             raise InstallFailed(f"{' '.join(cmd[1:4])} failed (exit {proc.returncode}): {tail}")
 
     def install(venv: Path, artifact: Path, version: str) -> None:
-        run([base, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)])
+        venv, artifact = Path(venv).absolute(), Path(artifact).absolute()  # commands below run elsewhere
+        run([base, "-m", "venv", *(["--system-site-packages"] if system_site else []), "--without-pip",
+             str(venv)])
         py = str(venv / "bin" / "python")
+        site_dir = _venv_site_packages(py)
+        if inherit:
+            try:
+                linked = link_running_dependencies(artifact_requirements(artifact), site_dir, env)
+            except OSError as e:
+                raise InstallFailed(f"giving release {version} the controller's dependencies failed: {e}") from None
+            log.info("release %s: dependencies from the running environment: %s", version,
+                     ", ".join(linked) or "none needed")
         probe = subprocess.run([py, "-m", "pip", "--version"], capture_output=True, timeout=60, check=False)
-        if probe.returncode != 0:  # base env has no pip: give the venv its own
+        if probe.returncode != 0:  # no pip to see or to link: give the venv its own
             run([py, "-m", "ensurepip", "--default-pip"])
         cmd = [py, "-m", "pip", "install", "--no-index", "--no-deps", "--ignore-installed",
                "--disable-pip-version-check", "--no-warn-script-location"]
@@ -252,11 +375,10 @@ def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
             cmd.append("--no-build-isolation")
         run([*cmd, str(artifact)])
         if extra_site_packages:
-            # Dependencies kept in a separate environment (e.g. the venv deploy/install.sh created): a .pth
-            # file appends its site-packages after the release's own, so the release's chargepoint wins.
-            site = _venv_site_packages(py)
-            (site / "_chargepoint_deps.pth").write_text("".join(f"{Path(d).resolve()}\n"
-                                                               for d in extra_site_packages))
+            # Dependencies kept in a separate environment: a .pth file appends its site-packages after the
+            # release's own, so the release's chargepoint wins.
+            (site_dir / "_chargepoint_deps.pth").write_text("".join(f"{Path(d).resolve()}\n"
+                                                                   for d in extra_site_packages))
         # Smoke test before anyone switches to it: the package imports, reports the expected version and
         # every dependency it declares is present in a matching version.
         proc = subprocess.run([py, "-c", _SMOKE_TEST], capture_output=True, text=True, timeout=120, check=False,
@@ -268,7 +390,7 @@ def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
                 f"{(proc.stderr.strip().splitlines() or lines or ['no output'])[-1]}"
             )
         if len(lines) > 1:
-            raise InstallFailed(f"release {version} needs dependencies the base environment lacks: "
+            raise InstallFailed(f"release {version} needs dependencies the controller's environment lacks: "
                                 + "; ".join(lines[1:]))
 
     return install
