@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 from chargepoint.firmware.download import (
     DEFAULT_MAX_BYTES,
@@ -185,6 +184,90 @@ def _verify_sdist(path: Path, version: str) -> None:
     if pkg_info is None:
         raise InvalidRelease(f"{path.name} has no PKG-INFO in its top-level directory")
     _check_metadata(pkg_info, f"{path.name} PKG-INFO", version)
+
+
+def release_file_name(path: Path) -> str:
+    """The file name a release needs (pip reads the version and tags from it), taken from its content.
+
+    A central system may serve the file as ``…/download?id=42``: what it is comes from the bytes, a wheel
+    (zip: ``*.dist-info/METADATA`` and ``WHEEL`` tags) or an sdist (gzip: ``<top>/PKG-INFO``), never from the
+    URL. The full checks (CRCs, members, metadata) follow in :func:`verify_artifact` on the renamed file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise InvalidRelease(f"the firmware file cannot be read: {e.strerror}") from None
+    if magic.startswith(b"PK"):
+        return _wheel_file_name(path)
+    if magic.startswith(b"\x1f\x8b"):
+        return _sdist_file_name(path)
+    raise InvalidRelease(f"the firmware file is neither a wheel (zip) nor an sdist (tar.gz) of {PROJECT_NAME} "
+                         f"({path.stat().st_size} bytes starting {magic!r})")
+
+
+def _release_identity(text: str, source: str) -> str:
+    """The version named by ``text`` (METADATA / PKG-INFO), which must be this project's."""
+    msg = email.parser.Parser().parsestr(text, headersonly=True)
+    name = msg.get("Name")
+    if not name or _canonical(name) != PROJECT_NAME:
+        raise InvalidRelease(f"{source} names the package {name!r}, not {PROJECT_NAME!r}")
+    version = (msg.get("Version") or "").strip()
+    if not _VERSION_RE.match(version):
+        raise InvalidRelease(f"{source} gives version {version!r}, which is not a valid version string")
+    return version
+
+
+def _wheel_file_name(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            meta = [n for n in names if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+            if len(meta) != 1:
+                raise InvalidRelease(f"the firmware file (a zip) has {len(meta)} .dist-info/METADATA files: "
+                                     f"not a wheel of {PROJECT_NAME}")
+            version = _release_identity(zf.read(meta[0]).decode("utf-8", "replace"), "the wheel's METADATA")
+            wheel_info = meta[0].rsplit("/", 1)[0] + "/WHEEL"
+            tags = (email.parser.Parser().parsestr(zf.read(wheel_info).decode("utf-8", "replace"))
+                    .get_all("Tag") or []) if wheel_info in names else []
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
+        raise InvalidRelease(f"the firmware file is not a valid zip archive (corrupt or truncated wheel): {e}") \
+            from None
+    parts = [t.strip().split("-") for t in tags]
+    if not parts or any(len(p) != 3 for p in parts):
+        raise InvalidRelease(f"the wheel has no valid Tag in {wheel_info}")
+    # the compressed tag set of the wheel file name (PEP 425): each part's values joined by "."
+    py, abi, plat = (".".join(sorted({p[i] for p in parts})) for i in range(3))
+    return f"pi_chargepoint-{version}-{py}-{abi}-{plat}.whl"
+
+
+def _sdist_file_name(path: Path) -> str:
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+            for member in tf:
+                parts = member.name.split("/")
+                if len(parts) == 2 and parts[1] == "PKG-INFO" and member.isfile():
+                    f = tf.extractfile(member)
+                    text = f.read(65536).decode("utf-8", "replace") if f else ""
+                    return f"pi_chargepoint-{_release_identity(text, 'the sdist PKG-INFO')}.tar.gz"
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise InvalidRelease(f"the firmware file is not a valid tar.gz archive (corrupt or truncated): {e}") \
+            from None
+    raise InvalidRelease(f"the firmware file (a tar.gz) has no <dir>/PKG-INFO: not an sdist of {PROJECT_NAME}")
+
+
+def stage_release(path: Path) -> Artifact:
+    """Rename a downloaded file to the name its content calls for and verify it (:func:`verify_artifact`)."""
+    path = Path(path)
+    named = path.with_name(release_file_name(path))
+    if named != path:
+        os.replace(path, named)
+    try:
+        return verify_artifact(named)
+    except BaseException:
+        named.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -734,6 +817,8 @@ IdleCheck = Callable[[], bool | Awaitable[bool]]
 Restart = Callable[[], Awaitable[None] | None]
 
 BUSY_STATUSES = frozenset({"Downloading", "Downloaded", "Installing"})
+#: Where an UpdateFirmware download lands before its content names it (stage_release).
+DOWNLOAD_NAME = "firmware.download"
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -749,11 +834,14 @@ async def systemd_restart(unit: str = "chargepoint") -> None:
 class FirmwareUpdater:
     """Runs one UpdateFirmware at a time and reports FirmwareStatusNotification via ``notify``.
 
-    Status sequence: Downloading, then DownloadFailed (transfer, checksum, disk or the file is not a valid
-    release of this project) or Downloaded; after waiting for idle connectors Installing, then
-    InstallationFailed or Installed followed by ``restart()``.  The new release must call
-    :meth:`confirm_healthy` once its BootNotification is accepted; otherwise it is rolled back and the
-    next boot reports InstallationFailed.
+    Status sequence (OCPP 1.6 §7.25 FirmwareStatus): Downloading, then DownloadFailed (no complete,
+    checksum-verified copy after ``retries`` attempts, §6.51 -- every failure counts, an HTTP 404 too: the
+    file may not be published yet) or Downloaded.  A complete file that is not a valid release of this
+    project is then InstallationFailed (it did download; DownloadFailed means "failed to download"), else,
+    after waiting for idle connectors, Installing, then InstallationFailed or Installed followed by
+    ``restart()``.  The release is recognised by its content, not by the URL (:func:`release_file_name`).
+    The new release must call :meth:`confirm_healthy` once its BootNotification is accepted; otherwise it
+    is rolled back and the next boot reports InstallationFailed.
     """
 
     def __init__(
@@ -827,9 +915,8 @@ class FirmwareUpdater:
         return self.task
 
     def _dest_for(self, location: str) -> Path:
-        name = Path(unquote(urlsplit(location).path)).name
-        name = re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "firmware.bin"
-        return self.download_dir / name
+        # Not the URL's file name: what the file is comes from its content (stage_release renames it).
+        return self.download_dir / DOWNLOAD_NAME
 
     async def _wait_idle(self) -> None:
         # OCPP 1.6 §5.19: the Charge Point may wait for running transactions to end before installing.
@@ -844,11 +931,12 @@ class FirmwareUpdater:
             await self._sleep(delay)
         await self._report("Downloading")
         dest = self._dest_for(location)
+        staged: Path | None = None
         try:
             result = await download(location, dest, retries=retries, retry_interval_s=retry_interval,
-                                    max_bytes=self.max_bytes, disk_usage=self._disk_usage, sleep=self._sleep)
-            artifact = await asyncio.to_thread(verify_artifact, result.path)
-        except (DownloadFailed, InvalidRelease) as e:
+                                    max_bytes=self.max_bytes, disk_usage=self._disk_usage, sleep=self._sleep,
+                                    retry_every_failure=True)
+        except DownloadFailed as e:
             self.last_error = str(e)
             log.error("firmware download failed: %s", e)
             dest.unlink(missing_ok=True)
@@ -856,6 +944,14 @@ class FirmwareUpdater:
             return
         await self._report("Downloaded")
         try:
+            try:
+                artifact = await asyncio.to_thread(stage_release, result.path)
+                staged = artifact.path
+            except InvalidRelease as e:
+                self.last_error = f"{safe_url(location)} is not a release of {PROJECT_NAME}: {e}"
+                log.error("firmware not installed: %s", self.last_error)
+                await self._report("InstallationFailed")
+                return
             await self._wait_idle()
             self._installing = True
             await self._report("Installing")
@@ -879,6 +975,8 @@ class FirmwareUpdater:
         finally:
             self._installing = False
             dest.unlink(missing_ok=True)
+            if staged is not None:
+                staged.unlink(missing_ok=True)
 
     def _switch_and_mark(self, version: str, previous: str | None) -> None:
         self.releases.switch_to(version)
@@ -961,14 +1059,19 @@ def cli_update(
     mgr = ReleaseManager(Path(root), installer=installer)
     path: Path
     if _looks_like_url(file_or_url):
-        dest = mgr.root / "downloads" / (Path(unquote(urlsplit(file_or_url).path)).name or "firmware.bin")
+        dest = mgr.root / "downloads" / DOWNLOAD_NAME
         print(f"downloading {safe_url(file_or_url)} ...", file=out)
         try:
             asyncio.run(download(file_or_url, dest, retries=retries, retry_interval_s=2.0))
         except DownloadFailed as e:
             print(f"error: download failed: {e}", file=err)
             return 1
-        path = dest
+        try:
+            path = stage_release(dest).path  # named by its content: the URL may be …/download?id=42
+        except InvalidRelease as e:
+            dest.unlink(missing_ok=True)
+            print(f"error: {safe_url(file_or_url)} is not a release of {PROJECT_NAME}: {e}", file=err)
+            return 1
     else:
         path = Path(file_or_url)
         if not path.is_file():
