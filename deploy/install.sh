@@ -10,7 +10,8 @@
 #   --dry-run                              print every step, change nothing
 #
 # Layout it creates:
-#   /opt/chargepoint/releases/<version>/venv   venv (--system-site-packages: Debian's gpiozero, lgpio)
+#   /opt/chargepoint/releases/<version>/venv   venv (--system-site-packages: Debian's gpiozero, lgpio;
+#                                              the other dependencies are pip-installed into it)
 #   /opt/chargepoint/current -> releases/<version>,  /opt/chargepoint/venv -> current/venv
 #   /opt/chargepoint/doc/                      hardware-docs (commissioning, wiring, safety)
 #   /etc/chargepoint/chargepoint.toml          configuration (0640 root:chargepoint, never overwritten)
@@ -237,6 +238,9 @@ install_release() {
         sys "$venv/bin/pip" install --disable-pip-version-check "${SRC}[${PIP_EXTRAS}]"
     else
         fs install -d -m 0755 -- "$rel"
+        # UpdateFirmware makes the next release's venv like this one (chargepoint.firmware.update,
+        # RunningEnvironment): the same interpreter, the same --system-site-packages, and hard links to the
+        # dependencies pip puts in here. Change one, change the other.
         sys python3 -m venv --system-site-packages "$venv"
         sys "$venv/bin/pip" install --disable-pip-version-check --upgrade pip
         sys "$venv/bin/pip" install --disable-pip-version-check "${SRC}[${PIP_EXTRAS}]"

@@ -41,6 +41,9 @@ from hal.interfaces import (
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 80
+#: stop(): how long the board's own tasks get to end, and the reader thread to notice the stop.
+STOP_TASKS_S = 1.0
+STOP_JOIN_S = 2.0
 
 # EVSE state (hex) -> (fault kind, latched, text). Source: rapi_proc.h / J1772EvseController.h.
 BOARD_FAULTS: dict[int, tuple[FaultKind, bool, str]] = {
@@ -148,6 +151,7 @@ class RapiBoard:
         self._serial: Any = None
         self._thread: threading.Thread | None = None
         self._running = False
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emit: Emit | None = None
         self._users = 0
@@ -191,6 +195,7 @@ class RapiBoard:
             self._users -= 1
             raise RapiError(f"cannot open {self.port}: {exc}") from exc
         self._running = True
+        self._stopping = False
         self._link_broken = False
         self._wake.clear()
         self._thread = threading.Thread(target=self._reader, name=f"rapi-{self.port}", daemon=True)
@@ -201,28 +206,73 @@ class RapiBoard:
             self.enabled = False
             await self.command(f"SY {self.heartbeat_s} {self.heartbeat_current_a}")
             await self.poll_once()
-        self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._heartbeat_loop())]
+        # Poll and heartbeat first (tests and diagnostics find them at [0] and [1]); a re-apply task started
+        # by a board restart ($AB) during start is kept, not dropped.
+        self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._heartbeat_loop()),
+                       *self._tasks]
 
     async def stop(self) -> None:
+        """Leave the board disabled (state F) and release the port, in a bounded time.
+
+        Bounded because the unit gives the whole controller TimeoutStopSec=20 before SIGKILL: every step here
+        has its own limit (tasks: ``STOP_TASKS_S``; the final FD: the command's timeout and retries; the
+        reader thread: ``STOP_JOIN_S``), and none of them waits for a task to honour a single cancel.
+        """
         self._users -= 1
         if self._users > 0:
             return
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks = []
-        if self._serial is not None:
-            with contextlib.suppress(RapiError):
-                await self.command("FD")  # leave the board in state F
+        self._stopping = True  # loops end and no new re-apply task starts, even if a cancel is lost
+        await self._cancel_tasks(STOP_TASKS_S)
+        if self._serial is not None and self._mutex is not None:
+            try:
+                async with asyncio.timeout(self.timeout_s * (self.retries + 1) + STOP_TASKS_S):
+                    await self.command("FD")  # leave the board in state F
+            except (RapiError, TimeoutError) as exc:
+                log.warning("RAPI %s: could not disable the board at stop: %s", self.port, exc)
+        await self._cancel_tasks(STOP_TASKS_S)  # whatever the FD's reply set off
         self._running = False
         self._wake.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 2)
-        if self._serial is not None:
-            await asyncio.to_thread(self._serial.close)
-            self._serial = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            # A daemon thread: one stuck in a read that ignores its timeout is left behind, not waited for.
+            await asyncio.to_thread(thread.join, STOP_JOIN_S)
+            if thread.is_alive():
+                log.warning("RAPI %s: reader thread did not end within %.0f s", self.port, STOP_JOIN_S)
+        ser, self._serial = self._serial, None
+        if ser is not None:
+            # close() of a tty can wait for unsent output to drain (the kernel's closing_wait, 30 s for
+            # serial ports): done in a worker thread that stop() waits for only so long.
+            closing = asyncio.ensure_future(asyncio.to_thread(ser.close))
+            done, _ = await asyncio.wait({closing}, timeout=STOP_JOIN_S)
+            if closing not in done:
+                log.warning("RAPI %s: closing the port did not finish within %.0f s", self.port, STOP_JOIN_S)
+            elif closing.exception() is not None:
+                log.warning("RAPI %s: closing the port failed: %s", self.port, closing.exception())
+
+    async def _cancel_tasks(self, bound_s: float) -> None:
+        """Cancel every task of this board and wait for them, at most ``bound_s``.
+
+        Cancelled again on every round: on Python 3.11, ``asyncio.wait_for`` (used by libraries, and here
+        before) returns the result and drops the cancellation when the awaited future completes in the same
+        loop turn as the cancel (CPython gh-86296, fixed in 3.12), so a single cancel is not enough.
+        """
+        deadline = asyncio.get_running_loop().time() + bound_s
+        while True:
+            alive = [t for t in self._tasks if not t.done()]
+            if not alive:
+                break
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.error("RAPI %s: %d task(s) did not end at stop: %s", self.port, len(alive),
+                          ", ".join(t.get_name() for t in alive))
+                break
+            for t in alive:
+                t.cancel()
+            await asyncio.wait(alive, timeout=min(remaining, 0.1))
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                log.debug("RAPI %s: task %s ended with %r", self.port, t.get_name(), t.exception())
+        self._tasks = [t for t in self._tasks if not t.done()]
 
     # ------------------------------------------------ link
 
@@ -273,7 +323,7 @@ class RapiBoard:
             self._loop.call_soon_threadsafe(self._report_board_fault, f"link lost: {info}")
 
     def _on_reconnected(self) -> None:
-        if self._running:
+        if self._running and not self._stopping:
             self._tasks.append(asyncio.get_running_loop().create_task(self._reapply()))
 
     def _on_frame(self, frame: str) -> None:
@@ -299,7 +349,7 @@ class RapiBoard:
             self._apply(_hex(tokens[1]), None)
         elif kind == "AB":
             log.warning("RAPI %s: board restarted (%s); re-applying settings", self.port, " ".join(tokens[1:]))
-            if self._loop is not None:
+            if self._loop is not None and not self._stopping:
                 self._tasks.append(self._loop.create_task(self._reapply()))
 
     def _next_seq(self) -> int | None:
@@ -333,7 +383,9 @@ class RapiBoard:
                         self._link_lost(f"write failed: {exc}")
                         raise
                     self.commands_sent += 1
-                    result = await asyncio.wait_for(fut, self.timeout_s)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (see _cancel_tasks)
+                    async with asyncio.timeout(self.timeout_s):
+                        result = await fut
                 except (TimeoutError, OSError) as exc:
                     log.warning("RAPI %s: no answer to %r (%s)", self.port, cmd, exc or "timeout")
                     continue
@@ -398,13 +450,13 @@ class RapiBoard:
             self._apply(_hex(params[0]), _hex(params[2]) if len(params) > 2 else None)
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.poll_s)
             with contextlib.suppress(RapiError):
                 await self.poll_once()
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(max(self.heartbeat_s / 3.0, 0.1))
             with contextlib.suppress(RapiError):
                 ok, _ = await self.request("SY")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import faulthandler
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,53 @@ import pytest
 from chargepoint.config import simulated_config
 from chargepoint.controller import Controller
 from chargepoint.csms import CentralSystem
+
+# ------------------------------------------------------------------------------------------- hang backstop
+#: pytest-timeout (pyproject: timeout) fails a test that runs too long by raising in the main thread. That
+#: can miss: the exception lands in a background task that swallows it (the test keeps waiting), or the
+#: teardown hangs again after it (one alarm per test). Past this many times the timeout the run is ended
+#: with every thread's stack, so CI reports the hanging test in minutes instead of stalling to its limit.
+HARD_LIMIT_FACTOR = 2.0
+
+
+def _timeout_of(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    try:
+        return float(item.config.getini("timeout") or 0)
+    except (ValueError, KeyError):  # pytest-timeout not installed
+        return 0.0
+
+
+def _abort_run(config: pytest.Config, nodeid: str, limit: float) -> None:
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with contextlib.suppress(Exception):
+            capture.suspend_global_capture(in_=True)  # so that the message reaches the real stderr
+    sys.stderr.write(f"\n+++ {nodeid} has not finished after {limit:.0f} s, its timeout did not end it: "
+                     "stopping the test run; stacks follow +++\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(3)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    timeout = _timeout_of(item)
+    if timeout <= 0:
+        yield
+        return
+    limit = timeout * HARD_LIMIT_FACTOR
+    backstop = threading.Timer(limit, _abort_run, args=(item.config, item.nodeid, limit))
+    backstop.daemon = True
+    backstop.start()
+    try:
+        yield
+    finally:
+        backstop.cancel()
+
 
 
 class Station:

@@ -121,23 +121,39 @@ async def test_installation_waits_for_the_transaction_to_end(tmp_path: Path, rel
     assert ReleaseManager(release_root).current_version() == "0.3.0"
 
 
-async def test_download_failures_report_download_failed_and_change_nothing(tmp_path: Path, release_root: Path,
+async def test_bad_downloads_and_bad_files_are_reported_and_change_nothing(tmp_path: Path, release_root: Path,
                                                                            http: HttpServer) -> None:
     http.files["/junk/pi_chargepoint-9.9.9-py3-none-any.whl"] = b"not a zip"
     restarts: list[str] = []
     async with running_station(tmp_path, restart=restarts.append) as st:
-        await st.call("UpdateFirmware", {"location": f"{http.base}/missing.whl", "retries": 1,
+        await st.call("UpdateFirmware", {"location": f"{http.base}/missing.whl", "retries": 2,
                                          "retryInterval": 0, "retrieveDate": iso(datetime.now(UTC))})
         await wait_statuses(st.csms, "FirmwareStatusNotification", ["Downloading", "DownloadFailed"])
-        # A file that downloads fine but is no release of this project is a failed download too.
+        assert http.hits["/missing.whl"] == 2  # retries honoured for a 404 too (§6.51)
+        # A file that downloads completely but is no release of this project did download (§7.25: DownloadFailed
+        # is "failed to download"): Downloaded, then it cannot be installed.
         await st.call("UpdateFirmware", {"location": f"{http.base}/junk/pi_chargepoint-9.9.9-py3-none-any.whl",
                                          "retries": 1, "retrieveDate": iso(datetime.now(UTC))})
         await wait_statuses(st.csms, "FirmwareStatusNotification",
-                            ["Downloading", "DownloadFailed", "Downloading", "DownloadFailed"])
+                            ["Downloading", "DownloadFailed", "Downloading", "Downloaded", "InstallationFailed"])
         assert st.controller.firmware_status() == "Idle"
         assert st.controller.connectors[1].state.status == "Available"  # still charging-capable
     assert restarts == []
     assert ReleaseManager(release_root).current_version() == "0.1.0"
+
+
+async def test_firmware_served_under_a_url_without_a_file_name(tmp_path: Path, release_root: Path,
+                                                               http: HttpServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FirmwareFeature, "firmware_installer", extract_installer)
+    http.files["/api/firmware/download"] = make_wheel(tmp_path / "dist", "0.6.0").read_bytes()
+    restarts: list[str] = []
+    async with running_station(tmp_path, restart=restarts.append) as st:
+        await st.call("UpdateFirmware", {"location": f"{http.base}/api/firmware/download?id=42",
+                                         "retrieveDate": iso(datetime.now(UTC))})
+        await wait_statuses(st.csms, "FirmwareStatusNotification", FW_FLOW)
+        await st.csms.wait_for(lambda: restarts == ["Firmware"], 10)
+    assert ReleaseManager(release_root).current_version() == "0.6.0"
 
 
 async def test_retrieve_date_in_the_future_waits(tmp_path: Path, release_root: Path, http: HttpServer) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 from collections import namedtuple
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,14 +21,24 @@ from fakes_firmware import (
     closed_port,
     extract_installer,
     failing_installer,
+    make_sdist,
     make_wheel,
 )
 
-from chargepoint.firmware.update import FirmwareUpdater, InstallFailed, ReleaseManager, pip_venv_installer
+from chargepoint.firmware.update import (
+    FirmwareUpdater,
+    InstallFailed,
+    InvalidRelease,
+    ReleaseManager,
+    cli_update,
+    pip_venv_installer,
+    release_file_name,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WHEEL2 = "pi_chargepoint-2.0.0-py3-none-any.whl"
 FAILED_DOWNLOAD = ["Downloading", "DownloadFailed"]
+FAILED_INSTALL = ["Downloading", "Downloaded", "InstallationFailed"]
 Usage = namedtuple("Usage", "total used free")
 
 
@@ -131,11 +142,56 @@ async def test_unreachable_url(env):
     assert u.last_status == "Idle"
 
 
-async def test_404(env, http):
+async def test_404_is_retried_as_often_as_the_request_says(env, http):
+    """§6.51 retries: "how many times Charge Point must try to download the firmware before giving up"."""
     u, rec = env.updater()
-    await u.schedule(f"{http.base}/fw/pi_chargepoint-3.0.0-py3-none-any.whl", T0)
+    await u.schedule(f"{http.base}/fw/pi_chargepoint-3.0.0-py3-none-any.whl", T0, retries=3)
     assert rec.statuses == FAILED_DOWNLOAD and "HTTP 404" in u.last_error
+    assert http.hits["/fw/pi_chargepoint-3.0.0-py3-none-any.whl"] == 3 and env.clock.sleeps == [10, 10]
+    assert "gave up after 3 attempts" in u.last_error
     env.assert_untouched()
+
+
+async def test_file_published_after_the_first_attempt_is_installed(env, http, tmp_path):
+    """A 404 is often a file the central system has not published yet: the next attempt finds it."""
+    path = "/fw/pi_chargepoint-3.0.0-py3-none-any.whl"
+    u, rec = env.updater()
+
+    async def publish_while_waiting(seconds: float) -> None:
+        http.files[path] = make_wheel(tmp_path / "late", "3.0.0").read_bytes()
+        await env.clock.sleep(seconds)
+
+    u._sleep = publish_while_waiting
+    await u.schedule(f"{http.base}{path}", T0, retries=2, retry_interval=30)
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
+    assert http.hits[path] == 2 and env.clock.sleeps[0] == 30
+    assert ReleaseManager(env.root).current_version() == "3.0.0"
+
+
+async def test_release_is_recognised_by_its_content_not_the_url(env, http):
+    """A central system may serve the firmware as …/download?id=42: the wheel's metadata says what it is."""
+    http.files["/download"] = http.files[f"/fw/{WHEEL2}"]
+    u, rec = env.updater()
+    await u.schedule(f"{http.base}/download?id=42", T0)
+    assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"], u.last_error
+    mgr = ReleaseManager(env.root)
+    assert mgr.current_version() == "2.0.0"
+    assert (env.root / "releases/2.0.0/artifact" / WHEEL2).is_file()  # kept under the name pip needs
+    assert not list((env.root / "downloads").iterdir())
+
+
+def test_release_file_name_comes_from_the_content(tmp_path):
+    wheel = make_wheel(tmp_path / "w", "1.2.3").rename(tmp_path / "download")
+    assert release_file_name(wheel) == "pi_chargepoint-1.2.3-py3-none-any.whl"
+    sdist = make_sdist(tmp_path / "s", "1.2.4").rename(tmp_path / "firmware.bin")
+    assert release_file_name(sdist) == "pi_chargepoint-1.2.4.tar.gz"
+    named_like_a_release = make_wheel(tmp_path / "o", "1.0.0", metadata_name="other")
+    with pytest.raises(InvalidRelease, match="names the package 'other'"):
+        release_file_name(named_like_a_release)
+    page = tmp_path / "pi_chargepoint-1.0.0-py3-none-any.whl"
+    page.write_bytes(b"<html>login required</html>")
+    with pytest.raises(InvalidRelease, match="neither a wheel"):
+        release_file_name(page)
 
 
 async def test_truncated_download(env, http):
@@ -148,12 +204,17 @@ async def test_truncated_download(env, http):
 
 
 async def test_corrupt_archive(env, http):
+    """The transfer completed (Downloaded, §7.25): a broken file is a failed installation, not a failed
+    download, and it is not fetched again."""
     good = http.files[f"/fw/{WHEEL2}"]
     http.files[f"/fw/{WHEEL2}"] = good[: len(good) - 40]  # complete transfer of a broken file
+    env.idle = False  # no need to wait for the transaction to end to say the file is bad
     u, rec = env.updater()
-    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
-    assert rec.statuses == FAILED_DOWNLOAD and "not a valid zip archive" in u.last_error
+    await u.schedule(f"{http.base}/fw/{WHEEL2}", T0, retries=3)
+    assert rec.statuses == FAILED_INSTALL and "not a valid zip archive" in u.last_error
+    assert http.hits[f"/fw/{WHEEL2}"] == 1
     env.assert_untouched()
+    assert not list((env.root / "downloads").iterdir())
 
 
 async def test_not_a_release_of_this_project(env, http, tmp_path):
@@ -161,8 +222,9 @@ async def test_not_a_release_of_this_project(env, http, tmp_path):
         tmp_path / "other", "2.0.0", metadata_name="someone-else").read_bytes()
     u, rec = env.updater()
     await u.schedule(f"{http.base}/fw/{WHEEL2}", T0)
-    assert rec.statuses == FAILED_DOWNLOAD and "someone-else" in u.last_error
+    assert rec.statuses == FAILED_INSTALL and "someone-else" in u.last_error
     env.assert_untouched()
+    assert u.last_status == "Idle"
 
 
 async def test_full_disk(env, http):
@@ -284,11 +346,17 @@ def _start_process(root: Path) -> dict:
             "buf = io.StringIO()\n"
             "with contextlib.redirect_stdout(buf): main(['check-boot', '--root', sys.argv[1]])\n"
             "out = json.loads(buf.getvalue()); out['running'] = running; out['file'] = chargepoint.__file__\n"
+            "import ocpp, websockets; out['deps'] = [ocpp.__file__, websockets.__file__]\n"
             "print(json.dumps(out))")
     proc = subprocess.run([python, "-c", code, str(root)], capture_output=True, text=True, timeout=120, cwd=str(root),
                           check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def _system_site(venv: Path) -> bool:
+    cfg = (venv / "pyvenv.cfg").read_text() if (venv / "pyvenv.cfg").exists() else ""
+    return "include-system-site-packages = true" in cfg or not cfg
 
 
 async def test_real_wheel_update_process_restart_and_rollback(tmp_path):
@@ -311,6 +379,10 @@ async def test_real_wheel_update_process_restart_and_rollback(tmp_path):
     assert rec.statuses == ["Downloading", "Downloaded", "Installing", "Installed"]
     assert starts[0]["running"] == "0.1.1" and starts[0]["outcome"] == "pending"
     assert starts[0]["file"].startswith(str(root / "releases" / "0.1.1" / "venv"))
+    # The dependencies come with the release (from the controller's own venv, not from the base interpreter,
+    # which has none on a fresh machine), so removing the release it was installed from cannot break it.
+    assert all(f.startswith(str(root / "releases" / "0.1.1" / "venv")) for f in starts[0]["deps"])
+    assert _system_site(root / "releases" / "0.1.1" / "venv") == _system_site(Path(sys.prefix))
 
     # the new release crashes before its BootNotification is accepted; systemd starts it again
     await restart()
@@ -372,3 +444,15 @@ async def test_rollback_waits_for_a_running_transaction(env, http):
     env.idle = True
     await booted.watchdog
     assert env.restarts == 2
+
+
+def test_cli_update_from_a_url_without_a_file_name(tmp_path, capsys):
+    root = tmp_path / "root"
+    with HttpServer() as http:
+        http.files["/download"] = make_wheel(tmp_path / "s", "3.0.0").read_bytes()
+        assert cli_update(f"{http.base}/download?id=42", root, installer=extract_installer) == 0
+        http.files["/junk"] = b"<html>not found</html>"
+        assert cli_update(f"{http.base}/junk", root, installer=extract_installer) == 1
+    assert "is not a release of pi-chargepoint" in capsys.readouterr().err
+    assert ReleaseManager(root).current_version() == "3.0.0"
+    assert not list((root / "downloads").iterdir())

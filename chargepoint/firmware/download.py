@@ -66,26 +66,29 @@ class UploadFailed(TransferError):
 
 
 async def _with_retries(once: Callable[[int], Awaitable[_T]], error: type[TransferError], *, attempts: int,
-                        interval_s: float, sleep: Sleep, label: str) -> _T:
+                        interval_s: float, sleep: Sleep, label: str, retry_every_failure: bool = False) -> _T:
     """Run ``once(n)`` for n = 1..attempts until it succeeds, waiting ``interval_s`` between attempts.
 
-    Only ``error`` is caught; a non-retryable one ends at once and is raised as it is. When every attempt
-    failed retryably, the last message is raised with "(gave up after N attempts)" and ``retryable=False``,
-    since the ``retries`` budget (the total number of attempts, OCPP 1.6 §5.9 / §5.19) is used up.
+    Only ``error`` is caught; a non-retryable one ends at once and is raised as it is, unless
+    ``retry_every_failure``. When every attempt failed, the last message is raised with "(gave up after N
+    attempts)" and ``retryable=False``, since the ``retries`` budget (the total number of attempts, OCPP 1.6
+    §5.9 / §5.19) is used up.
     """
     last: TransferError | None = None
+    tried = 0
     for n in range(1, attempts + 1):
+        tried = n
         try:
             return await once(n)
         except error as e:
             last = e
             log.warning("%s attempt %d/%d failed: %s", label, n, attempts, e)
-            if not e.retryable:
+            if not e.retryable and not retry_every_failure:
                 break
             if n < attempts:
                 await sleep(interval_s)
     assert last is not None
-    if last.retryable and attempts > 1:
+    if tried == attempts and attempts > 1:
         raise error(f"{last.message} (gave up after {attempts} attempts)", retryable=False)
     raise last
 
@@ -446,11 +449,14 @@ async def download(
     timeout_s: float = 30.0,
     disk_usage: DiskUsage = shutil.disk_usage,
     sleep: Sleep = asyncio.sleep,
+    retry_every_failure: bool = False,
 ) -> DownloadResult:
     """Download ``url`` to ``dest`` (via ``dest.part``, renamed only when complete and verified).
 
     ``retries`` is the total number of attempts (OCPP wording), ``retry_interval_s`` the wait between them.
-    Not retried: a 4xx answer, an FTP 5xx refusal, a file that is too large, a full disk.
+    Not retried unless ``retry_every_failure``: a 4xx answer, an FTP 5xx refusal, a file that is too large,
+    a full disk. UpdateFirmware sets it (§6.51: "how many times Charge Point must try to download the
+    firmware before giving up"; a 404 may be a file not published yet). A malformed URL is never retried.
     """
     _check_scheme(url, DownloadFailed)
     expected_checksum_from_url(url)  # a malformed fragment is an immediate, clear error
@@ -469,7 +475,8 @@ async def download(
         return DownloadResult(dest, size, digest, checked, n)
 
     return await _with_retries(once, DownloadFailed, attempts=max(1, int(retries)),
-                               interval_s=retry_interval_s, sleep=sleep, label="download")
+                               interval_s=retry_interval_s, sleep=sleep, label="download",
+                               retry_every_failure=retry_every_failure)
 
 
 # ---------------------------------------------------------------------------------------------------------

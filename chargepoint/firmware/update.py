@@ -2,7 +2,7 @@
 
 Layout under ``root`` (production: /opt/chargepoint)::
 
-    releases/<version>/venv/            its own venv (--system-site-packages: dependencies from the base env)
+    releases/<version>/venv/            its own venv, made like the running one (see RunningEnvironment)
     releases/<version>/artifact/<file>  the wheel/sdist it was installed from
     releases/<version>/release.json     version, install time, artifact sha256
     releases/<version>/.complete        written last: a release without it is half-installed
@@ -26,6 +26,7 @@ import email.parser
 import fcntl
 import gzip
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import logging
@@ -42,7 +43,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 from chargepoint.firmware.download import (
     DEFAULT_MAX_BYTES,
@@ -186,6 +186,90 @@ def _verify_sdist(path: Path, version: str) -> None:
     _check_metadata(pkg_info, f"{path.name} PKG-INFO", version)
 
 
+def release_file_name(path: Path) -> str:
+    """The file name a release needs (pip reads the version and tags from it), taken from its content.
+
+    A central system may serve the file as ``…/download?id=42``: what it is comes from the bytes, a wheel
+    (zip: ``*.dist-info/METADATA`` and ``WHEEL`` tags) or an sdist (gzip: ``<top>/PKG-INFO``), never from the
+    URL. The full checks (CRCs, members, metadata) follow in :func:`verify_artifact` on the renamed file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise InvalidRelease(f"the firmware file cannot be read: {e.strerror}") from None
+    if magic.startswith(b"PK"):
+        return _wheel_file_name(path)
+    if magic.startswith(b"\x1f\x8b"):
+        return _sdist_file_name(path)
+    raise InvalidRelease(f"the firmware file is neither a wheel (zip) nor an sdist (tar.gz) of {PROJECT_NAME} "
+                         f"({path.stat().st_size} bytes starting {magic!r})")
+
+
+def _release_identity(text: str, source: str) -> str:
+    """The version named by ``text`` (METADATA / PKG-INFO), which must be this project's."""
+    msg = email.parser.Parser().parsestr(text, headersonly=True)
+    name = msg.get("Name")
+    if not name or _canonical(name) != PROJECT_NAME:
+        raise InvalidRelease(f"{source} names the package {name!r}, not {PROJECT_NAME!r}")
+    version = (msg.get("Version") or "").strip()
+    if not _VERSION_RE.match(version):
+        raise InvalidRelease(f"{source} gives version {version!r}, which is not a valid version string")
+    return version
+
+
+def _wheel_file_name(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            meta = [n for n in names if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+            if len(meta) != 1:
+                raise InvalidRelease(f"the firmware file (a zip) has {len(meta)} .dist-info/METADATA files: "
+                                     f"not a wheel of {PROJECT_NAME}")
+            version = _release_identity(zf.read(meta[0]).decode("utf-8", "replace"), "the wheel's METADATA")
+            wheel_info = meta[0].rsplit("/", 1)[0] + "/WHEEL"
+            tags = (email.parser.Parser().parsestr(zf.read(wheel_info).decode("utf-8", "replace"))
+                    .get_all("Tag") or []) if wheel_info in names else []
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
+        raise InvalidRelease(f"the firmware file is not a valid zip archive (corrupt or truncated wheel): {e}") \
+            from None
+    parts = [t.strip().split("-") for t in tags]
+    if not parts or any(len(p) != 3 for p in parts):
+        raise InvalidRelease(f"the wheel has no valid Tag in {wheel_info}")
+    # the compressed tag set of the wheel file name (PEP 425): each part's values joined by "."
+    py, abi, plat = (".".join(sorted({p[i] for p in parts})) for i in range(3))
+    return f"pi_chargepoint-{version}-{py}-{abi}-{plat}.whl"
+
+
+def _sdist_file_name(path: Path) -> str:
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+            for member in tf:
+                parts = member.name.split("/")
+                if len(parts) == 2 and parts[1] == "PKG-INFO" and member.isfile():
+                    f = tf.extractfile(member)
+                    text = f.read(65536).decode("utf-8", "replace") if f else ""
+                    return f"pi_chargepoint-{_release_identity(text, 'the sdist PKG-INFO')}.tar.gz"
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise InvalidRelease(f"the firmware file is not a valid tar.gz archive (corrupt or truncated): {e}") \
+            from None
+    raise InvalidRelease(f"the firmware file (a tar.gz) has no <dir>/PKG-INFO: not an sdist of {PROJECT_NAME}")
+
+
+def stage_release(path: Path) -> Artifact:
+    """Rename a downloaded file to the name its content calls for and verify it (:func:`verify_artifact`)."""
+    path = Path(path)
+    named = path.with_name(release_file_name(path))
+    if named != path:
+        os.replace(path, named)
+    try:
+        return verify_artifact(named)
+    except BaseException:
+        named.unlink(missing_ok=True)
+        raise
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Venv creation (injectable: tests use a fast fake)
 
@@ -220,16 +304,128 @@ def _venv_site_packages(python: str) -> Path:
     return Path(out)
 
 
-def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
-                       extra_site_packages: list[Path] | None = None) -> VenvInstaller:
-    """Production strategy: ``python -m venv --system-site-packages`` + ``pip install --no-index --no-deps``.
+def artifact_requirements(path: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of a release artifact (wheel METADATA or sdist PKG-INFO), extras included."""
+    text = ""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            meta = [n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+            if meta:
+                text = zf.read(meta[0]).decode("utf-8", "replace")
+    else:
+        with contextlib.suppress(tarfile.TarError, OSError, EOFError, zlib.error), tarfile.open(path, "r:gz") as tf:
+            for member in tf:
+                if member.name.count("/") == 1 and member.name.endswith("/PKG-INFO"):
+                    f = tf.extractfile(member)
+                    text = f.read().decode("utf-8", "replace") if f else ""
+                    break
+    return email.parser.Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or []
 
-    The venv is created without its own pip: with --system-site-packages the base environment's pip runs
-    inside it and installs into the venv.  --ignore-installed because the base env may hold another
-    version of this project, which must neither satisfy nor be touched by this install.
-    ``extra_site_packages``: where the dependencies live if not in the base interpreter's site-packages.
+
+def _requirement_name(spec: str) -> str | None:
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+    return _canonical(m[1]) if m else None
+
+
+@dataclass(frozen=True)
+class RunningEnvironment:
+    """The Python environment the controller itself runs in, which a new release's venv must reproduce.
+
+    deploy/install.sh makes each release's venv with ``python3 -m venv --system-site-packages`` (Debian's
+    gpiozero, lgpio, pyscard, systemd) and pip-installs the other dependencies *into that venv*. A venv made
+    from the base interpreter alone would therefore lack ocpp, websockets, pymodbus ...: the new release
+    gets the base interpreter and the system-site setting of the running venv, and the running venv's own
+    copies of the dependencies (hard links: no space, no network, the versions this controller runs with).
     """
-    base = python or getattr(sys, "_base_executable", None) or sys.executable
+
+    base_python: str
+    system_site: bool
+    #: Site directories of the base interpreter: what a venv with system_site sees by itself.
+    base_site_dirs: frozenset[Path]
+
+    @classmethod
+    def current(cls) -> RunningEnvironment:
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        system_site = True
+        if sys.prefix != sys.base_prefix:
+            cfg = Path(sys.prefix) / "pyvenv.cfg"
+            with contextlib.suppress(OSError):
+                for line in cfg.read_text().splitlines():
+                    key, _, value = line.partition("=")
+                    if key.strip().lower() == "include-system-site-packages":
+                        system_site = value.strip().lower() == "true"
+        import site
+
+        dirs = frozenset(Path(d).resolve() for d in site.getsitepackages([sys.base_prefix]))
+        return cls(base, system_site, dirs)
+
+
+def link_running_dependencies(requirements: list[str], site_dir: Path, env: RunningEnvironment) -> list[str]:
+    """Hard-link (copy across file systems) into ``site_dir`` every distribution the running controller
+    imports for ``requirements``, their own requirements transitively, and pip; returns "name version" each.
+
+    Markers and extras are not evaluated: a requirement counts when the running environment has it
+    installed (so the pcsc/systemd extras come along where install.sh installed them, and nothing else).
+    Distributions in the base interpreter's site-packages are left where they are when the new venv sees
+    them by itself. pip unlinks a file before it writes one, so a link never lets one release's files
+    change another's.
+    """
+    queue = [n for n in map(_requirement_name, [*requirements, "pip"]) if n]
+    seen: set[str] = set()
+    linked: list[str] = []
+    while queue:
+        name = queue.pop(0)
+        if name in seen or name == PROJECT_NAME:
+            continue
+        seen.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # the smoke test says so if the release needs it
+        queue.extend(n for n in map(_requirement_name, dist.requires or []) if n)
+        origin = Path(str(dist.locate_file(""))).resolve()
+        if env.system_site and origin in env.base_site_dirs:
+            continue
+        files = dist.files
+        if files is None:
+            log.warning("%s %s has no RECORD: it cannot be given to the new release", name, dist.version)
+            continue
+        for rel in files:
+            if rel.is_absolute() or ".." in rel.parts:
+                continue  # console scripts in bin/: they name the running venv's interpreter
+            src = Path(str(dist.locate_file(rel)))
+            if not src.is_file():
+                continue
+            dst = site_dir / str(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except FileExistsError:
+                continue
+            except OSError:  # another file system, or fs.protected_hardlinks: copy instead
+                shutil.copy2(src, dst)
+        linked.append(f"{dist.metadata['Name']} {dist.version}")
+    return linked
+
+
+def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
+                       extra_site_packages: list[Path] | None = None,
+                       inherit_dependencies: bool | None = None) -> VenvInstaller:
+    """Production strategy: a venv like the running one + ``pip install --no-index --no-deps`` of the release.
+
+    Default (``python`` None): the venv is made from the interpreter under the controller's own venv, with
+    the same ``include-system-site-packages``, and gets the running venv's copies of the release's
+    dependencies (:class:`RunningEnvironment`, :func:`link_running_dependencies`); no package index is
+    needed. ``python`` given: a plain ``--system-site-packages`` venv of that interpreter, whose dependencies
+    must be in its site-packages (``inherit_dependencies=True`` links them anyway: same Python version only).
+    --ignore-installed because a visible environment may hold another version of this project, which must
+    neither satisfy nor be touched by this install.
+    ``extra_site_packages``: further dependency directories, appended to the venv's path by a .pth file.
+    """
+    inherit = python is None if inherit_dependencies is None else inherit_dependencies
+    env = RunningEnvironment.current()
+    base = python or env.base_python
+    system_site = env.system_site if python is None else True
 
     def run(cmd: list[str]) -> None:
         try:
@@ -241,10 +437,20 @@ def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
             raise InstallFailed(f"{' '.join(cmd[1:4])} failed (exit {proc.returncode}): {tail}")
 
     def install(venv: Path, artifact: Path, version: str) -> None:
-        run([base, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)])
+        venv, artifact = Path(venv).absolute(), Path(artifact).absolute()  # commands below run elsewhere
+        run([base, "-m", "venv", *(["--system-site-packages"] if system_site else []), "--without-pip",
+             str(venv)])
         py = str(venv / "bin" / "python")
+        site_dir = _venv_site_packages(py)
+        if inherit:
+            try:
+                linked = link_running_dependencies(artifact_requirements(artifact), site_dir, env)
+            except OSError as e:
+                raise InstallFailed(f"giving release {version} the controller's dependencies failed: {e}") from None
+            log.info("release %s: dependencies from the running environment: %s", version,
+                     ", ".join(linked) or "none needed")
         probe = subprocess.run([py, "-m", "pip", "--version"], capture_output=True, timeout=60, check=False)
-        if probe.returncode != 0:  # base env has no pip: give the venv its own
+        if probe.returncode != 0:  # no pip to see or to link: give the venv its own
             run([py, "-m", "ensurepip", "--default-pip"])
         cmd = [py, "-m", "pip", "install", "--no-index", "--no-deps", "--ignore-installed",
                "--disable-pip-version-check", "--no-warn-script-location"]
@@ -252,11 +458,10 @@ def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
             cmd.append("--no-build-isolation")
         run([*cmd, str(artifact)])
         if extra_site_packages:
-            # Dependencies kept in a separate environment (e.g. the venv deploy/install.sh created): a .pth
-            # file appends its site-packages after the release's own, so the release's chargepoint wins.
-            site = _venv_site_packages(py)
-            (site / "_chargepoint_deps.pth").write_text("".join(f"{Path(d).resolve()}\n"
-                                                               for d in extra_site_packages))
+            # Dependencies kept in a separate environment: a .pth file appends its site-packages after the
+            # release's own, so the release's chargepoint wins.
+            (site_dir / "_chargepoint_deps.pth").write_text("".join(f"{Path(d).resolve()}\n"
+                                                                   for d in extra_site_packages))
         # Smoke test before anyone switches to it: the package imports, reports the expected version and
         # every dependency it declares is present in a matching version.
         proc = subprocess.run([py, "-c", _SMOKE_TEST], capture_output=True, text=True, timeout=120, check=False,
@@ -268,7 +473,7 @@ def pip_venv_installer(python: str | None = None, timeout_s: float = 900.0,
                 f"{(proc.stderr.strip().splitlines() or lines or ['no output'])[-1]}"
             )
         if len(lines) > 1:
-            raise InstallFailed(f"release {version} needs dependencies the base environment lacks: "
+            raise InstallFailed(f"release {version} needs dependencies the controller's environment lacks: "
                                 + "; ".join(lines[1:]))
 
     return install
@@ -612,6 +817,8 @@ IdleCheck = Callable[[], bool | Awaitable[bool]]
 Restart = Callable[[], Awaitable[None] | None]
 
 BUSY_STATUSES = frozenset({"Downloading", "Downloaded", "Installing"})
+#: Where an UpdateFirmware download lands before its content names it (stage_release).
+DOWNLOAD_NAME = "firmware.download"
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -627,11 +834,14 @@ async def systemd_restart(unit: str = "chargepoint") -> None:
 class FirmwareUpdater:
     """Runs one UpdateFirmware at a time and reports FirmwareStatusNotification via ``notify``.
 
-    Status sequence: Downloading, then DownloadFailed (transfer, checksum, disk or the file is not a valid
-    release of this project) or Downloaded; after waiting for idle connectors Installing, then
-    InstallationFailed or Installed followed by ``restart()``.  The new release must call
-    :meth:`confirm_healthy` once its BootNotification is accepted; otherwise it is rolled back and the
-    next boot reports InstallationFailed.
+    Status sequence (OCPP 1.6 §7.25 FirmwareStatus): Downloading, then DownloadFailed (no complete,
+    checksum-verified copy after ``retries`` attempts, §6.51 -- every failure counts, an HTTP 404 too: the
+    file may not be published yet) or Downloaded.  A complete file that is not a valid release of this
+    project is then InstallationFailed (it did download; DownloadFailed means "failed to download"), else,
+    after waiting for idle connectors, Installing, then InstallationFailed or Installed followed by
+    ``restart()``.  The release is recognised by its content, not by the URL (:func:`release_file_name`).
+    The new release must call :meth:`confirm_healthy` once its BootNotification is accepted; otherwise it
+    is rolled back and the next boot reports InstallationFailed.
     """
 
     def __init__(
@@ -705,9 +915,8 @@ class FirmwareUpdater:
         return self.task
 
     def _dest_for(self, location: str) -> Path:
-        name = Path(unquote(urlsplit(location).path)).name
-        name = re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "firmware.bin"
-        return self.download_dir / name
+        # Not the URL's file name: what the file is comes from its content (stage_release renames it).
+        return self.download_dir / DOWNLOAD_NAME
 
     async def _wait_idle(self) -> None:
         # OCPP 1.6 §5.19: the Charge Point may wait for running transactions to end before installing.
@@ -722,11 +931,12 @@ class FirmwareUpdater:
             await self._sleep(delay)
         await self._report("Downloading")
         dest = self._dest_for(location)
+        staged: Path | None = None
         try:
             result = await download(location, dest, retries=retries, retry_interval_s=retry_interval,
-                                    max_bytes=self.max_bytes, disk_usage=self._disk_usage, sleep=self._sleep)
-            artifact = await asyncio.to_thread(verify_artifact, result.path)
-        except (DownloadFailed, InvalidRelease) as e:
+                                    max_bytes=self.max_bytes, disk_usage=self._disk_usage, sleep=self._sleep,
+                                    retry_every_failure=True)
+        except DownloadFailed as e:
             self.last_error = str(e)
             log.error("firmware download failed: %s", e)
             dest.unlink(missing_ok=True)
@@ -734,6 +944,14 @@ class FirmwareUpdater:
             return
         await self._report("Downloaded")
         try:
+            try:
+                artifact = await asyncio.to_thread(stage_release, result.path)
+                staged = artifact.path
+            except InvalidRelease as e:
+                self.last_error = f"{safe_url(location)} is not a release of {PROJECT_NAME}: {e}"
+                log.error("firmware not installed: %s", self.last_error)
+                await self._report("InstallationFailed")
+                return
             await self._wait_idle()
             self._installing = True
             await self._report("Installing")
@@ -757,6 +975,8 @@ class FirmwareUpdater:
         finally:
             self._installing = False
             dest.unlink(missing_ok=True)
+            if staged is not None:
+                staged.unlink(missing_ok=True)
 
     def _switch_and_mark(self, version: str, previous: str | None) -> None:
         self.releases.switch_to(version)
@@ -839,14 +1059,19 @@ def cli_update(
     mgr = ReleaseManager(Path(root), installer=installer)
     path: Path
     if _looks_like_url(file_or_url):
-        dest = mgr.root / "downloads" / (Path(unquote(urlsplit(file_or_url).path)).name or "firmware.bin")
+        dest = mgr.root / "downloads" / DOWNLOAD_NAME
         print(f"downloading {safe_url(file_or_url)} ...", file=out)
         try:
             asyncio.run(download(file_or_url, dest, retries=retries, retry_interval_s=2.0))
         except DownloadFailed as e:
             print(f"error: download failed: {e}", file=err)
             return 1
-        path = dest
+        try:
+            path = stage_release(dest).path  # named by its content: the URL may be …/download?id=42
+        except InvalidRelease as e:
+            dest.unlink(missing_ok=True)
+            print(f"error: {safe_url(file_or_url)} is not a release of {PROJECT_NAME}: {e}", file=err)
+            return 1
     else:
         path = Path(file_or_url)
         if not path.is_file():

@@ -4,6 +4,7 @@ installer, a virtual clock.  Everything binds to 127.0.0.1 only."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import io
 import logging
 import shutil
@@ -229,6 +230,7 @@ def build_project_wheel(version: str, extra_dependency: str | None = None) -> Pa
         return _REAL_WHEELS[version]  # a version is built once; it must always come with the same deps
     if _REAL_DIR is None:
         _REAL_DIR = Path(tempfile.mkdtemp(prefix="cp-wheels-"))
+        atexit.register(shutil.rmtree, _REAL_DIR, ignore_errors=True)  # source copies and wheels, per run
     src = _REAL_DIR / f"src-{version}"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
     src.mkdir()
