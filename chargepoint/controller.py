@@ -431,7 +431,12 @@ class ControllerCore:
             for cid in self._targets(event.connector_id):
                 self.post(cid, cm.Fault(event.kind, event.latched))
         elif isinstance(event, FaultCleared):
-            log.warning("fault cleared on connector %d: %s", event.connector_id, event.kind.value)
+            log.info(
+                "fault cleared on connector %d: %s",
+                event.connector_id,
+                event.kind.value,
+                extra={"CONNECTOR_ID": event.connector_id},
+            )
             for cid in self._targets(event.connector_id):
                 self.post(cid, cm.FaultClear(event.kind))
         elif isinstance(event, TagPresented):
