@@ -164,7 +164,7 @@ class Supervisor:
                 log.exception("crash handler for task %s failed", entry.name)
         now = self._clock()
         entry.ends.append(now)
-        while entry.ends and entry.ends[0] < now - self.window_s:
+        while entry.ends and entry.ends[0] <= now - self.window_s:
             entry.ends.popleft()
         if len(entry.ends) > self.max_restarts:
             self._give_up(entry, why, exc)
