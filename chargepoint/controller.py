@@ -971,9 +971,10 @@ class ControllerCore:
     async def _clock_aligned_loop(self) -> None:
         """Clock-aligned MeterValues (ClockAlignedDataInterval, context Sample.Clock, aligned to midnight).
 
-        OCPP 1.6 §9.1 ClockAlignedDataInterval: evenly spaced intervals per day starting at 00:00:00. A changed interval applies at
-        once: the next Sample.Clock is at the next boundary of the new interval (0 → 5 s samples at the next
-        5 s boundary, 3600 → 5 does not wait out the hour). Each sample is stamped with its boundary."""
+        OCPP 1.6 §9.1 ClockAlignedDataInterval: evenly spaced intervals per day starting at 00:00:00. A
+        changed interval applies at once: the next Sample.Clock is at the next boundary of the new interval
+        (0 → 5 s samples at the next 5 s boundary, 3600 → 5 does not wait out the hour). Each sample is
+        stamped with its boundary."""
         assert self.keys is not None and self.outbox is not None and self.sender is not None
         last_boundary: datetime | None = None
         while True:
@@ -1096,8 +1097,8 @@ class ControllerCore:
     async def _on_session(self, session: OcppSession) -> None:
         """A websocket is up: boot once per process, then (on every reconnect) every status once.
 
-        A failure here would leave the link connected but never registered: it closes the connection so
-        that the link connects and tries again (with its back-off)."""
+        A failure here would leave the link connected but never registered: it is logged and the connection
+        closed, so that the link connects and tries again (with its back-off)."""
         assert self.keys is not None and self.sender is not None
         try:
             if not self.boot_accepted:
@@ -1111,7 +1112,6 @@ class ControllerCore:
             log.exception("starting the OCPP session failed; reconnecting")
             with contextlib.suppress(Exception):
                 await session._connection.close()
-            raise
 
     def _boot_payload(self) -> dict[str, Any]:
         cfg = self.config

@@ -329,3 +329,28 @@ async def test_giving_up_with_a_restart_hook_stops_in_order_and_asks_for_a_resta
             assert store.get_meta("pending_reset") == "Shutdown"  # the next start says Reboot, not PowerLoss
         finally:
             store.close()
+
+
+async def test_a_failing_session_start_reconnects_instead_of_staying_connected_unregistered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_station(tmp_path) as st:
+        c, cs = st.controller, st.csms
+        await cs.wait_for(lambda: {p["connectorId"] for p in cs.received("StatusNotification")} >= {0, 1})
+        real = c._send_all_statuses
+        calls: list[int] = []
+
+        def fails_once() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug after the reconnect")
+            real()
+
+        c._send_all_statuses = fails_once  # type: ignore[method-assign]
+        before = len(cs.received("StatusNotification"))
+        await cs.drop_connections()
+        await cs.wait_for(lambda: cs.connections >= 3, 10)  # closed and connected again
+        await cs.wait_for(
+            lambda: {p["connectorId"] for p in cs.received("StatusNotification")[before:]} >= {0, 1}, 10
+        )
+        assert any("starting the OCPP session failed" in r.getMessage() for r in caplog.records)
