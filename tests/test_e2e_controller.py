@@ -141,3 +141,34 @@ async def test_a_stop_with_an_open_transaction_names_it(tmp_path: Path, caplog: 
         await st.controller.stop()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping with transaction")]
     assert len(lines) == 1 and "transaction 1001" in lines[0] and "connector 1" in lines[0]
+
+
+# ----------------------------------------------------------------------- statuses the central system sees
+
+
+def _sent(st: object, connector_id: int = 1) -> list[str]:
+    return [p["status"] for p in st.csms.received("StatusNotification") if p["connectorId"] == connector_id]  # type: ignore[attr-defined]
+
+
+async def test_a_start_is_reported_preparing_then_charging(tmp_path: Path) -> None:
+    async with running_station(tmp_path) as st:
+        await st.start_charging()
+        await st.csms.wait_for(lambda: _sent(st)[-1:] == ["Charging"])
+        assert _sent(st) == ["Available", "Preparing", "Charging"]
+
+
+async def test_operative_again_reports_only_the_status_the_connector_is_in(tmp_path: Path) -> None:
+    async with running_station(tmp_path) as st:
+        await st.csms.wait_for(lambda: _sent(st) == ["Available"])
+        assert (await st.call("ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}))[
+            "status"
+        ] == "Accepted"
+        await st.csms.wait_for(lambda: _sent(st)[-1:] == ["Unavailable"])
+        st.bench.ev(1).plug()  # behind state F: the controller cannot see it
+        await asyncio.sleep(0.1)
+        assert (await st.call("ChangeAvailability", {"connectorId": 1, "type": "Operative"}))[
+            "status"
+        ] == "Accepted"
+        await st.csms.wait_for(lambda: _sent(st)[-1:] == ["Preparing"])
+        await asyncio.sleep(0.2)  # nothing else follows
+        assert _sent(st) == ["Available", "Unavailable", "Preparing"]
