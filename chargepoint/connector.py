@@ -9,6 +9,23 @@ Status follows OCPP 1.6 §4.9 (StatusNotification) and §7.7 ChargePointStatus:
 Available → Preparing (plug-in or authorization) → Charging / SuspendedEV /
 SuspendedEVSE → Finishing (transaction over, cable still in) → Available; Reserved,
 Unavailable and Faulted override as the specification describes.
+
+Two readings where the status would otherwise not be the truth:
+
+* **Start of charging.** When a transaction begins with the car in state B the EVSE offers PWM and the
+  car has not answered yet; "SuspendedEV" would be literally true for those milliseconds, and operators
+  read it as a suspend at every start. The connector stays ``Preparing`` until the car answers (C/D →
+  ``Charging``) or :data:`EV_ANSWER_SETTLE_S` (3 s, the response window IEC 61851-1 uses at the start of
+  charging, sequence 4) passed without an answer (→ ``SuspendedEV``: the car really does not want energy).
+  Only the first offer of a transaction gets the settle time; a car that charged and went back to B is
+  ``SuspendedEV`` at once. This is the status derivation only: the contactor rules are unchanged.
+  MinimumStatusDuration (OCPP 1.6 §9.1) is not the tool for it: it is the central system's own
+  debounce of every status and defaults to 0; the settle time describes what the connector is in.
+* **Pilot not seen.** While the EVSE itself drives state F (Unavailable, after a fault) it cannot see
+  whether a car is plugged in; the last reading is stale. Leaving Unavailable or Faulted, the connector
+  keeps reporting that status until the first fresh reading says what it really is (at most
+  :data:`FRESH_READING_WAIT_S`), instead of reporting ``Finishing`` for a car that left meanwhile or
+  ``Available`` for one that was plugged in meanwhile, followed by the correction.
 """
 
 from __future__ import annotations
@@ -113,7 +130,27 @@ class Tick:
     """Time passed: timers (6 s force-open, 300 ms state F, ConnectionTimeOut) are evaluated."""
 
 
-Event = Pilot | Authorize | Stop | Fault | FaultClear | ResetFaults | Availability | Limit | Reserved | Tick
+@dataclass(frozen=True)
+class OutputsForcedSafe:
+    """The controller opened the contactor and drove the pilot to state F without this state machine (the
+    task that applies events died, see chargepoint/supervisor.py). The machine takes that as the truth and
+    treats it like a fault that is already gone: at least 300 ms in F (IEC 61851-1 Table A.5), then the
+    outputs follow the inputs again."""
+
+
+Event = (
+    Pilot
+    | Authorize
+    | Stop
+    | Fault
+    | FaultClear
+    | ResetFaults
+    | Availability
+    | Limit
+    | Reserved
+    | Tick
+    | OutputsForcedSafe
+)
 
 
 # -------------------------------------------------------------------- actions
@@ -173,6 +210,9 @@ Action = (
 )
 
 F = "F"  # pilot command: state F
+EV_ANSWER_SETTLE_S = 3.0  # a transaction's first PWM offer: the car's time to answer before SuspendedEV
+FRESH_READING_WAIT_S = 3.0  # after state F: how long the last status is kept waiting for a fresh reading
+_SEEN_BLIND = frozenset({"Unavailable", "Faulted"})  # statuses reported while the car may be invisible
 
 
 @dataclass(frozen=True)
@@ -203,6 +243,9 @@ class ConnectorState:
     pilot_stale: bool = True
     pending_inoperative: bool = False  # ChangeAvailability(Inoperative) Scheduled until the transaction ends
     ventilation: bool = False  # IEC 61851-1: state D may only be energized where ventilation is provided
+    ev_settled: bool = False  # this transaction's start is over: the car answered, or had its settle time
+    offer_since: float | None = None  # the first offer of this transaction began then
+    left_f_at: float | None = None  # the pilot command left state F then (the reading is stale until seen)
 
     def in_fault_hold(self, now: float) -> bool:
         return self.last_fault_at is not None and now < self.last_fault_at + safety.FAULT_STATE_F_MIN_S
@@ -220,7 +263,27 @@ class ConnectorState:
             deadlines.append(self.last_fault_at + safety.FAULT_STATE_F_MIN_S)
         if self.session_tag is not None and not self.in_transaction and not self.pilot.vehicle_connected:
             deadlines.append(self.session_since + self.connection_timeout_s)
+        if self.in_transaction and self.offer_since is not None and not self.ev_settled:
+            deadlines.append(self.offer_since + EV_ANSWER_SETTLE_S)
+        if self.holding_blind_status() and self.pilot_command != F and self.left_f_at is not None:
+            deadlines.append(self.left_f_at + FRESH_READING_WAIT_S)
         return min(deadlines) if deadlines else None
+
+    def holding_blind_status(self, now: float | None = None) -> bool:
+        """Is the status reported while the car was invisible kept, waiting for a fresh pilot reading?"""
+        if not (
+            self.pilot_stale
+            and self.status in _SEEN_BLIND
+            and self.operative
+            and not self.faults
+            and not self.in_transaction
+        ):
+            return False
+        if self.pilot_command == F:
+            return True  # still in state F (the 300 ms after a fault): nothing can be seen yet
+        if self.left_f_at is None:
+            return False
+        return now is None or now < self.left_f_at + FRESH_READING_WAIT_S
 
 
 def _error_code(state: ConnectorState) -> str:
@@ -230,7 +293,7 @@ def _error_code(state: ConnectorState) -> str:
     return "NoError"
 
 
-def _derive_status(s: ConnectorState) -> str:
+def _derive_status(s: ConnectorState, now: float) -> str:
     if s.faults:
         return "Faulted"
     if s.in_transaction:
@@ -238,9 +301,13 @@ def _derive_status(s: ConnectorState) -> str:
             return "SuspendedEVSE"
         if s.contactor_closed and s.pilot.wants_power:
             return "Charging"
+        if not s.ev_settled and s.offer_since is not None:
+            return "Preparing"  # the car has not had the time to answer the first offer yet
         return "SuspendedEV"
     if not s.operative:
         return "Unavailable"
+    if s.holding_blind_status(now):
+        return s.status  # the car cannot be seen yet: no guess from the reading taken before state F
     if s.finishing:
         return "Finishing"
     if s.session_tag is not None:
@@ -317,6 +384,14 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         s = replace(s, limit_a=event.amps)
     elif isinstance(event, Reserved):
         s = replace(s, reserved=event.reserved)
+    elif isinstance(event, OutputsForcedSafe):
+        s = replace(
+            s, contactor_closed=False, withdrawn_at=None, pilot_command=F, pilot_stale=True, last_fault_at=now
+        )
+
+    if s.in_transaction and not s.ev_settled and s.offer_since is not None:
+        if safety.asks_for_power(s) or now >= s.offer_since + EV_ANSWER_SETTLE_S:
+            s = replace(s, ev_settled=True)  # the car answered, or had its time: statuses are literal now
 
     # ConnectionTimeOut: authorized but no cable within the time (OCPP 1.6 §9.1.7).
     if (
@@ -336,7 +411,7 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         and s.operative
         and not s.faults
     ):
-        s = replace(s, in_transaction=True, finishing=False)
+        s = replace(s, in_transaction=True, finishing=False, ev_settled=False, offer_since=None)
         actions.append(BeginTransaction(s.session_tag))
 
     s, outputs = _apply_outputs(s, now)
@@ -346,8 +421,8 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         + [a for a in outputs if not isinstance(a, OpenContactor)]
     )
 
-    status = _derive_status(s)
-    code = _error_code(s)
+    status = _derive_status(s, now)
+    code = s.error_code if s.holding_blind_status(now) else _error_code(s)
     if status != s.status or code != s.error_code:
         s = replace(s, status=status, error_code=code)
         actions.append(StatusChanged(status, code))
@@ -403,7 +478,15 @@ def _apply_outputs(s: ConnectorState, now: float) -> tuple[ConnectorState, list[
         s = replace(s, withdrawn_at=None)
 
     if desired != s.pilot_command:
-        s = replace(s, pilot_command=desired, pilot_stale=s.pilot_stale or desired == F)
+        left_f = s.pilot_command == F and desired != F
+        s = replace(
+            s,
+            pilot_command=desired,
+            pilot_stale=s.pilot_stale or desired == F,
+            left_f_at=now if left_f else s.left_f_at,
+        )
+        if s.in_transaction and not s.ev_settled and s.offer_since is None and isinstance(desired, float | int):
+            s = replace(s, offer_since=now)  # the transaction's first offer: the car gets its settle time
         out.append(PilotUnavailable() if desired == F else OfferCurrent(desired))  # type: ignore[arg-type]
 
     if not s.contactor_closed and safety.may_close(s, now):

@@ -24,12 +24,13 @@ import websockets
 from chargepoint import connector as cm
 from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
-from chargepoint.metering import iso, measured_current, sampled_values
+from chargepoint.metering import iso, measured_current, next_clock_boundary, sampled_values
 from chargepoint.overcurrent import OvercurrentMonitor
 from chargepoint.privacy import mask_id_tag
 from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
 from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
 from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
+from chargepoint.supervisor import Supervisor, TaskFactory
 from hal import registry
 from hal.interfaces import (
     ConnectorHardware,
@@ -113,7 +114,6 @@ class ConnectorRuntime:
     overcurrent: OvercurrentMonitor = field(default_factory=OvercurrentMonitor)
     tick_handle: asyncio.TimerHandle | None = None
     tx_chain: asyncio.Task[None] | None = None
-    sampler: asyncio.Task[None] | None = None
     limit_a: float | None = None
     limit_source: str = "connector"
     stop_tag: str | None = None
@@ -154,7 +154,11 @@ class ControllerCore:
         self._queue: asyncio.Queue[tuple[int, cm.Event]] = asyncio.Queue()
         self._status_queue: asyncio.Queue[tuple[int, str, str, int]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(on_crash=self._on_task_crash, on_give_up=self._on_task_given_up)
+        self._safe_outputs_task: asyncio.Task[None] | None = None  # outputs forced safe: dispatcher died
+        self._outputs_forced_safe = False  # … and the state machines do not know it yet
+        self._key_events: dict[str, asyncio.Event] = {}
+        self._heartbeat_from = 0.0  # loop time the heartbeat interval counts from (boot, last heartbeat)
         self._stopping = False
         self.stopped = asyncio.Event()
         self.ready = asyncio.Event()
@@ -264,18 +268,86 @@ class ControllerCore:
             reconnect_max_s=cfg.csms.reconnect_max_s,
             ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
         )
-        self._spawn(self._dispatcher(), "dispatcher")
-        self._spawn(self._status_sender(), "status")
-        self._spawn(self.sender.run(), "outbox")
-        self._spawn(self.link.run(), "link")
-        self._spawn(self._clock_aligned_loop(), "clock-aligned")
+        # The long-lived tasks, kept alive by the supervisor (chargepoint/supervisor.py says why and how).
+        self.supervise("dispatcher", self._dispatcher, critical=True)
+        self.supervise("status", self._status_sender)
+        self.supervise("outbox", self.sender.run)
+        self.supervise("link", self.link.run)
+        self.supervise("clock-aligned", self._clock_aligned_loop)
+        self.supervise("heartbeat", self._heartbeat_loop)
         for rt in self.connectors.values():
-            self._spawn(self._meter_poll_loop(rt), f"meter-{rt.id}")
+            self.supervise(f"meter-{rt.id}", functools.partial(self._meter_poll_loop, rt))
             self.post(rt.id, cm.Tick())
         self.ready.set()
 
+    def supervise(
+        self, name: str, factory: TaskFactory, *, critical: bool = False, transient: bool = False
+    ) -> asyncio.Task[Any]:
+        """A long-lived task that must not die: restarted by the supervisor if it does (see its docstring)."""
+        return self.supervisor.start(name, factory, critical=critical, transient=transient)
+
+    def security_event(self, kind: str, tech_info: str | None = None) -> None:
+        """Hook: a security event (security whitepaper edition 2); the security feature records and sends it."""
+
+    def _on_task_crash(self, name: str, exc: BaseException | None, critical: bool) -> None:
+        """A supervised task ended unasked; the supervisor restarts it after this.
+
+        The dispatcher is the only task that applies events to the state machines, so it is what opens the
+        contactor on a fault: while it is down nothing would. Its death therefore puts every output into
+        its safe state at once (contactor open, pilot in state F); the restarted dispatcher first tells the
+        state machines (``cm.OutputsForcedSafe``), which then re-derive the outputs from their inputs after
+        the 300 ms in state F of IEC 61851-1 Table A.5."""
+        if isinstance(exc, MemoryError):
+            self.security_event("MemoryExhaustion", f"task {name} ran out of memory")
+        if critical:
+            self._force_safe_outputs(f"task {name} died")
+
+    def _on_task_given_up(self, name: str, reason: str, critical: bool) -> None:
+        """A task could not be kept alive: only a fresh process helps.
+
+        ``healthy()`` is False from now on, so the systemd watchdog is no longer fed and systemd restarts
+        the service (the backstop that works whatever else is broken). Where the process has a restart
+        hook (``chargepoint run``: exit 75, which the unit restarts at once) the controller also stops in
+        order first, so an open transaction is closed with reason Reboot after the restart, not PowerLoss,
+        and queued security messages are kept."""
+        if critical:
+            self._force_safe_outputs(f"task {name} cannot be restarted")
+        self.security_event("ResetOrReboot", f"restarting the service: {reason}"[:255])
+        if self._restart is not None and not self._stopping:
+            self._spawn(self._restart_service(), "supervisor-restart")
+
+    async def _restart_service(self) -> None:
+        await asyncio.sleep(0.2)  # let the security event and the log line go out first
+        await self.stop()
+        if self._restart is not None:
+            self._restart("Supervisor")
+
+    def healthy(self) -> bool:
+        """False once an essential task could not be kept alive (see :meth:`_on_task_given_up`)."""
+        return self.supervisor.healthy
+
+    def _force_safe_outputs(self, why: str) -> None:
+        if self._stopping:
+            return
+        log.critical("%s: opening every contactor and putting every pilot in state F", why)
+        self._outputs_forced_safe = True
+
+        async def make_safe() -> None:
+            for rt in self.connectors.values():
+                try:
+                    await rt.hw.contactor.open()
+                except Exception:
+                    log.exception("connector %d: contactor open failed", rt.id)
+                try:
+                    await rt.hw.pilot.set_unavailable()
+                except Exception:
+                    log.exception("connector %d: pilot state F failed", rt.id)
+                self._emit_timeline("contactor", connector=rt.id, closed=False, reason=why)
+
+        self._safe_outputs_task = self._spawn(make_safe(), "safe-outputs")
+
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """A background task: kept until it ends (so stop() can cancel it), its failure logged."""
+        """A short-lived background task: kept until it ends (so stop() can cancel it), its failure logged."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -291,7 +363,18 @@ class ControllerCore:
         if self._stopping:
             return
         self._stopping = True
-        if self.store is not None and any(rt.tx is not None for rt in self.connectors.values()):
+        open_tx = [rt for rt in self.connectors.values() if rt.tx is not None]
+        for rt in open_tx:
+            assert rt.tx is not None
+            log.warning(
+                "stopping with transaction %s (local %d) open on connector %d: it stays persisted and is "
+                "stopped with reason Reboot at the next start",
+                rt.tx.transaction_id if rt.tx.transaction_id is not None else "(id not yet known)",
+                rt.tx.local_id,
+                rt.id,
+                extra={"CONNECTOR_ID": rt.id, "TRANSACTION_ID": rt.tx.transaction_id},
+            )
+        if self.store is not None and open_tx:
             # an orderly stop: the next start closes open transactions with reason Reboot, not PowerLoss
             self._safe(self.store.set_pending_reset, None, "Shutdown")
         for rt in self.connectors.values():
@@ -299,15 +382,14 @@ class ControllerCore:
                 await rt.hw.contactor.open()
             with contextlib.suppress(Exception):
                 await rt.hw.pilot.set_unavailable()
-        tasks = list(self._tasks)
+        tasks = self.supervisor.stop()
+        me = asyncio.current_task()
+        tasks += [t for t in self._tasks if t is not me]
         for rt in self.connectors.values():
-            for t in (rt.sampler, rt.tx_chain):
-                if t is not None:
-                    tasks.append(t)
+            if rt.tx_chain is not None:
+                tasks.append(rt.tx_chain)
             if rt.tick_handle:
                 rt.tick_handle.cancel()
-        if self._heartbeat_task:
-            tasks.append(self._heartbeat_task)
         for t in tasks:
             t.cancel()
         if tasks:
@@ -350,7 +432,12 @@ class ControllerCore:
             for cid in self._targets(event.connector_id):
                 self.post(cid, cm.Fault(event.kind, event.latched))
         elif isinstance(event, FaultCleared):
-            log.warning("fault cleared on connector %d: %s", event.connector_id, event.kind.value)
+            log.info(
+                "fault cleared on connector %d: %s",
+                event.connector_id,
+                event.kind.value,
+                extra={"CONNECTOR_ID": event.connector_id},
+            )
             for cid in self._targets(event.connector_id):
                 self.post(cid, cm.FaultClear(event.kind))
         elif isinstance(event, TagPresented):
@@ -363,6 +450,14 @@ class ControllerCore:
         self._queue.put_nowait((connector_id, event))
 
     async def _dispatcher(self) -> None:
+        if self._outputs_forced_safe:
+            # Restarted after a death that forced the outputs safe: the state machines learn it first.
+            if self._safe_outputs_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._safe_outputs_task
+            self._outputs_forced_safe = False
+            for rt in self.connectors.values():
+                await self._apply(rt.id, cm.OutputsForcedSafe())
         while True:
             cid, event = await self._queue.get()
             self.loop_ticks += 1
@@ -656,7 +751,8 @@ class ControllerCore:
         )
         self._emit_timeline("transaction_started", connector=rt.id, id_tag=id_tag, meter_start=meter_start)
         self.sender.wake()
-        rt.sampler = asyncio.create_task(self._sample_loop(rt), name=f"sampler-{rt.id}")
+        self.supervisor.cancel(f"sampler-{rt.id}")  # a leftover of a transaction that ended oddly
+        self.supervise(f"sampler-{rt.id}", functools.partial(self._sample_loop, rt), transient=True)
         self._recompute_all_limits()
 
     def measured_values(
@@ -678,9 +774,7 @@ class ControllerCore:
         if tx is None:
             return
         stop = self.now()  # the event's time, not after a slow meter read
-        if rt.sampler is not None:
-            rt.sampler.cancel()
-            rt.sampler = None
+        self.supervisor.cancel(f"sampler-{rt.id}")
         await self._read_meter(rt)
         assert self.store is not None and self.outbox is not None and self.sender is not None
         meter_stop = self._register_wh(rt)
@@ -793,20 +887,45 @@ class ControllerCore:
         if pending_reset is not None:
             self._safe(self.store.set_pending_reset, None, None)
 
+    async def _key_change(self, name: str, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for configuration key ``name`` to change.
+
+        True if it changed. Loops that sleep for an interval taken from a key wait here instead of in
+        ``asyncio.sleep``, so a ChangeConfiguration applies at once, not after the old interval ran out.
+        Callers read the key and call this without an ``await`` in between, so no change is missed."""
+        event = self._key_events.setdefault(name, asyncio.Event())
+        event.clear()
+        if timeout is not None and timeout <= 0:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def _sample_loop(self, rt: ConnectorRuntime) -> None:
-        """Periodic MeterValues of a transaction (MeterValueSampleInterval, context Sample.Periodic)."""
+        """Periodic MeterValues of a transaction (MeterValueSampleInterval, context Sample.Periodic).
+
+        A sample is due one interval after the previous one (or the start). A changed interval applies at
+        once: the next sample is due one *new* interval after the previous sample, at once if that moment
+        has already passed; 0 stops sampling until the key changes again."""
         assert (
             self.keys is not None
             and self.outbox is not None
             and self.sender is not None
             and self.store is not None
         )
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while rt.tx is not None:
             interval = float(self.keys["MeterValueSampleInterval"])
             if interval <= 0:
-                await asyncio.sleep(5.0)
+                await self._key_change("MeterValueSampleInterval")
                 continue
-            await asyncio.sleep(interval)
+            if await self._key_change("MeterValueSampleInterval", last + interval - loop.time()):
+                continue
+            last = loop.time()
             tx = rt.tx
             if tx is None:
                 return
@@ -851,40 +970,50 @@ class ControllerCore:
             self.sender.wake()
 
     async def _clock_aligned_loop(self) -> None:
-        """Clock-aligned MeterValues (ClockAlignedDataInterval, context Sample.Clock, aligned to midnight)."""
+        """Clock-aligned MeterValues (ClockAlignedDataInterval, context Sample.Clock, aligned to midnight).
+
+        OCPP 1.6 §9.1 ClockAlignedDataInterval: evenly spaced intervals per day starting at 00:00:00. A
+        changed interval applies at once: the next Sample.Clock is at the next boundary of the new interval
+        (0 → 5 s samples at the next 5 s boundary, 3600 → 5 does not wait out the hour). Each sample is
+        stamped with its boundary."""
         assert self.keys is not None and self.outbox is not None and self.sender is not None
+        last_boundary: datetime | None = None
         while True:
             interval = int(self.keys["ClockAlignedDataInterval"])
             if interval <= 0:
-                await asyncio.sleep(10.0)
+                await self._key_change("ClockAlignedDataInterval")
                 continue
-            now = self.now()
-            midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-            elapsed = (now - midnight).total_seconds()
-            await asyncio.sleep(interval - elapsed % interval)
-            ts = self.now()
-            for rt in self.connectors.values():
-                reading = await self._read_meter(rt)
-                if reading is None or not rt.meter_ok:
-                    continue
-                values = self.measured_values(rt, reading, "MeterValuesAlignedData", "Sample.Clock")
-                if not values:
-                    continue
-                payload: dict[str, Any] = {
-                    "connectorId": rt.id,
-                    "meterValue": [{"timestamp": iso(ts), "sampledValue": values}],
-                }
-                tx = rt.tx
-                if tx is not None:
-                    aligned_stop = self.measured_values(rt, reading, "StopTxnAlignedData", "Sample.Clock")
-                    if aligned_stop and len(tx.stop_data) < STOP_DATA_LIMIT:
-                        tx.stop_data.append({"timestamp": iso(ts), "sampledValue": aligned_stop})
-                    if tx.transaction_id is not None:
-                        payload["transactionId"] = tx.transaction_id
-                    self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
-                    self.sender.wake()
-                elif self.boot_accepted:
-                    self._spawn(self._call_quietly("MeterValues", payload), "aligned")
+            boundary = next_clock_boundary(self.now(), interval, after=last_boundary)
+            wait_s = (boundary - self.now()).total_seconds()
+            if await self._key_change("ClockAlignedDataInterval", wait_s):
+                continue
+            last_boundary = boundary
+            await self._send_clock_aligned(boundary)
+
+    async def _send_clock_aligned(self, ts: datetime) -> None:
+        assert self.outbox is not None and self.sender is not None
+        for rt in self.connectors.values():
+            reading = await self._read_meter(rt)
+            if reading is None or not rt.meter_ok:
+                continue
+            values = self.measured_values(rt, reading, "MeterValuesAlignedData", "Sample.Clock")
+            if not values:
+                continue
+            payload: dict[str, Any] = {
+                "connectorId": rt.id,
+                "meterValue": [{"timestamp": iso(ts), "sampledValue": values}],
+            }
+            tx = rt.tx
+            if tx is not None:
+                aligned_stop = self.measured_values(rt, reading, "StopTxnAlignedData", "Sample.Clock")
+                if aligned_stop and len(tx.stop_data) < STOP_DATA_LIMIT:
+                    tx.stop_data.append({"timestamp": iso(ts), "sampledValue": aligned_stop})
+                if tx.transaction_id is not None:
+                    payload["transactionId"] = tx.transaction_id
+                self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
+                self.sender.wake()
+            elif self.boot_accepted:
+                self._spawn(self._call_quietly("MeterValues", payload), "aligned")
 
     async def _meter_poll_loop(self, rt: ConnectorRuntime) -> None:
         """Keeps the reading fresh for status, the balancer and the over-current check."""
@@ -967,14 +1096,23 @@ class ControllerCore:
 
     # ================================================================== OCPP session
     async def _on_session(self, session: OcppSession) -> None:
+        """A websocket is up: boot once per process, then (on every reconnect) every status once.
+
+        A failure here would leave the link connected but never registered: it is logged and the connection
+        closed, so that the link connects and tries again (with its back-off)."""
         assert self.keys is not None and self.sender is not None
-        if not self.boot_accepted:
-            await self._boot(session)
-        else:
-            self.sender.set_online(True)
-            await self._send_all_statuses()
-        if self._heartbeat_task is None or self._heartbeat_task.done():
-            self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        try:
+            if not self.boot_accepted:
+                await self._boot(session)
+            else:
+                self.sender.set_online(True)
+                self._send_all_statuses()
+        except (asyncio.CancelledError, ConnectionError, websockets.ConnectionClosed):
+            raise
+        except Exception:
+            log.exception("starting the OCPP session failed; reconnecting")
+            with contextlib.suppress(Exception):
+                await session._connection.close()
 
     def _boot_payload(self) -> dict[str, Any]:
         cfg = self.config
@@ -1008,8 +1146,10 @@ class ControllerCore:
                     self.keys.set_internal("HeartbeatInterval", interval)
                 self.boot_accepted = True
                 log.info("BootNotification accepted; heartbeat every %d s", self.keys["HeartbeatInterval"])
+                self._heartbeat_from = asyncio.get_running_loop().time()
+                self._key_changed("HeartbeatInterval")  # the heartbeat loop counts from now
                 self.sender.set_online(True)
-                await self._send_all_statuses()
+                self._send_all_statuses()
                 self._after_boot()
                 return
             wait = interval if interval > 0 else int(self.keys["HeartbeatInterval"]) or 60
@@ -1048,10 +1188,19 @@ class ControllerCore:
         self.clock_offset = csms - datetime.now(UTC)
 
     async def _heartbeat_loop(self) -> None:
+        """Heartbeat every HeartbeatInterval (OCPP 1.6 §4.6) once registered; 0 means once a day.
+
+        A changed interval (ChangeConfiguration, or the BootNotification's interval) applies at once: the
+        next heartbeat is due one new interval after the previous one (or the boot), at once if that moment
+        has already passed."""
         assert self.keys is not None
+        loop = asyncio.get_running_loop()
+        self._heartbeat_from = loop.time()
         while True:
             interval = int(self.keys["HeartbeatInterval"]) or 86400
-            await asyncio.sleep(interval)
+            if await self._key_change("HeartbeatInterval", self._heartbeat_from + interval - loop.time()):
+                continue
+            self._heartbeat_from = loop.time()
             if not self.boot_accepted or not self.link or self.link.session is None:
                 continue
             try:
@@ -1117,11 +1266,27 @@ class ControllerCore:
             return "Unavailable", "NoError"
         return "Available", "NoError"
 
-    async def _send_all_statuses(self) -> None:
+    def _send_all_statuses(self) -> None:
+        """After BootNotification.conf Accepted and after every reconnect: connector 0 and every connector,
+        each once, with the status it is in now.
+
+        OCPP 1.6 §4.9 asks for a StatusNotification on every change; a status that changed while the link
+        was down was dropped (statuses are not queued, §4.7 style), and a central system that restarted or
+        lost state in between knows nothing. So every (re)connect sends the full picture, not only what
+        changed. Statuses still queued from before are superseded by it and dropped."""
+        while not self._status_queue.empty():
+            self._status_queue.get_nowait()
         status, code = self.station_status()
         self._status_queue.put_nowait((0, status, code, 0))
         for rt in self.connectors.values():
-            self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code, rt.tx_issued))
+            if rt.state.status:
+                self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code, rt.tx_issued))
+
+    def _key_changed(self, name: str) -> None:
+        """Wake the loops waiting in :meth:`_key_change` for ``name``."""
+        event = self._key_events.get(name)
+        if event is not None:
+            event.set()
 
     def _on_key_changed(self, name: str, value: Any) -> None:
         if name == "AuthorizationKey" and self.link is not None:
@@ -1129,10 +1294,8 @@ class ControllerCore:
             log.warning("AuthorizationKey changed by the central system: reconnecting with the new key")
             asyncio.get_running_loop().call_later(0.5, lambda: self._spawn(self.link.close(), "reconnect"))  # type: ignore[union-attr]
             return
-        if name == "HeartbeatInterval" and self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
-        elif name in ("ConnectionTimeOut", "StopTransactionOnEVSideDisconnect"):
+        self._key_changed(name)
+        if name in ("ConnectionTimeOut", "StopTransactionOnEVSideDisconnect"):
             for rt in self.connectors.values():
                 rt.state = replace(
                     rt.state,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hal.interfaces import MeterReading
@@ -13,6 +14,23 @@ PHASES = ("L1", "L2", "L3")
 def iso(ts: datetime) -> str:
     """UTC timestamp with milliseconds and a Z, the form central systems parse most reliably."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def next_clock_boundary(now: datetime, interval_s: int, after: datetime | None = None) -> datetime:
+    """The next clock-aligned boundary strictly after ``now`` (and after ``after``, the last one sampled).
+
+    OCPP 1.6 §9.1 ClockAlignedDataInterval: evenly spaced intervals per day starting at 00:00:00 (UTC, the
+    time every OCPP timestamp is in). An interval that does not divide the day restarts at midnight.
+    """
+    if interval_s <= 0:
+        raise ValueError("the interval must be positive")
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    elapsed = (now - midnight).total_seconds()
+    boundary = midnight + timedelta(seconds=(math.floor(elapsed / interval_s) + 1) * interval_s)
+    boundary = min(boundary, midnight + timedelta(days=1))
+    if after is not None and boundary <= after:
+        return next_clock_boundary(after, interval_s)
+    return boundary
 
 
 def sampled_values(

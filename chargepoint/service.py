@@ -184,8 +184,9 @@ class Watchdog:
 
     The controller calls :meth:`tick` once per control-loop iteration. When the
     last tick is older than ``stall_after`` (default: the ping interval, i.e.
-    half of WatchdogSec) or ``healthy()`` returns False or raises, pings stop
-    and systemd restarts the service after WatchdogSec.
+    half of WatchdogSec) or ``healthy()`` returns False or raises, or
+    ``problem()`` names a reason (an essential task could not be kept alive),
+    pings stop and systemd restarts the service after WatchdogSec.
     """
 
     def __init__(
@@ -196,6 +197,7 @@ class Watchdog:
         *,
         stall_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         if interval is None:
             interval = watchdog_interval()
@@ -203,6 +205,7 @@ class Watchdog:
             raise ValueError(f"watchdog interval must be > 0 seconds, got {interval!r}")
         self.notifier = notifier
         self.healthy = healthy
+        self.problem = problem
         self.interval = interval
         self.stall_after = stall_after if stall_after is not None else interval
         self._clock = clock
@@ -224,6 +227,12 @@ class Watchdog:
 
     def reason_to_withhold(self) -> str | None:
         """Why no ping should be sent now, or None when a ping is due."""
+        try:
+            problem = self.problem()
+        except Exception as exc:
+            problem = f"problem check raised {type(exc).__name__}: {exc}"
+        if problem:
+            return problem
         if self.stall_after is not None:
             stalled = self.since_tick()
             if stalled > self.stall_after:

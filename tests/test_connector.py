@@ -31,7 +31,7 @@ def test_outputs_start_safe() -> None:
 
 def test_plug_authorize_charge_unplug() -> None:
     s, a = run([(0, cm.Tick()), (1, cm.Pilot(CpState.B)), (2, cm.Authorize("T")), (3, cm.Pilot(CpState.C))])
-    assert statuses(a) == ["Available", "Preparing", "SuspendedEV", "Charging"]
+    assert statuses(a) == ["Available", "Preparing", "Charging"]  # no SuspendedEV flash at the start
     assert cm.BeginTransaction("T") in a and s.contactor_closed
     assert a.index(cm.OfferCurrent(16.0)) < a.index(cm.CloseContactor())
     s, a = run([(4, cm.Pilot(CpState.A))], s)
@@ -93,7 +93,7 @@ def test_latched_fault_needs_reset() -> None:
     s, _ = run([(0, cm.Fault(FaultKind.WELD, latched=True))])
     s, _ = run([(1, cm.FaultClear(FaultKind.WELD))], s)
     assert s.status == "Faulted" and s.error_code == "PowerSwitchFailure"
-    s, _ = run([(2, cm.ResetFaults())], s)
+    s, _ = run([(2, cm.ResetFaults()), (2.01, cm.Pilot(CpState.A))], s)  # the first reading after state F
     assert s.status == "Available"
 
 
@@ -113,7 +113,7 @@ def test_state_e_is_a_fault() -> None:
 def test_unavailable_and_reserved() -> None:
     s, a = run([(0, cm.Availability(False))])
     assert s.status == "Unavailable" and s.pilot_command == cm.F
-    s, a = run([(1, cm.Availability(True)), (2, cm.Reserved(True))], s)
+    s, a = run([(1, cm.Availability(True)), (1.01, cm.Pilot(CpState.A)), (2, cm.Reserved(True))], s)
     assert statuses(a) == ["Available", "Reserved"]
     s, a = run([(3, cm.Authorize("T"))], s)
     assert s.status == "Preparing"
@@ -138,6 +138,7 @@ EVENTS = st.one_of(
     st.one_of(st.none(), st.floats(0, 80)).map(cm.Limit),
     st.booleans().map(cm.Reserved),
     st.just(cm.Tick()),
+    st.just(cm.OutputsForcedSafe()),
 )
 
 
@@ -256,3 +257,107 @@ def test_state_d_needs_ventilation() -> None:
         replace(base, ventilation=True),
     )
     assert s.contactor_closed
+
+
+# ----------------------------------------------------------------------- start of charging: no SuspendedEV flash
+
+
+def _transaction_started_in_b(at: float = 2.0) -> tuple[cm.ConnectorState, list[cm.Action]]:
+    return run([(0, cm.Tick()), (1, cm.Pilot(CpState.B)), (at, cm.Authorize("T"))])
+
+
+def test_a_start_stays_preparing_until_the_car_answers_the_offer() -> None:
+    s, a = _transaction_started_in_b()
+    assert cm.BeginTransaction("T") in a and cm.OfferCurrent(16.0) in a
+    assert s.in_transaction and s.status == "Preparing" and "SuspendedEV" not in statuses(a)
+    s, a = run([(2.4, cm.Pilot(CpState.C))], s)
+    assert statuses(a) == ["Charging"] and s.contactor_closed
+
+
+def test_a_car_that_does_not_answer_within_the_settle_time_is_suspended_ev() -> None:
+    s, _ = _transaction_started_in_b(at=2.0)
+    assert s.next_deadline() == 2.0 + cm.EV_ANSWER_SETTLE_S  # the controller delivers a Tick then
+    s, a = run([(4.99, cm.Tick())], s)
+    assert s.status == "Preparing" and statuses(a) == []
+    s, a = run([(5.0, cm.Tick())], s)
+    assert statuses(a) == ["SuspendedEV"] and not s.contactor_closed
+    assert s.next_deadline() is None  # no tick storm after the settle time
+    s, a = run([(9, cm.Pilot(CpState.C))], s)  # a late answer still charges
+    assert statuses(a) == ["Charging"] and s.contactor_closed
+
+
+def test_only_the_start_gets_the_settle_time_a_later_suspend_is_reported_at_once() -> None:
+    s, _ = _transaction_started_in_b()
+    s, _ = run([(2.1, cm.Pilot(CpState.C))], s)
+    s, a = run([(3, cm.Pilot(CpState.B))], s)
+    assert statuses(a) == ["SuspendedEV"]
+    s, a = run([(4, cm.Limit(None)), (5, cm.Limit(16.0))], s)  # paused by the EVSE and offered again
+    assert statuses(a) == ["SuspendedEVSE", "SuspendedEV"]
+
+
+def test_a_start_paused_by_the_evse_settles_from_the_first_offer() -> None:
+    base = cm.ConnectorState(connector_id=1, limit_a=None)
+    s, a = run([(0, cm.Tick()), (1, cm.Pilot(CpState.B)), (2, cm.Authorize("T"))], base)
+    assert s.in_transaction and s.status == "SuspendedEVSE"  # nothing offered: the EVSE suspends
+    s, a = run([(10, cm.Limit(16.0))], s)
+    assert cm.OfferCurrent(16.0) in a and statuses(a) == ["Preparing"]
+    assert s.next_deadline() == 10 + cm.EV_ANSWER_SETTLE_S
+    s, a = run([(10.2, cm.Pilot(CpState.C))], s)
+    assert statuses(a) == ["Charging"]
+
+
+# ----------------------------------------------------------------------- back to Operative: only the real status
+
+
+def _unavailable_after_a_session_with_the_car_still_in() -> cm.ConnectorState:
+    s = _charging()
+    s, _ = run([(2, cm.Availability(False)), (3, cm.Stop("Local")), (3.05, cm.Pilot(CpState.B))], s)
+    s, _ = run([(3.1, cm.Tick()), (3.2, cm.Pilot(CpState.F))], s)  # the EVSE drives state F: car invisible
+    assert s.status == "Unavailable" and s.pilot_command == cm.F and s.pilot_stale
+    return s
+
+
+def test_operative_again_after_the_car_left_reports_available_only() -> None:
+    s = _unavailable_after_a_session_with_the_car_still_in()
+    assert s.finishing  # the car was in when the transaction ended; it leaves unseen behind state F
+    s, a = run([(10, cm.Availability(True))], s)
+    assert cm.OfferCurrent(None) in a and statuses(a) == []  # +12 V again, status kept until the car is seen
+    s, a = run([(10.02, cm.Pilot(CpState.A))], s)
+    assert statuses(a) == ["Available"]
+
+
+def test_operative_again_with_a_car_plugged_in_meanwhile_reports_preparing_only() -> None:
+    s, _ = run([(0, cm.Tick()), (0.1, cm.Pilot(CpState.A)), (1, cm.Availability(False)), (1.1, cm.Pilot(CpState.F))])
+    assert s.status == "Unavailable"
+    s, a = run([(10, cm.Availability(True))], s)  # a car was plugged in while the pilot showed state F
+    assert statuses(a) == []
+    s, a = run([(10.02, cm.Pilot(CpState.B))], s)
+    assert statuses(a) == ["Preparing"]
+
+
+def test_operative_again_without_a_fresh_reading_reports_after_the_wait() -> None:
+    s = _unavailable_after_a_session_with_the_car_still_in()
+    s, a = run([(10, cm.Availability(True))], s)
+    assert statuses(a) == [] and s.next_deadline() == 10 + cm.FRESH_READING_WAIT_S
+    s, a = run([(10 + cm.FRESH_READING_WAIT_S, cm.Tick())], s)  # a pilot driver that never reports: best guess
+    assert statuses(a) == ["Finishing"] and s.next_deadline() is None
+
+
+def test_a_cleared_fault_is_reported_once_the_car_is_seen_again() -> None:
+    s, _ = run([(0, cm.Tick()), (0.1, cm.Pilot(CpState.B)), (1, cm.Fault(FaultKind.OVERTEMP))])
+    assert s.status == "Faulted"
+    s, a = run([(1.1, cm.FaultClear(FaultKind.OVERTEMP)), (1.3, cm.Tick())], s)  # car unplugged meanwhile
+    assert statuses(a) == [] and cm.OfferCurrent(None) in a
+    s, a = run([(1.32, cm.Pilot(CpState.A))], s)
+    assert statuses(a) == ["Available"]
+
+
+def test_outputs_forced_safe_are_taken_as_the_truth() -> None:
+    s = _charging()
+    s, a = run([(5, cm.OutputsForcedSafe())], s)
+    assert not s.contactor_closed and s.pilot_command == cm.F and s.pilot_stale and s.in_transaction
+    assert cm.CloseContactor() not in a and s.next_deadline() == 5 + safety.FAULT_STATE_F_MIN_S
+    s, a = run([(5.3, cm.Tick())], s)
+    assert cm.OfferCurrent(16.0) in a and not s.contactor_closed  # offered again; closes on a fresh C
+    s, a = run([(5.35, cm.Pilot(CpState.C))], s)
+    assert s.contactor_closed and s.status == "Charging"

@@ -148,7 +148,7 @@ class SecurityFeature(_Base):
         self.security_log = SecurityLog(self.config.state_dir / "security.log")
         self._sec_load_pending()
         await super().start()
-        self._spawn(self._security_sender(), "security-messages")
+        self.supervise("security-messages", self._security_sender)
         from chargepoint import __version__
 
         self.security_event("StartupOfTheDevice", f"firmware {self.config.firmware_version or __version__}")

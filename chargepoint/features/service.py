@@ -13,6 +13,8 @@ STATUS= line and the local status socket (see :mod:`chargepoint.service`, :mod:`
   USB adapters, the usual cure; one silent meter among several connectors does not take the station down
   (that connector is Faulted with its contactor open). Restart loops are bounded by the unit's
   StartLimitBurst.
+* The supervisor (chargepoint/supervisor.py) restarts an essential task that died; one it could not keep
+  alive makes the controller unhealthy, and the watchdog names that task when it stops pinging.
 * STATUS= is :func:`chargepoint.service.summary_line` of ``snapshot()``, every few seconds and on every
   connector status change (repeated text is not resent).
 * Status socket: ``config.status_socket``, else /run/chargepoint/status.sock when started by systemd and
@@ -73,9 +75,9 @@ class ServiceFeature(_Base):
 
     async def start(self) -> None:
         await super().start()
-        self.watchdog = Watchdog(self.notifier, healthy=self.hardware_healthy)
+        self.watchdog = Watchdog(self.notifier, healthy=self.hardware_healthy, problem=self._service_problem)
         self._status_dirty = asyncio.Event()
-        self._spawn(self._liveness_loop(), "service-liveness")
+        self.supervise("service-liveness", self._liveness_loop)
         self.watchdog.start()
         path = status_socket_path(self.config.status_socket)
         if path is not None:
@@ -88,7 +90,7 @@ class ServiceFeature(_Base):
             except OSError as exc:
                 log.error("status socket %s not available: %s", path, exc)
         self.notifier.status(summary_line(self.snapshot()))
-        self._spawn(self._status_loop(), "service-status")
+        self.supervise("service-status", self._status_loop)
         if self.notifier.ready():
             log.info("told systemd we are ready (%s)", self.notifier.backend)
 
@@ -119,6 +121,10 @@ class ServiceFeature(_Base):
             await asyncio.sleep(self._probe_period())
             if self.loop_ticks > mark:
                 self.watchdog.tick()
+
+    def _service_problem(self) -> str | None:
+        """Why the service must be restarted although the control loop still ticks, or None."""
+        return self.supervisor.problem
 
     def hardware_healthy(self) -> bool:
         """False when every connector's pilot board has not answered for ``hardware_grace_s``.

@@ -10,6 +10,7 @@ from ocpp.routing import after, on
 from ocpp.v16 import call_result
 
 from chargepoint import connector as cm
+from hal.interfaces import FaultKind
 
 log = logging.getLogger(__name__)
 
@@ -158,5 +159,25 @@ class CoreHandlers:
             await asyncio.sleep(0.1)
         if rt.state.contactor_closed:
             return call_result.UnlockConnector(status="UnlockFailed")
-        ok = await rt.hw.lock.unlock()
-        return call_result.UnlockConnector(status="Unlocked" if ok else "UnlockFailed")
+        return call_result.UnlockConnector(status=await self._unlock(rt))
+
+    @staticmethod
+    async def _unlock(rt: Any) -> str:
+        """Unlocked only when the lock moved (OCPP 1.6 §5.18): a lock that reports a fault, refuses, raises
+        or still reads locked afterwards is UnlockFailed. It is tried anyway, to free the cable if it can."""
+        lock = rt.hw.lock
+        try:
+            moved = await lock.unlock()
+        except Exception:
+            log.exception("connector %d: the lock failed to unlock", rt.id, extra={"CONNECTOR_ID": rt.id})
+            return "UnlockFailed"
+        faulted = FaultKind.LOCK in rt.state.all_faults
+        if not moved or faulted or lock.is_locked:
+            log.warning(
+                "connector %d: unlock failed (%s)",
+                rt.id,
+                "the lock reports a fault" if faulted else "the lock did not move",
+                extra={"CONNECTOR_ID": rt.id},
+            )
+            return "UnlockFailed"
+        return "Unlocked"

@@ -41,6 +41,7 @@ class SimBench:
         self.evs: dict[int, SimulatedEV] = {}
         self.emits: dict[int, Emit] = {}
         self.contactors: dict[int, SimContactor] = {}
+        self.locks: dict[int, SimLock] = {}
         self.meters: dict[int, Any] = {}
         self.readers: list[Any] = []
         self.grid: Any = None  # the simulated house connection, when configured
@@ -58,6 +59,8 @@ class SimBench:
             return
         if kind == FaultKind.WELD:
             self.contactors[connector_id].welded = True
+        if kind == FaultKind.LOCK and connector_id in self.locks:
+            self.locks[connector_id].jammed = True  # the lock cannot move (and says so)
         if kind == FaultKind.DIODE:
             self.ev(connector_id).diode_ok = False
         if kind == FaultKind.CP_SHORT:
@@ -74,6 +77,8 @@ class SimBench:
             return
         if kind == FaultKind.WELD:
             self.contactors[connector_id].welded = False
+        if kind == FaultKind.LOCK and connector_id in self.locks:
+            self.locks[connector_id].jammed = False
         if kind == FaultKind.DIODE:
             self.ev(connector_id).diode_ok = True
         if kind == FaultKind.CP_SHORT:
@@ -193,6 +198,8 @@ class SimContactor:
 
 
 class SimLock:
+    """A cable lock; ``jammed`` (``fault C lock``) makes it refuse to move, as a blocked actuator does."""
+
     def __init__(self) -> None:
         self._locked = False
         self.jammed = False
@@ -264,7 +271,9 @@ def build_contactor(
 
 
 def build_lock(options: Mapping[str, Any], key: str, connector_id: int, ctx: BuildContext) -> SimLock:
-    return SimLock()
+    lock = SimLock()
+    bench(ctx).locks[connector_id] = lock
+    return lock
 
 
 def build_rcm(options: Mapping[str, Any], key: str, connector_id: int, ctx: BuildContext) -> SimRcm:
