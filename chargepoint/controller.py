@@ -262,6 +262,7 @@ class ControllerCore:
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
             ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
+            security_profile=lambda: int(self.keys["SecurityProfile"]),  # type: ignore[index]
         )
         self._spawn(self._dispatcher(), "dispatcher")
         self._spawn(self._status_sender(), "status")
