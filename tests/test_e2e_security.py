@@ -281,6 +281,28 @@ async def test_security_events_for_key_change_and_reset(tmp_path: Path) -> None:
         ]
 
 
+async def test_routine_security_events_are_info_and_the_others_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`journalctl -p warning` after a boot must not show the boot itself: StartupOfTheDevice (every start)
+    is INFO; an event to look at, such as a refused client certificate, stays a WARNING."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="chargepoint.features.security")
+
+    def level(kind: str) -> int:
+        [record] = [r for r in caplog.records if r.getMessage().startswith(f"security event {kind}")]
+        return record.levelno
+
+    async with running_station(tmp_path) as st:
+        await st.csms.wait_for(lambda: "StartupOfTheDevice" in events(st.csms))
+        assert (await st.call("CertificateSigned", {"certificateChain": "not a certificate"})) == {
+            "status": "Rejected"}
+        await st.csms.wait_for(lambda: "InvalidChargePointCertificate" in events(st.csms))
+    assert level("StartupOfTheDevice") == logging.INFO
+    assert level("InvalidChargePointCertificate") == logging.WARNING
+
+
 # ------------------------------------------------------------------------------------------ ExtendedTriggerMessage
 async def test_extended_trigger_message(station: Station) -> None:
     cs = station.csms
