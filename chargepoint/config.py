@@ -384,6 +384,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     lg = r.table(data, "logging", "logging")
     r.unknown_keys(lg, LOGGING_KEYS, "logging")
     level = r.get(lg, "level", "logging.level", str, "info", choices=("debug", "info", "warning", "error"))
+    _check_security_profile_transport(r, url, ocpp_keys.get("SecurityProfile"))
 
     if r.problems:
         raise ConfigError(source, r.problems)
@@ -547,6 +548,17 @@ def hardware_problem(exc: Any) -> ConfigProblem:
         if guess is not None:
             allowed = f"unknown option; did you mean {guess!r}?"
     return ConfigProblem(str(exc.key), _MISSING if exc.value is None else exc.value, allowed)
+
+
+def _check_security_profile_transport(r: _Reader, url: str | None, profile: Any) -> None:
+    """Security profiles 2 and 3 are TLS (OCPP 1.6 security whitepaper ed. 2, §1.3): a ws:// URL with one
+    of them is a mistake to fix in the file (at run time the link would use the wss:// form of the URL)."""
+    try:
+        level = int(profile) if profile is not None and not isinstance(profile, bool) else 0
+    except (TypeError, ValueError):
+        return  # the [ocpp] check reports the value itself
+    if level >= 2 and url and urlparse(url).scheme == "ws":
+        r.problem("csms.url", url, f"a wss:// URL: [ocpp] SecurityProfile = {level} connects only over TLS")
 
 
 def simulated_config(

@@ -267,6 +267,7 @@ class ControllerCore:
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
             ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
+            security_profile=lambda: int(self.keys["SecurityProfile"]),  # type: ignore[index]
         )
         # The long-lived tasks, kept alive by the supervisor (chargepoint/supervisor.py says why and how).
         self.supervise("dispatcher", self._dispatcher, critical=True)

@@ -219,9 +219,15 @@ class ConfigurationKeys:
                     self._values[name] = value
         self._on_change = on_change
         self._listeners: list[Callable[[str, Any], None]] = []
+        self._vetoes: list[Callable[[str, Any], str | None]] = []
 
     def subscribe(self, listener: Callable[[str, Any], None]) -> None:
         self._listeners.append(listener)
+
+    def add_veto(self, veto: Callable[[str, Any], str | None]) -> None:
+        """``veto(name, value)`` says why a valid ChangeConfiguration cannot be honoured (answered Rejected),
+        or None. For rules that depend on state outside the keys (a SecurityProfile raise needs certificates)."""
+        self._vetoes.append(veto)
 
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
@@ -266,6 +272,8 @@ class ConfigurationKeys:
             return "Rejected"
         if name == "SecurityProfile" and value < self._values[name]:
             return "Rejected"  # security whitepaper: the security profile may only be raised
+        if any(veto(name, value) is not None for veto in self._vetoes):
+            return "Rejected"
         if spec.kind == "csl" and spec.max_items_key:
             if len([x for x in str(value).split(",") if x]) > self._values[spec.max_items_key]:
                 return "Rejected"

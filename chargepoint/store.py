@@ -389,15 +389,19 @@ class Store:
     def _open_file(cls, path: Path, page_size: int, exclusive: bool) -> Store:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=1.0)
         try:
-            # Reading the header first surfaces "file is not a database" before anything else.
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if not cls._has_tables(conn):
-                conn.execute(f"PRAGMA page_size={int(page_size)}")
             if exclusive:
                 # WAL index in process memory instead of an mmap'ed -shm file: a write to an
                 # mmap'ed page of a file system the kernel remounted read-only (SD card errors)
                 # raises SIGBUS and would kill the controller; a failing write() is just an error.
+                # Set before anything reads the file: SQLite decides at the first access of a WAL
+                # database whether the index is shared memory, and an existing store (every restart)
+                # is WAL already ("no shared-memory wal-index is ever created" only if EXCLUSIVE comes
+                # first, https://www.sqlite.org/wal.html#noshm).
                 conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # Reading the header first surfaces "file is not a database" before anything else.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if not cls._has_tables(conn):
+                conn.execute(f"PRAGMA page_size={int(page_size)}")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("state store %s: WAL journal not available (got %s)", path, mode)
@@ -414,6 +418,8 @@ class Store:
             store._migrate()
             # Prove we can write (a read-only file system opens fine and fails only here).
             store.set_meta("opened_at", _now_iso())
+            if exclusive:
+                cls._remove_stale_shm(path)
         except StoreWriteError as exc:
             cause = exc.__cause__
             if isinstance(cause, sqlite3.DatabaseError) and _is_corruption(cause):
@@ -431,6 +437,21 @@ class Store:
             conn.close()
             raise
         return store
+
+    @staticmethod
+    def _remove_stale_shm(path: Path) -> None:
+        """A -shm file left by a run that used shared memory (a release before this fix, a power cut):
+        this connection holds the exclusive lock and never uses it, so no one else can. Removed so that
+        nothing on the card looks like a mapped index."""
+        shm = path.with_name(path.name + "-shm")
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.debug("state store: stale %s not removed: %s", shm, exc)
+            return
+        log.info("state store: removed the stale %s (the WAL index is kept in memory)", shm.name)
 
     @staticmethod
     def _has_tables(conn: sqlite3.Connection) -> bool:

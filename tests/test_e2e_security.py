@@ -25,7 +25,7 @@ from fakes_firmware import HttpServer, extract_installer, make_wheel
 
 from chargepoint.config import simulated_config
 from chargepoint.controller import Controller
-from chargepoint.csms import CentralSystem
+from chargepoint.csms import CentralSystem, poll_until
 from chargepoint.features.firmware import FirmwareFeature
 from chargepoint.firmware.update import ReleaseManager
 
@@ -281,6 +281,28 @@ async def test_security_events_for_key_change_and_reset(tmp_path: Path) -> None:
         ]
 
 
+async def test_routine_security_events_are_info_and_the_others_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`journalctl -p warning` after a boot must not show the boot itself: StartupOfTheDevice (every start)
+    is INFO; an event to look at, such as a refused client certificate, stays a WARNING."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="chargepoint.features.security")
+
+    def level(kind: str) -> int:
+        [record] = [r for r in caplog.records if r.getMessage().startswith(f"security event {kind}")]
+        return record.levelno
+
+    async with running_station(tmp_path) as st:
+        await st.csms.wait_for(lambda: "StartupOfTheDevice" in events(st.csms))
+        assert (await st.call("CertificateSigned", {"certificateChain": "not a certificate"})) == {
+            "status": "Rejected"}
+        await st.csms.wait_for(lambda: "InvalidChargePointCertificate" in events(st.csms))
+    assert level("StartupOfTheDevice") == logging.INFO
+    assert level("InvalidChargePointCertificate") == logging.WARNING
+
+
 # ------------------------------------------------------------------------------------------ ExtendedTriggerMessage
 async def test_extended_trigger_message(station: Station) -> None:
     cs = station.csms
@@ -462,6 +484,9 @@ async def test_security_profile_3_presents_the_signed_client_certificate(tmp_pat
             assert (await cs.call("CP-MTLS", "CertificateSigned", {"certificateChain": pem(leaf)}))[
                 "status"
             ] == "Accepted"
+            # root and client certificate installed: profile 3 can be honoured (no password needed)
+            r = await cs.call("CP-MTLS", "ChangeConfiguration", {"key": "SecurityProfile", "value": "3"})
+            assert r == {"status": "Accepted"}
         finally:
             await c.stop()
     server = root.server_context(tmp_path / "srv")
@@ -474,5 +499,103 @@ async def test_security_profile_3_presents_the_signed_client_certificate(tmp_pat
         await c.start()
         try:
             await cs.wait_for(lambda: c.boot_accepted, 10)
+            # profile 3: the certificate authenticates the charge point; no Basic password is sent
+            assert c.keys["SecurityProfile"] == 3 and "Authorization" not in cs.last_request_headers
+        finally:
+            await c.stop()
+
+
+# ------------------------------------------------------------------------------------------ SecurityProfile
+class RawListener:
+    """A TCP listener on a given port that records the first bytes of every connection and answers nothing:
+    what a charge point sends to an endpoint that is not (yet) its central system."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.first_bytes: list[bytes] = []
+        self._server: Any = None
+
+    async def __aenter__(self) -> RawListener:
+        import asyncio
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                data = await asyncio.wait_for(reader.read(4096), 5)
+            except (TimeoutError, OSError):
+                data = b""
+            self.first_bytes.append(data)
+            writer.close()
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_security_profile_raise_reconnects_over_tls_and_never_falls_back(tmp_path: Path) -> None:
+    """Whitepaper ed. 2 §1.3 (OCTT "upgrade security profile"): a raise that cannot be honoured is Rejected;
+    an accepted raise from 1 to 2 disconnects at once and every later attempt, including after a restart,
+    is TLS with the Basic password inside it; nothing is ever sent in plain text again."""
+    root = CA("CSMS Root")
+    password = "0123456789abcdef"
+    state = tmp_path / "state"
+    async with CentralSystem(password=password) as plain:
+        port = plain.port
+        cfg = simulated_config(charge_point_id="CP-SP", csms_url=plain.url, state_dir=state, password=password,
+                               ocpp_keys={"SecurityProfile": 1})
+        c = Controller(cfg)
+        await c.start()
+        try:
+            await plain.wait_for(lambda: c.boot_accepted, 10)
+            raise_to = {"key": "SecurityProfile"}
+            # no CentralSystemRootCertificate yet: neither 2 nor 3 could verify the central system
+            for value in ("2", "3"):
+                assert (await plain.call("CP-SP", "ChangeConfiguration", {**raise_to, "value": value})) == {
+                    "status": "Rejected"}
+            r = await plain.call("CP-SP", "InstallCertificate",
+                                 {"certificateType": "CentralSystemRootCertificate", "certificate": root.pem})
+            assert r == {"status": "Accepted"}
+            # 3 also needs the client certificate, which this charge point does not have
+            assert (await plain.call("CP-SP", "ChangeConfiguration", {**raise_to, "value": "3"})) == {
+                "status": "Rejected"}
+            assert (await plain.call("CP-SP", "ChangeConfiguration", {**raise_to, "value": "2"})) == {
+                "status": "Accepted"}
+            # at once, without a Reset: the charge point leaves the plain-text link by itself
+            await plain.wait_for(lambda: "CP-SP" not in plain.sessions, 10)
+            await plain.close()
+            async with RawListener(port) as raw:
+                await poll_until(lambda: len(raw.first_bytes) >= 2, 15)
+            for data in raw.first_bytes:  # a TLS ClientHello every time, never an HTTP request
+                assert data[:1] == b"\x16" and b"GET " not in data and b"Authorization" not in data
+            server = root.server_context(tmp_path / "srv")
+            async with CentralSystem(port=port, password=password, ssl_context=server) as tls:
+                await tls.wait_for(lambda: "CP-SP" in tls.sessions, 15)
+                # profile 2 keeps Basic authentication, inside TLS
+                assert tls.last_request_headers["Authorization"].startswith("Basic ")
+                # the root verifying the connection in use is the last one: it stays
+                r = await tls.call("CP-SP", "DeleteCertificate",
+                                   {"certificateHashData": expected_hash(root.cert)})
+                assert r == {"status": "Failed"}
+                await tls.wait_for(lambda: not c.security_queue, 10)
+        finally:
+            await c.stop()
+    # after a restart (what a Reset does) the persisted profile holds: the ws:// configuration is connected
+    # as wss://, the same endpoint
+    async with RawListener(port) as raw:
+        c = Controller(cfg)
+        await c.start()
+        try:
+            await poll_until(lambda: len(raw.first_bytes) >= 1, 15)
+            assert raw.first_bytes[0][:1] == b"\x16"
+        finally:
+            await c.stop()
+    async with CentralSystem(port=port, password=password, ssl_context=root.server_context(tmp_path / "s2")) as tls:
+        c = Controller(cfg)
+        await c.start()
+        try:
+            await tls.wait_for(lambda: c.boot_accepted, 15)
+            assert c.keys["SecurityProfile"] == 2
         finally:
             await c.stop()

@@ -335,18 +335,18 @@ async def test_connector_zero_composite_is_the_grid_total(tmp_path: Path) -> Non
         total = await st.call(
             "GetCompositeSchedule", {"connectorId": 0, "duration": 3600, "chargingRateUnit": "A"}
         )
-        assert total["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 32}]
+        assert total["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 32, "numberPhases": 3}]
         assert (await set_profile(st, 0, profile(2, "ChargePointMaxProfile", [(0, 20)])))[
             "status"
         ] == "Accepted"
         total = await st.call(
             "GetCompositeSchedule", {"connectorId": 0, "duration": 3600, "chargingRateUnit": "A"}
         )
-        assert total["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 20}]
+        assert total["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 20, "numberPhases": 3}]
         one = await st.call(
             "GetCompositeSchedule", {"connectorId": 1, "duration": 3600, "chargingRateUnit": "A"}
         )
-        assert one["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 16}]
+        assert one["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 16, "numberPhases": 3}]
 
 
 async def test_two_cars_plugged_in_at_the_same_instant_never_overload(tmp_path: Path) -> None:

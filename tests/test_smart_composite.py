@@ -241,6 +241,46 @@ def test_watts_with_fewer_phases_never_exceed_the_power_limit() -> None:
     assert start == 0 and amps * V * PH <= 4600 + 1
 
 
+def _agree(ip: InstalledProfiles, connector: int, phases: int, duration: int = 4 * H) -> list[tuple[float, int]]:
+    """The composite in W and in A over the same window: each W period's limit must equal its A twin x V x
+    numberPhases (§7.9), with both labelled alike. Returns (watts, numberPhases) per W period."""
+    out = []
+    kw = dict(tx_start=None, tx_id=None, voltage=V, phases=phases, default_limit_a=32)
+    watts = composite_schedule(ip, connector, MON, duration, "W", **kw).periods
+    amps = composite_schedule(ip, connector, MON, duration, "A", **kw).periods
+    for w in watts:
+        a = [x for x in amps if x.start_period <= w.start_period][-1]
+        assert w.number_phases == a.number_phases and w.number_phases is not None, (w, a)
+        # A is rounded down to 0.1 A: W / (V x numberPhases) lies in [A, A + 0.1)
+        assert a.limit <= w.limit / (V * w.number_phases) < a.limit + 0.1 + 1e-9, (w, a)
+        out.append((w.limit, w.number_phases))
+    return out
+
+
+def test_watts_from_amps_are_labelled_with_the_phases_they_were_computed_with() -> None:
+    """16 A with numberPhases=1 on a three-phase connector that cannot switch phases is 11040 W (the car is
+    charged on all three): the period says numberPhases 3, not the 1 that would make it 3680 W."""
+    ip = installed((1, prof(1, 0, periods=[(0, 16)], phases=1)))
+    assert _agree(ip, 1, PH) == [(16 * 230 * 3, 3)]
+
+
+def test_amps_from_watts_are_labelled_with_the_phases_they_were_computed_with() -> None:
+    """A W TxDefaultProfile with numberPhases=1, reported in A: 10/9/6/3 A per phase on three phases."""
+    ip = installed((0, prof(1, 0, unit="W", periods=[(0, 6900), (H, 6210), (2 * H, 4140), (3 * H, 2070)],
+                            phases=1)))
+    cs = composite_schedule(ip, 1, MON, 4 * H, "A", tx_start=None, tx_id=None, voltage=V, phases=PH,
+                            default_limit_a=32)
+    assert [(p.limit, p.number_phases) for p in cs.periods] == [(10, 3), (9, 3), (6, 3), (3, 3)]
+    assert [w for w, _ in _agree(ip, 1, PH)] == [6900, 6210, 4140, 2070]
+
+
+def test_single_phase_connector_reports_one_phase() -> None:
+    """On a one-phase connector 16 A is 3680 W, and the period must say 1 (absent would read as 3)."""
+    ip = installed((1, prof(1, 0, periods=[(0, 16)])))
+    assert _agree(ip, 1, 1) == [(16 * 230, 1)]
+    assert _agree(InstalledProfiles(), 1, 1) == [(32 * 230, 1)]  # the default limit too
+
+
 def test_min_charging_rate_reported() -> None:
     ip = installed((1, prof(1, 0, periods=[(0, 16)], mcr=6.5)))
     cs = composite_schedule(ip, 1, MON, H, "A", tx_start=None, tx_id=None, voltage=V, phases=PH,
@@ -455,3 +495,17 @@ def test_next_change_agrees_with_limit_at(items, q, with_tx) -> None:
         assert limit_at(ip, 1, t, **kw).amps == here
     if nc < now + timedelta(days=8):
         assert limit_at(ip, 1, nc, **kw).amps != here
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=profile_sets(), connector=st.integers(0, 2), phases=st.sampled_from([1, 3]),
+       requested=st.sampled_from([None, 1, 2, 3]))
+def test_every_period_limit_agrees_with_its_number_phases(items, connector, phases, requested) -> None:
+    """Whatever the profiles' units and numberPhases, W = A x voltage x numberPhases in every period."""
+    from dataclasses import replace
+
+    ip = InstalledProfiles()
+    for c, p in items:
+        periods = tuple(replace(x, number_phases=requested) for x in p.schedule.periods)
+        ip.install(c, replace(p, schedule=replace(p.schedule, periods=periods)), LIMITS)
+    _agree(ip, connector, phases, DAY)

@@ -414,6 +414,55 @@ def test_files_become_unwritable_while_running(tmp_path: Path) -> None:
         s2.close()
 
 
+def _mapped(path: Path) -> bool:
+    """Whether this process has ``path`` memory-mapped (Linux)."""
+    maps = Path("/proc/self/maps").read_text()
+    return any(line.endswith(" " + str(path)) or line.endswith(" " + str(path) + " (deleted)")
+               for line in maps.splitlines())
+
+
+def test_reopening_an_existing_store_never_maps_the_shm_file(tmp_path: Path) -> None:
+    """Every restart opens an existing WAL database: its index must stay in process memory, as on the
+    first start (a mapped -shm page on a card remounted read-only is a SIGBUS, see the test above)."""
+    d = tmp_path / "state"
+    s = Store.open(d)
+    local = s.begin_transaction(1, "T", TS, 0)
+    s.update_meter(local, 10, TS)
+
+    def reopened_without_shm() -> None:
+        s = Store.open(d)
+        try:
+            assert not _mapped(d / "state.db-shm") and not (d / "state.db-shm").exists()
+            assert s.open_transactions()[0].last_meter_wh == 10
+        finally:
+            s.close()
+
+    s.close()
+    reopened_without_shm()  # a clean restart
+    crash = "import os, sys; from chargepoint.store import Store; Store.open(sys.argv[1]); os._exit(0)"
+    subprocess.run([sys.executable, "-c", crash, str(d)], check=True, cwd=Path(__file__).resolve().parents[1])
+    reopened_without_shm()  # a restart after a power cut
+
+
+def test_a_stale_shm_file_from_a_shared_run_is_removed_and_never_mapped(tmp_path: Path) -> None:
+    """A release that used the shared index (or a tool opening the store non-exclusively) left a -shm
+    after a power cut: the exclusive store neither maps nor keeps it, and still sees the WAL's commits."""
+    d = tmp_path / "state"
+    code = (
+        "import os, sys; from pathlib import Path; from chargepoint.store import Store\n"
+        "s = Store.open(Path(sys.argv[1]), exclusive=False); s.set_meta('last', 'kept')\n"
+        "assert (Path(sys.argv[1]) / 'state.db-shm').exists(); os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(d)], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert (d / "state.db-shm").exists()
+    s = Store.open(d)
+    try:
+        assert s.get_meta("last") == "kept"
+        assert not _mapped(d / "state.db-shm") and not (d / "state.db-shm").exists()
+    finally:
+        s.close()
+
+
 def test_read_only_after_a_crash_still_sees_the_wal(small_fs: Path) -> None:
     """Power cut (no checkpoint, commits only in -wal), then the card comes back read-only."""
     d = small_fs / "state"

@@ -7,6 +7,12 @@ What this mixin does:
   configured ``[csms] ca_file``) form the bundle that verifies a wss:// central system (``csms_ca_file``).
 * Client certificate (security profile 3): a P-256 key + CSR (O = CpoName, CN = charge point id) sent in
   SignCertificate.req, answered later by CertificateSigned (chain checked, then stored).
+* SecurityProfile (whitepaper ed. 2 §1.3): the link picks its transport from the key at every connect
+  (:attr:`chargepoint.protocol.link.OcppLink.url`: 1 = ws + Basic, 2 = wss + Basic, 3 = wss + client
+  certificate; above 1 never without TLS). A raise that cannot be honoured is Rejected (see
+  ``_refuse_profile_raise``); an accepted one is persisted and takes effect at once: the charge point
+  disconnects after the answer and reconnects with the new profile, and never falls back to the old one
+  (every later attempt reads the raised key).
 * Security events (SecurityEventNotification): kept in order, in memory until delivered, written to the state
   directory at stop and sent again after the next start. They are sent only after BootNotification was accepted
   (OCPP 1.6 §4.2), in one background sender so that a request handler never waits for its own link.
@@ -81,6 +87,9 @@ KEY_DEFAULTS = {"CertificateStoreMaxLength": 20, "CertificateSignedMaxChainSize"
 _QUEUED_ACTIONS = ("SecurityEventNotification", "LogStatusNotification", "SignedFirmwareStatusNotification")
 _BUSY_FIRMWARE = frozenset({"Downloading", "Downloaded", "SignatureVerified", "Installing", "DownloadScheduled",
                             "InstallScheduled"})
+# Security events that are the expected outcome of a normal operation: logged at INFO (still recorded in the
+# security log and sent). Every other event is something to look at: WARNING.
+ROUTINE_EVENTS = frozenset({"StartupOfTheDevice", "ResetOrReboot", "FirmwareUpdated"})
 
 
 class SecurityFeature(_Base):
@@ -103,6 +112,7 @@ class SecurityFeature(_Base):
         self.signed_firmware_status = "Idle"
         self.signed_firmware_request: int | None = None
         self._signed_installing = False
+        self._security_profile_in_use: int | None = None
 
     # ------------------------------------------------------------------ helpers
     def security_key(self, name: str) -> Any:
@@ -134,6 +144,44 @@ class SecurityFeature(_Base):
     def csms_client_cert(self) -> tuple[Any, Any] | None:
         """Security profile 3: the client certificate from CertificateSigned, once installed."""
         return self.certificate_store().client_cert_files() or super().csms_client_cert()
+
+    def load_persisted_state(self) -> None:
+        super().load_persisted_state()
+        assert self.keys is not None
+        self._security_profile_in_use = int(self.keys["SecurityProfile"])
+        self.keys.add_veto(self._refuse_profile_raise)
+
+    def _password_configured(self) -> bool:
+        assert self.keys is not None
+        return bool(self.keys["AuthorizationKey"] or self.config.csms.password)
+
+    def _refuse_profile_raise(self, name: str, value: Any) -> str | None:
+        """Why a SecurityProfile raise cannot be honoured, or None (whitepaper ed. 2 §1.3).
+
+        A profile the charge point cannot connect with would leave it offline for good, since it must not
+        fall back: 2 and 3 verify the central system's certificate against an installed
+        CentralSystemRootCertificate (or the ``[csms] ca_file`` the installer put in the configuration, which
+        joins the same bundle); 3 authenticates with the client certificate from CertificateSigned; 1 and 2
+        send the AuthorizationKey (or ``[csms] password``) as HTTP Basic password."""
+        if name != "SecurityProfile" or self.keys is None or int(value) <= int(self.keys["SecurityProfile"]):
+            return None
+        store = self.certificate_store()
+        reason = None
+        if value >= 2 and not (store.roots("CentralSystemRootCertificate") or self.config.csms.ca_file):
+            reason = "no CentralSystemRootCertificate installed to verify the central system over TLS"
+        elif value >= 3 and store.client_cert_files() is None:
+            reason = "no client certificate installed (SignCertificate / CertificateSigned first)"
+        elif value in (1, 2) and not self._password_configured():
+            reason = "no AuthorizationKey for HTTP Basic authentication"
+        if reason is not None:
+            log.warning("ChangeConfiguration SecurityProfile %s rejected: %s", value, reason)
+        return reason
+
+    def _uses_tls(self) -> bool:
+        """Whether the connection to the central system is (or will next be) wss://."""
+        if self.link is not None:
+            return self.link.url.lower().startswith("wss://")
+        return self.config.csms.url.lower().startswith("wss://")
 
     def on_link_error(self, exc: BaseException) -> None:
         super().on_link_error(exc)
@@ -187,6 +235,14 @@ class SecurityFeature(_Base):
         super()._on_key_changed(name, value)
         if name in SECURITY_KEYS:
             self.security_event("ReconfigurationOfSecurityParameters", f"{name} changed")
+        if name == "SecurityProfile" and int(value) != self._security_profile_in_use:
+            self._security_profile_in_use = int(value)
+            link = self.link
+            if link is not None:
+                # Whitepaper ed. 2 §1.3: after accepting a new profile the charge point disconnects and
+                # reconnects with it. Closed shortly after the answer is on the wire, as for AuthorizationKey.
+                log.warning("SecurityProfile raised to %s: reconnecting to %s with it", value, link.url)
+                asyncio.get_running_loop().call_later(0.5, lambda: self._spawn(link.close(), "reconnect"))
 
     def _set_clock(self, current_time: str | None) -> None:
         before = self.clock_offset
@@ -210,8 +266,9 @@ class SecurityFeature(_Base):
     def security_event(self, kind: str, tech_info: str | None = None) -> None:
         """Record a security event in the security log and queue its SecurityEventNotification."""
         timestamp = iso(self.now())
-        log.warning("security event %s%s", kind, f": {tech_info}" if tech_info else "",
-                    extra={"OCPP_ACTION": "SecurityEventNotification"})
+        log.log(logging.INFO if kind in ROUTINE_EVENTS else logging.WARNING,
+                "security event %s%s", kind, f": {tech_info}" if tech_info else "",
+                extra={"OCPP_ACTION": "SecurityEventNotification"})
         self._emit_timeline("security_event", type=kind, tech_info=tech_info)
         if self.security_log is not None and self.security_log.append(kind, timestamp, tech_info):
             self._queue_message("SecurityEventNotification",
@@ -300,7 +357,7 @@ class SecurityFeature(_Base):
         entry = store.find(hash_data)
         if entry is None:
             return "NotFound"
-        if (entry.type == "CentralSystemRootCertificate" and self.config.csms.url.startswith("wss://")
+        if (entry.type == "CentralSystemRootCertificate" and self._uses_tls()
                 and len(store.roots("CentralSystemRootCertificate")) <= 1):
             log.warning("DeleteCertificate refused: the last CentralSystemRootCertificate verifies the connection")
             return "Failed"

@@ -733,10 +733,12 @@ def _station_total(station: CompositeSchedule, connectors: list[CompositeSchedul
         return value
 
     points = sorted({p.start_period for sch in [station, *connectors] for p in sch.periods} | {0})
+    # the station's schedule was converted with the station's phases: every total period says so (§7.9)
+    phases = station.periods[0].number_phases if station.periods else None
     periods: list[CompositePeriod] = []
     for t in points:
         total = sum(at(c, t) for c in connectors) if connectors else at(station, t)
         limit = round(min(at(station, t), total), 1)
         if not periods or periods[-1].limit != limit:
-            periods.append(CompositePeriod(t, limit, None))
+            periods.append(CompositePeriod(t, limit, phases))
     return replace(station, periods=tuple(periods))

@@ -2,8 +2,10 @@
 
 * URL = CSMS URL + "/" + charge point id, subprotocol ``ocpp1.6``; ``ws://`` or
   ``wss://`` (certificate checked against the system store or a configured CA
-  file) with optional HTTP Basic authentication (user = charge point id), as the
-  OCPP 1.6 security whitepaper's profiles 1 and 2 describe.
+  file) with optional HTTP Basic authentication (user = charge point id).
+* The transport follows the security profile (see ``OcppLink.url``): the OCPP 1.6
+  security whitepaper's profiles 1 (ws + Basic), 2 (wss + Basic) and 3 (wss +
+  client certificate).
 * Reconnects with exponential back-off and full jitter; the back-off is reset only by a session that lasted
   (BootNotification accepted, or a minute connected), never by a mere websocket upgrade.
 * Incoming frames are checked before the ``ocpp`` library routes them, so that
@@ -520,8 +522,10 @@ class OcppLink:
         reconnect_max_s: float = 60.0,
         ping_interval: Callable[[], float | None] = lambda: 60.0,
         session_lasted_s: float = 60.0,
+        security_profile: Callable[[], int] | None = None,
     ) -> None:
-        self.url = url.rstrip("/") + "/" + charge_point_id
+        self.configured_url = url.rstrip("/") + "/" + charge_point_id
+        self._security_profile = security_profile
         self.charge_point_id = charge_point_id
         self._session_factory = session_factory
         self._on_session = on_session
@@ -540,7 +544,29 @@ class OcppLink:
         self.ever_connected = False  # a websocket to the central system was open at least once
         self._ws: Any = None
 
+    @property
+    def security_profile(self) -> int:
+        """The SecurityProfile key, read at every connect (0 when the link was built without it)."""
+        return int(self._security_profile()) if self._security_profile is not None else 0
+
+    @property
+    def url(self) -> str:
+        """The URL of the next connection.
+
+        Security profiles 2 and 3 are TLS (OCPP 1.6 security whitepaper ed. 2, §1.3): with either, a
+        configured ``ws://`` URL is connected as its ``wss://`` form (same host, port and path), never in
+        plain text. 1.6 has no key for a second URL, so after a central system raised the profile over a
+        ws:// link this is the only endpoint the charge point can know (the OCTT's "upgrade security
+        profile" case restarts its server with TLS on the same endpoint). A wss:// URL stays wss:// under
+        every profile: the link is never weaker than configured."""
+        scheme, sep, rest = self.configured_url.partition("://")
+        if self.security_profile >= 2 and scheme.lower() == "ws":
+            return f"wss{sep}{rest}"
+        return self.configured_url
+
     def _headers(self) -> dict[str, str]:
+        if self.security_profile >= 3:
+            return {}  # profile 3: the client certificate authenticates the charge point, no password sent
         password = self._password() if callable(self._password) else self._password
         if not password:
             return {}
@@ -549,12 +575,17 @@ class OcppLink:
 
     def _ssl(self) -> ssl.SSLContext | None:
         """Read at every connect, so installed CA certificates and a new client certificate take effect on the
-        next connection (security profiles 2 and 3)."""
-        if not self.url.startswith("wss://"):
+        next connection (security profiles 2 and 3). Profile 3 without a client certificate does not
+        connect (ConnectionError): a TLS connection without one would be profile 2, a fallback."""
+        if not self.url.lower().startswith("wss://"):
             return None
+        client = self._client_cert() if self._client_cert is not None else None
+        if client is None and self.security_profile >= 3:
+            log.error("SecurityProfile 3 needs the charge point's client certificate (SignCertificate / "
+                      "CertificateSigned), and none is installed: not connecting with a lower profile")
+            raise ConnectionError("SecurityProfile 3: no client certificate installed")
         ca_file = self._ca_file() if callable(self._ca_file) else self._ca_file
         context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-        client = self._client_cert() if self._client_cert is not None else None
         if client is not None:
             context.load_cert_chain(str(client[0]), str(client[1]))
         return context

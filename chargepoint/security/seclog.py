@@ -2,6 +2,10 @@
 
 Bounded: when the file grows past ``max_bytes`` it is cleared and the caller is told, so that it can report
 a SecurityLogWasCleared security event (the whitepaper lists that event; a full disk must not stop charging).
+
+Durable like transaction data: each event is on the storage before ``append`` returns (fsync of the file,
+and of the directory when the file was (re)created). The events just before a power cut are the ones a
+central system asks for with GetLog; security events are rare, so one fsync each costs nothing that matters.
 """
 
 from __future__ import annotations
@@ -14,6 +18,14 @@ from datetime import datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class SecurityLog:
@@ -30,9 +42,17 @@ class SecurityLog:
                 cleared = True
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"timestamp": timestamp, "type": kind, "techInfo": tech_info}) + "\n"
+            created = not self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            with os.fdopen(fd, "a") as f:
-                f.write(line)
+            try:
+                data = line.encode()
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.path.parent)  # the new file's directory entry, else it may vanish whole
         except OSError as exc:
             log.error("security log %s: %s", self.path, exc)
         return cleared

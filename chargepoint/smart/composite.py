@@ -141,14 +141,14 @@ class _Ctx:
         self.rel_anchor = rel_anchor
         self.freeze_relative = freeze_relative
 
-    def convert(self, limit: float, from_unit: str, number_phases: int | None) -> float:
+    def convert(self, limit: float, from_unit: str) -> float:
         """W = A x voltage x phases, with the phases the connector really delivers.
 
         This charger cannot switch phases (ConnectorSwitch3to1PhaseSupported = false), so a smaller
         numberPhases does not make it charge on fewer phases: converting 4600 W with numberPhases=1 into
         20 A per phase on a three-phase connector would let the car take 13.8 kW. The installation's phases
-        are used, which never exceeds a power limit."""
-        del number_phases  # kept in the signature: the periods carry it for GetCompositeSchedule
+        are used, which never exceeds a power limit, and they are what the composite reports as
+        numberPhases (see `_combine`)."""
         if from_unit == self.unit:
             return limit
         ph = self.phases
@@ -302,9 +302,12 @@ def _combine(l1: list[_Piece], l2: list[_Piece], ws: int, we: int, round_limits:
              ) -> list[_Seg]:
     """min(l1, l2) over [ws, we); gaps in both stay None. Adjacent equal (limit, phases) merged.
 
-    Both limits are converted to the target unit with the same phase count: the smallest numberPhases
-    of the two periods (a 1-phase TxDefault under a W ChargePointMax may use the whole power on one
-    phase), never more than the installation's phases."""
+    Both limits are converted to the target unit with the connector's phases (`_Ctx.convert`), and every
+    period reports that phase count as its numberPhases, so that it says what it means (W = A x voltage x
+    numberPhases, OCPP 1.6 §7.9 ChargingSchedulePeriod): a profile asking for fewer phases is still charged
+    on all of them here, and echoing its numberPhases=1 next to a limit converted with three would tell
+    the central system a power three times too high (W) or a current three times too low (A). Stated
+    always, also on a three-phase connector where absence would read as 3: one rule, no guessing."""
     bounds = {ws, we}
     for pc in l1:
         bounds.add(pc[0])
@@ -324,12 +327,9 @@ def _combine(l1: list[_Piece], l2: list[_Piece], ws: int, we: int, round_limits:
             i2 += 1
         p1 = l1[i1] if i1 < n1 and l1[i1][0] <= a else None
         p2 = l2[i2] if i2 < n2 and l2[i2][0] <= a else None
-        ph: int | None = None
-        for pc in (p1, p2):
-            if pc is not None and pc[3] is not None:
-                ph = pc[3] if ph is None else min(ph, pc[3])
-        v1 = None if p1 is None else ctx.convert(p1[2], _unit(p1), ph)
-        v2 = None if p2 is None else ctx.convert(p2[2], _unit(p2), ph)
+        ph = ctx.phases
+        v1 = None if p1 is None else ctx.convert(p1[2], _unit(p1))
+        v2 = None if p2 is None else ctx.convert(p2[2], _unit(p2))
         if v1 is None and v2 is None:
             lim, src = None, None
         elif v2 is None or (v1 is not None and v1 <= v2):
@@ -437,9 +437,8 @@ def composite_schedule(
     if prof is not None:
         raw = prof.schedule.min_charging_rate
         if raw is not None:
-            first = prof.schedule.periods[0].number_phases
             ctx = _Ctx(unit, voltage, phases, None, False)
-            mcr = _floor01(ctx.convert(raw, prof.schedule.charging_rate_unit, first))
+            mcr = _floor01(ctx.convert(raw, prof.schedule.charging_rate_unit))
     return CompositeSchedule(start=start, duration=max(duration_s, 0), unit=unit, periods=tuple(periods),
                              min_charging_rate=mcr)
 
