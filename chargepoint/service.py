@@ -73,11 +73,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 def _pure_notify(state: str, env: Mapping[str, str] | None = None) -> bool:
-    """Minimal sd_notify(3): one datagram to $NOTIFY_SOCKET.
+    """Minimal sd_notify(3): one datagram to $NOTIFY_SOCKET, sent without blocking.
 
     ``@name`` is a Linux abstract socket (leading NUL byte). Returns False when
     there is no socket to notify or sending fails; never raises, because a
     status line must not take down the controller.
+
+    Non-blocking on purpose: the kernel queues only a few datagrams for a socket
+    nobody reads (net.unix.max_dgram_qlen, 10 by default), and a busy or stalled
+    systemd would otherwise freeze the one event loop that also opens the
+    contactor. A ping dropped because the queue is full costs nothing: the next
+    one follows within a second, long before WatchdogSec.
     """
     env = os.environ if env is None else env
     addr = env.get("NOTIFY_SOCKET", "")
@@ -92,8 +98,9 @@ def _pure_notify(state: str, env: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.setblocking(False)
             sock.connect(target)
-            sock.sendall(state.encode())
+            sock.send(state.encode())
     except OSError as exc:
         log.debug("sd_notify to %r failed: %s", addr, exc)
         return False
@@ -103,14 +110,16 @@ def _pure_notify(state: str, env: Mapping[str, str] | None = None) -> bool:
 class ServiceNotifier:
     """Sends sd_notify messages: READY=1, WATCHDOG=1, STATUS=…, STOPPING=1.
 
-    ``use_systemd_python=None`` picks systemd-python's ``daemon.notify`` when it
-    is importable and the pure-socket sender otherwise; both read
+    The default is the non-blocking pure-socket sender; ``use_systemd_python=True``
+    picks systemd-python's ``daemon.notify`` (blocking). Both read
     ``$NOTIFY_SOCKET`` at call time.
     """
 
     def __init__(self, *, use_systemd_python: bool | None = None) -> None:
         if use_systemd_python is None:
-            use_systemd_python = _sd_daemon is not None
+            # The own sender by default: it never blocks (see _pure_notify); libsystemd's sd_notify sends
+            # with a blocking sendmsg, which stalls the control loop when systemd does not read its socket.
+            use_systemd_python = False
         if use_systemd_python and _sd_daemon is None:
             raise RuntimeError("systemd-python is not installed (pip install 'pi-chargepoint[systemd]')")
         self._use_lib = use_systemd_python

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -219,3 +220,15 @@ def test_summary_line() -> None:
         "CSMS connecting · 1 charging"
     )
     assert summary_line({}) == "CSMS unknown"
+
+
+def test_a_full_notify_queue_never_blocks_the_caller(listener: NotifyListener) -> None:
+    """systemd busy (its notify socket not read): the kernel queues ~10 datagrams per socket, then a blocking
+    send would freeze the control loop (watchdog pings every second). Sends past the queue fail, quickly."""
+    n = ServiceNotifier()
+    t0 = time.monotonic()
+    results = [n.watchdog() for _ in range(200)]
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.0, f"200 notifications took {elapsed:.1f} s: a send blocked"
+    assert results[0] is True and results[-1] is False  # the first got through, the queue then filled
+    assert listener.messages()[0] == "WATCHDOG=1"
