@@ -617,6 +617,23 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"could not read from state store {self.path or ':memory:'}: {exc}") from exc
 
+    def copy_to(self, target: Path) -> None:
+        """Write a consistent copy of the database to ``target`` (a new file) without giving up the lock.
+
+        ``sqlite3_serialize`` reads every page through this connection's pager (WAL content included) in
+        one pass, faster than ``VACUUM INTO`` (6.5 MB on the CI machine: serialize ~10 ms + write ~10 ms,
+        against ~50-60 ms): it runs on the loop that owns the connection, and a diagnostics request holds
+        up everything else on that loop, the contactor's reaction included, for that long. The copy is written in rollback-journal mode so that it opens
+        read-only without a -wal file."""
+        try:
+            image = bytearray(self._conn.serialize())
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not copy state store {self.path or ':memory:'}: {exc}") from exc
+        if len(image) >= 20 and image[18] == 2 and image[19] == 2:  # header: file format 2 = WAL
+            image[18] = image[19] = 1
+        with open(target, "xb") as f:
+            f.write(image)
+
     # ------------------------------------------------------------------ meta
 
     def set_meta(self, key: str, value: str | None) -> None:

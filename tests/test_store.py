@@ -503,3 +503,24 @@ def test_memory_seed_that_is_garbage_starts_empty(tmp_path: Path) -> None:
         assert s.open_transactions() == [] and s.schema_version == 1
     finally:
         s.close()
+
+
+def test_copy_to_is_a_consistent_standalone_copy_while_the_store_stays_locked(store: Store, tmp_path: Path) -> None:
+    """The diagnostics copy: what was committed (still in the -wal file, not checkpointed) is in it, it opens
+    read-only without a -wal file of its own, and the live store keeps working."""
+    for i in range(50):
+        store.set_meta(f"k{i}", "v" * 100)
+    target = tmp_path / "copy.db"
+    store.copy_to(target)
+    assert not (tmp_path / "copy.db-wal").exists()
+    copy = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+    try:
+        assert copy.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert copy.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone() == (50,)
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        copy.close()
+    store.set_meta("after", "1")
+    assert store.get_meta("after") == "1"
+    with pytest.raises(FileExistsError):  # never overwrites
+        store.copy_to(target)

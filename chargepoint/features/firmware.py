@@ -269,13 +269,13 @@ class FirmwareFeature(_Base):
 
     # ------------------------------------------------------------------ diagnostics contents
     def _copy_store(self) -> Path | None:
-        """A consistent, compacted copy of the state store (``VACUUM INTO``: freed pages do not come along)."""
+        """A consistent copy of the state store, taken on the loop that owns its connection (Store.copy_to)."""
         if self.store is None:
             return None
         target = self.config.state_dir / "diagnostics" / f"store-{os.getpid()}-{id(object())}"
         try:
             target.mkdir(parents=True, exist_ok=True)
-            self.store.query("VACUUM INTO ?", (str(target / "state.db"),))
+            self.store.copy_to(target / "state.db")
         except (OSError, StoreError) as exc:
             log.error("diagnostics: the state store could not be copied: %s", exc)
             shutil.rmtree(target, ignore_errors=True)
