@@ -54,3 +54,26 @@ def test_grid_config_errors_name_the_key() -> None:
         )
     keys = {p.key for p in err.value.problems}
     assert {"station.grid.meter.driver", "station.grid.limit_a"} <= keys
+
+
+async def test_the_grid_meter_loop_is_supervised(tmp_path: Path) -> None:
+    """Killed, the grid loop comes back and keeps reading the house (else the stale-reading fallback, the
+    minimum current, would hold for good)."""
+    grid = {"meter": {"driver": "sim", "house_a": 10.0}, "limit_a": 25.0, "margin_a": 1.0, "poll_s": 0.5}
+    async with CentralSystem() as cs:
+        cfg = simulated_config(
+            charge_point_id="CP-GRID", csms_url=cs.url, state_dir=tmp_path, ev_reaction_s=0.0, grid=grid
+        )
+        c = Controller(cfg)
+        await c.start()
+        try:
+            victim = c.supervisor.task("grid-meter")
+            assert victim is not None and not victim.done()
+            victim.cancel()
+            await cs.wait_for(
+                lambda: (t := c.supervisor.task("grid-meter")) not in (None, victim) and not t.done(), 10
+            )
+            read_at = c._grid_read_at
+            await cs.wait_for(lambda: c._grid_read_at > read_at, 5)  # reading again
+        finally:
+            await c.stop()

@@ -51,6 +51,7 @@ Decisions where the specification is silent:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -189,7 +190,6 @@ class SmartChargingFeature(_Base):
         self._sc_blocked_tx: dict[int, int] = {}  # connector -> local tx id paused for an invalid idTag
         self._sc_claims: dict[int, list[Claim]] = {}
         self._sc_reads: set[asyncio.Task[Any]] = set()
-        self._grid_task: asyncio.Task[None] | None = None
         self._grid_reading: Any = None
         self._grid_read_at = -math.inf
 
@@ -210,7 +210,9 @@ class SmartChargingFeature(_Base):
         await super().start()
         grid_meter = (self.build_context.shared.get("grid_meter") if self.build_context else None)
         if self.config.station.grid is not None and grid_meter is not None:
-            self._grid_task = asyncio.create_task(self._grid_loop(grid_meter), name="grid-meter")
+            # Supervised like the other long-lived tasks: a dead loop would leave the stale reading's
+            # fallback (minimum current) for good, and dynamic load management silently off.
+            self.supervise("grid-meter", functools.partial(self._grid_loop, grid_meter))
         self._recompute_all_limits()
 
     async def _grid_loop(self, meter: Any) -> None:
@@ -249,8 +251,7 @@ class SmartChargingFeature(_Base):
         return (round(available, 1), f"grid meter: the house uses {house:.1f} A of {grid.limit_a:g} A")
 
     async def stop(self) -> None:
-        if self._grid_task is not None:
-            self._grid_task.cancel()
+        self.supervisor.cancel("grid-meter")
         self._sc_cancel_timers()
         for task in list(self._sc_reads):
             task.cancel()
