@@ -476,7 +476,9 @@ do_install() {
     note "status:   chargepoint status      (as root or a member of group $SERVICE_USER:"
     note "          sudo adduser \$USER $SERVICE_USER)"
     note "logs:     journalctl -u chargepoint -f"
-    note "hardware: chargepoint check-hardware --config /etc/chargepoint/chargepoint.toml"
+    note "hardware: sudo systemctl stop chargepoint, then"
+    note "          sudo -u $SERVICE_USER /opt/chargepoint/venv/bin/chargepoint check-hardware --config /etc/chargepoint/chargepoint.toml"
+    note "          (hardware-docs/commissioning.md: reboot first, then the whole sequence)"
 }
 
 do_uninstall() {
