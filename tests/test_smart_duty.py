@@ -38,7 +38,14 @@ def test_duty_to_amps(duty, amps) -> None:
 def test_round_trip_never_offers_more_than_asked(amps: float) -> None:
     got = duty_to_amps(amps_to_duty(amps))
     assert got <= amps + 1e-9
-    assert got >= min(amps, 51.0 if 51 < amps <= 52.5 else amps) - 0.03  # 0.01 % duty resolution
+    # 51-52.5 A is offered as 51 A (85 %), and so is anything up to 52.525 A: 85.01 % (the next step of the
+    # 0.01 % resolution) would read as 52.525 A, more than asked
+    assert got >= min(amps, 51.0 if 51 < amps < 52.525 else amps) - 0.03  # 0.01 % duty resolution
+
+
+def test_just_above_52_5_a_is_offered_as_51_a_never_more() -> None:
+    """The case hypothesis found: 52.515625 A rounds down to 85.00 %, which an EV reads as 51 A."""
+    assert amps_to_duty(52.515625) == 85.0 and duty_to_amps(85.0) == 51.0
 
 
 def test_first_change_applies_at_once_then_once_per_5_s() -> None:
