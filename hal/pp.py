@@ -217,7 +217,7 @@ class PpMonitor:
             return []
         if self._candidate is None or (self._candidate.state, self._candidate.amps) != key:
             self._candidate, self._since = reading, now
-        if now - self._since < self.debounce_s:
+        if now - self._since < self.debounce_s - 1e-6:  # (float sums of poll periods)
             return []
         self.reported, self._candidate = reading, None
         return [CableChanged(self.connector_id, reading.state, reading.amps, reading.detail)]
