@@ -410,3 +410,34 @@ async def test_simulate_plug_with_a_rating(tmp_path: Path) -> None:
         await st.csms.wait_for(lambda: st.controller.snapshot()["connectors"][0]["cable_a"] == 32.0)
         status = await sim.execute("status")
         assert status is not None and status["connectors"][0]["cable"]["state"] == "rated"
+
+
+# ---------------------------------------------------------------- commissioning
+
+
+@pytest.mark.parametrize(("plugged_rc", "expected"), [(1500.0, "PASS"), (680.0, "FAIL")])
+async def test_commissioning_checks_the_pp_input(factory: MockFactory, plugged_rc: float, expected: str) -> None:
+    from chargepoint.commissioning import Session, Timeouts, check_cable
+    from hal.interfaces import ConnectorHardware, StationHardware
+
+    adc = FakeMCP3008(pin_factory=factory)
+    _set_rc(adc, 2, math.inf)
+    pp = build("pp", {"driver": "mcp3008", "channel": 2, "poll_hz": 50, "debounce_ms": 40}, "connectors[0].pp", 1,
+               BuildContext(gpio_pin_factory=factory))
+    conn = ConnectorHardware(1, pilot=None, contactor=None, meter=None, pp=pp)  # type: ignore[arg-type]
+
+    def ask(question: str) -> str:
+        if "13 A cable" in question:
+            _set_rc(adc, 2, plugged_rc)
+        return ""
+
+    out: list[str] = []
+    s = Session(StationHardware([conn]), ask, out.append, False, Timeouts(adapter_s=1.0, settle_s=1.0))
+    await pp.start(s.events.append)
+    try:
+        await check_cable(s, conn)
+    finally:
+        await pp.stop()
+    assert [status for status, _ in s.results] == ["PASS", expected], out
+    if expected == "FAIL":
+        assert any("20 A cable" in line for line in out) and any("check:" in line for line in out)

@@ -242,3 +242,22 @@ async def test_meter_temperature_counts_and_fault_overtemp_keeps_working(tmp_pat
         await sim.execute("clear 1 overtemp")
         await st.wait_status("Available")
         assert math.isclose(_c(st)["temperature"]["sensors"]["meter"], 30.0)
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(NtcCircuit().fraction_at(23.0), "PASS"), (1.0, "FAIL")])
+async def test_commissioning_checks_the_ntc(factory: MockFactory, fraction: float, expected: str) -> None:
+    from chargepoint.commissioning import Session, Timeouts, check_temperature
+    from hal.interfaces import ConnectorHardware, StationHardware
+
+    adc = FakeMCP3008(pin_factory=factory)
+    adc.channels[3] = fraction * adc.vref
+    dev = build("temperature", {"driver": "ntc", "channel": 3, "poll_hz": 20}, "connectors[0].temperature", 1,
+                BuildContext(gpio_pin_factory=factory))
+    conn = ConnectorHardware(1, pilot=None, contactor=None, meter=None, temperature=dev)  # type: ignore[arg-type]
+    out: list[str] = []
+    s = Session(StationHardware([conn]), lambda q: "", out.append, False, Timeouts(settle_s=0.5))
+    await dev.start(s.events.append)
+    try:
+        assert await check_temperature(s, conn) == expected, out
+    finally:
+        await dev.stop()
