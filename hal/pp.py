@@ -17,8 +17,8 @@ read as the neighbouring code.
 
 Circuit (``PpCircuit``): pull-up ``pullup_ohm`` from ``supply_v`` to the PP contact, Rc to PE; the PP
 node reaches MCP3008 ``channel`` through ``series_ohm`` and, optionally, a divider ``divider_ohm`` to
-ground. The defaults (``REFERENCE_CIRCUIT``) are a placeholder for the reference board: align them with
-hardware-docs/pilot/values.toml (the circuit's design values). With the pull-up fed from the ADC's
+ground. The defaults (``REFERENCE_CIRCUIT``) are the reference board's design values from
+hardware-docs/pilot/values.toml ``[pp]`` (keep the two equal). With the pull-up fed from the ADC's
 reference (``supply_v == vref_v``) the reading is ratiometric and the supply's tolerance cancels.
 
 Everything above the driver class is pure (no I/O, time passed in) and tested band edge by band edge.
@@ -52,14 +52,16 @@ ADC_MAX = 1023  # MCP3008: 10 bits
 class PpCircuit:
     """The PP measuring circuit. Tolerances are fractions (0.01 = 1 %)."""
 
+    # Defaults = hardware-docs/pilot/values.toml [pp] (the reference board): pull-up from the 3.0 V
+    # reference that is also the MCP3008's VREF, 1 kΩ series resistor into the ADC input, no divider.
     pullup_ohm: float = 1000.0
-    supply_v: float = 3.3
-    vref_v: float = 3.3
+    supply_v: float = 3.0
+    vref_v: float = 3.0
     series_ohm: float = 1000.0  # PP node -> ADC input (protection); divider top when divider_ohm is set
     divider_ohm: float | None = None  # ADC input -> ground; None: no divider (the ADC sees the node)
     resistor_tolerance: float = 0.01
     supply_tolerance: float = 0.0  # 0 when ratiometric (pull-up fed from the ADC reference)
-    adc_error_lsb: int = 2  # MCP3008: INL ±1, DNL ±1, plus noise
+    adc_error_lsb: int = 4  # MCP3008 offset + gain + INL budget (values.toml [adc] error_lsb)
 
     def fraction(self, rc_ohm: float, *, pullup: float | None = None, series: float | None = None,
                  divider: float | None = None, supply: float | None = None) -> float:
