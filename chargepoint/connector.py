@@ -378,13 +378,15 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         actions.append(SessionTimedOut(s.session_tag))
         s = replace(s, session_tag=None)
 
-    # A transaction begins when the session is authorized and the cable is in (OCPP 1.6 §4.8, §5.11).
+    # A transaction begins when the session is authorized and the cable is in (OCPP 1.6 §4.8, §5.11); on a
+    # socket "the cable is in" includes a valid PP rating (no StartTransaction for an unusable cable).
     if (
         s.session_tag is not None
         and not s.in_transaction
         and s.pilot.vehicle_connected
         and s.operative
         and not s.faults
+        and safety.cable_known(s)
     ):
         s = replace(s, in_transaction=True, finishing=False)
         actions.append(BeginTransaction(s.session_tag))

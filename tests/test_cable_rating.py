@@ -167,12 +167,23 @@ def _offers(actions: list[cm.Action]) -> list[float | None]:
 
 def test_socket_offers_nothing_until_the_cable_is_read_then_at_most_its_rating() -> None:
     s, actions = _run(_socket(), [(0, cm.Pilot(CpState.B)), (0, cm.Authorize("T")), (1, cm.Pilot(CpState.C))])
-    assert s.in_transaction and not s.contactor_closed
+    assert not s.in_transaction and not s.contactor_closed  # no StartTransaction before the rating either
     assert all(a is None for a in _offers(actions)) and not any(isinstance(a, cm.CloseContactor) for a in actions)
     s, actions = _run(s, [(2, cm.Cable(CableState.RATED, 13.0)), (2, cm.Pilot(CpState.C))])
     assert _offers(actions) == [13.0] and s.contactor_closed
     s, actions = _run(s, [(3, cm.Limit(10.0))])
     assert _offers(actions) == [10.0]  # below the cable's rating the limit decides
+
+
+def test_no_transaction_begins_on_a_socket_before_a_valid_rating() -> None:
+    """Authorized before plugging: the car's pilot (B) arrives before PP (PP makes last in a Type 2 plug);
+    StartTransaction waits for the rating, and never comes for an invalid cable."""
+    s, actions = _run(_socket(), [(0, cm.Authorize("T")), (0.1, cm.Pilot(CpState.B))])
+    assert not s.in_transaction and not any(isinstance(a, cm.BeginTransaction) for a in actions)
+    t, actions = _run(s, [(0.2, cm.Cable(CableState.RATED, 20.0))])
+    assert t.in_transaction and any(isinstance(a, cm.BeginTransaction) for a in actions)
+    t, actions = _run(s, [(0.2, cm.Cable(CableState.INVALID, None, "bad"))])
+    assert not t.in_transaction and t.status == "Faulted"
 
 
 def test_tethered_connector_is_unchanged_by_pp() -> None:
@@ -190,8 +201,10 @@ def test_invalid_cable_is_a_fault_cleared_only_by_unplugging() -> None:
     assert not s.in_transaction and not s.contactor_closed
     s, _ = _run(s, [(2, cm.Cable(CableState.RATED, 32.0))])  # a flicker back to a code: still refused
     assert FaultKind.CABLE in s.faults and s.status == "Faulted"
-    s, _ = _run(s, [(3, cm.Cable(CableState.ABSENT)), (3, cm.Pilot(CpState.A)), (4, cm.Tick())])
-    assert not s.faults and s.status == "Available" and cm.vendor_error_fields(s) == {}
+    s, actions = _run(s, [(3, cm.Cable(CableState.ABSENT)), (3, cm.Pilot(CpState.A)), (4, cm.Tick())])
+    assert not s.faults and cm.vendor_error_fields(s) == {}
+    assert not any(isinstance(a, cm.BeginTransaction) for a in actions)  # never a transaction on that cable
+    assert s.status == "Preparing"  # the tap still waits ConnectionTimeOut for a (good) cable
 
 
 def test_losing_pp_while_charging_opens_at_once() -> None:
