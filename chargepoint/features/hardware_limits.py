@@ -145,12 +145,15 @@ class HardwareLimitsFeature(_Base):
             rating = cc.cable.tethered_rating_a
             return None if rating is None else (rating, "tethered cable rating (configuration)")
         seen = self._cable.get(rt.id)
-        if seen is None:
-            return None, "cable rating not read yet (PP)"
-        if seen.state == CableState.RATED and seen.amps:
+        if seen is not None and seen.state == CableState.RATED and seen.amps:
             return seen.amps, f"cable rating {seen.amps:g} A (PP)"
-        if seen.state == CableState.ABSENT:
-            return None, "no cable in the socket (PP open)"
+        if seen is None or seen.state == CableState.ABSENT:
+            # An empty socket does not pause the connector's limit (it is what the next cable is offered,
+            # up to its rating); the state machine offers nothing without a rating. A car on the pilot
+            # without a cable reading is shown as the reason.
+            if rt.state.pilot.vehicle_connected:
+                return None, "no cable rating read (PP)"
+            return None
         if seen.state == CableState.INVALID:
             return None, f"invalid cable ({seen.detail})"
         return None, f"cable rating unknown ({seen.detail})"
