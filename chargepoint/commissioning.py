@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hal.interfaces import (
+    CableChanged,
+    CableState,
     ConnectorHardware,
     CpState,
     Device,
@@ -35,6 +37,7 @@ from hal.interfaces import (
     MeterError,
     StationHardware,
     TagPresented,
+    TemperatureReading,
 )
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -443,6 +446,49 @@ async def check_reader(s: Session, reader: Device, index: int) -> str:
     return s.report(PASS, title, f"tag {_mask(tag)}")
 
 
+def _last_cable(s: Session, cid: int) -> CableChanged | None:
+    return next((e for e in reversed(s.events) if isinstance(e, CableChanged) and e.connector_id == cid), None)
+
+
+async def check_cable(s: Session, conn: ConnectorHardware) -> None:
+    """Socket only: PP reads "no cable" when empty and 13 A with a 13 A cable / test adapter (1.5 kΩ)."""
+    cid = conn.connector_id
+    hints = ("PP wiring from the socket to the pull-up and MCP3008 channel, PE as reference",
+             "pp options: channel, pullup_ohm, series_ohm, divider_ohm, supply_v (hardware-docs/drivers.md)")
+    ok = await _wait(lambda: (c := _last_cable(s, cid)) is not None and c.state == CableState.ABSENT,
+                     s.timeouts.settle_s)
+    last = _last_cable(s, cid)
+    s.report(PASS if ok else FAIL, f"connector {cid} cable (PP), nothing plugged in",
+             f"{last.state.value if last else 'no reading'} {last.detail if last else ''}".strip(), hints)
+    if not await s.prompt(f"Plug a 13 A cable (or set the test adapter's PP to 13 A, 1.5 kΩ) into connector {cid}"):
+        s.report(SKIP, f"connector {cid} cable (PP) 13 A", "skipped by the installer")
+        return
+    ok = await _wait(lambda: (c := _last_cable(s, cid)) is not None and c.state == CableState.RATED and c.amps == 13,
+                     s.timeouts.adapter_s)
+    last = _last_cable(s, cid)
+    if not ok and s.assume_yes and (last is None or last.state == CableState.ABSENT):
+        s.report(SKIP, f"connector {cid} cable (PP) 13 A", "nobody plugged a cable (--yes)")
+        return
+    s.report(PASS if ok else FAIL, f"connector {cid} cable (PP) 13 A",
+             f"{last.state.value if last else 'no reading'} {last.detail if last else ''}".strip(), hints)
+
+
+async def check_temperature(s: Session, conn: ConnectorHardware) -> str:
+    cid = conn.connector_id
+    title = f"connector {cid} temperature sensor"
+    await _wait(lambda: any(isinstance(e, TemperatureReading) and e.connector_id == cid for e in s.events),
+                s.timeouts.settle_s + 2.0)
+    faults = [f for f in s.faults_since(0, (FaultKind.TEMP_SENSOR,)) if f.connector_id == cid]
+    readings = [e for e in s.events if isinstance(e, TemperatureReading) and e.connector_id == cid]
+    hints = ("the NTC's wires and its MCP3008 channel", "temperature options: r25_ohm, beta, series_ohm, ntc_position")
+    if faults or not readings:
+        return s.report(FAIL, title, faults[-1].info if faults else "no reading", hints)
+    r = readings[-1]
+    plausible = -10.0 <= r.celsius <= 45.0
+    return s.report(PASS if plausible else FAIL, title,
+                    f"{r.sensor} {r.celsius:.1f} °C" + ("" if plausible else ", expected room temperature"), hints)
+
+
 # ---------------------------------------------------------------- walk-through
 
 
@@ -472,6 +518,10 @@ async def check_hardware(station: StationHardware, *, ask: Callable[[str], str],
                 await check_meter(s, conn)
             if conn.pilot in started:
                 await check_pilot(s, conn)
+            if conn.pp is not None and conn.pp in started:
+                await check_cable(s, conn)
+            if conn.temperature is not None and conn.temperature in started:
+                await check_temperature(s, conn)
             if conn.contactor in started:
                 await check_contactor(s, conn)
             if conn.rcm is None or conn.rcm in started:

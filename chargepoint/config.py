@@ -53,7 +53,7 @@ CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "stat
 CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
 STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
 GRID_KEYS = ("enabled", "meter", "limit_a", "margin_a", "poll_s")
-CONNECTOR_KEYS = ("id", "max_current_a", "min_current_a", "phases", "ventilation", *DEVICE_KINDS)
+CONNECTOR_KEYS = ("id", "max_current_a", "min_current_a", "phases", "ventilation", *DEVICE_KINDS, "pp", "temperature")
 LOGGING_KEYS = ("level",)
 
 
@@ -95,6 +95,24 @@ class CsmsConfig:
 
 
 @dataclass(frozen=True)
+class CableConfig:
+    """How a connector learns its cable's rating: a socket reads PP, a tethered cable is configured."""
+
+    socket: bool = False  # True: Type 2 socket, the [connectors.pp] device reads the plugged cable
+    tethered_rating_a: float | None = None  # tethered: the fixed cable's rating (None: max_current_a)
+
+
+@dataclass(frozen=True)
+class TemperatureConfig:
+    """Derating and stop thresholds (chargepoint/thermal.py) for the connector's NTC and its meter."""
+
+    derate_c: float = 60.0
+    stop_c: float = 70.0
+    hysteresis_c: float = 5.0
+    derate_current_a: float | None = None  # None: half of max_current_a, at least min_current_a
+
+
+@dataclass(frozen=True)
 class ConnectorConfig:
     id: int
     max_current_a: float = 32.0
@@ -102,6 +120,8 @@ class ConnectorConfig:
     phases: int = 3
     ventilation: bool = False  # IEC 61851-1: energize in state D only where ventilation is provided
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cable: CableConfig = CableConfig()
+    temperature: TemperatureConfig = TemperatureConfig()
 
 
 @dataclass(frozen=True)
@@ -202,6 +222,63 @@ def _range_text(minimum: float | None, maximum: float | None) -> str:
     if minimum is not None:
         return f"a number of at least {minimum:g}"
     return f"a number of at most {maximum:g}"
+
+
+OPTIONAL_INPUT_KINDS = ("pp", "temperature")  # driver "none" (or no table) means no device
+TEMPERATURE_KEYS = ("derate_c", "stop_c", "hysteresis_c", "derate_current_a")
+
+
+def _input_table(r: _Reader, raw: dict[str, Any], kind: str, base: str) -> dict[str, Any] | None:
+    table = raw.get(kind)
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        r.problem(f"{base}.{kind}", table, 'a table, e.g. { driver = "none" }')
+        return None
+    driver = table.get("driver", "sim")
+    allowed = sorted([*DRIVERS[kind], "none"])
+    if driver not in allowed:
+        r.problem(f"{base}.{kind}.driver", driver, "one of " + ", ".join(repr(d) for d in allowed))
+        return None
+    return dict(table)
+
+
+def _parse_cable(r: _Reader, raw: dict[str, Any], base: str, devices: dict[str, dict[str, Any]]) -> CableConfig:
+    """``[connectors.pp]``: a socket's PP input (IEC 61851-1 Annex B), or ``driver = "none"`` for a tethered
+    cable with ``rating_a``. No table: tethered, rated ``max_current_a``."""
+    table = _input_table(r, raw, "pp", base)
+    if table is None:
+        return CableConfig()
+    if table.get("driver", "sim") == "none":
+        rating = r.get(table, "rating_a", f"{base}.pp.rating_a", float, None, minimum=6, maximum=80)
+        for name in table:
+            if name not in ("driver", "rating_a"):
+                r.problem(f"{base}.pp.{name}", table[name], "unknown key (driver none: only rating_a)")
+        return CableConfig(socket=False, tethered_rating_a=rating)
+    devices["pp"] = table
+    return CableConfig(socket=True)
+
+
+def _parse_temperature(r: _Reader, raw: dict[str, Any], base: str, devices: dict[str, dict[str, Any]],
+                       max_a: float, min_a: float) -> TemperatureConfig:
+    """``[connectors.temperature]``: thresholds (also applied to the meter's temperature) plus an optional
+    sensor driver; the remaining keys are the driver's options."""
+    table = _input_table(r, raw, "temperature", base)
+    if table is None:
+        return TemperatureConfig()
+    key = f"{base}.temperature"
+    d = TemperatureConfig()
+    derate = r.get(table, "derate_c", f"{key}.derate_c", float, d.derate_c, minimum=20, maximum=120)
+    stop = r.get(table, "stop_c", f"{key}.stop_c", float, d.stop_c, minimum=25, maximum=150)
+    hyst = r.get(table, "hysteresis_c", f"{key}.hysteresis_c", float, d.hysteresis_c, minimum=0.5, maximum=30)
+    derate_a = r.get(table, "derate_current_a", f"{key}.derate_current_a", float, None, minimum=min_a,
+                     maximum=max_a)
+    if derate is not None and stop is not None and stop <= derate:
+        r.problem(f"{key}.stop_c", stop, f"above derate_c ({derate:g})")
+    if table.get("driver", "sim") != "none":
+        devices["temperature"] = {k: v for k, v in table.items() if k not in TEMPERATURE_KEYS}
+    return TemperatureConfig(derate_c=derate or d.derate_c, stop_c=stop or d.stop_c,
+                             hysteresis_c=hyst or d.hysteresis_c, derate_current_a=derate_a)
 
 
 def _kind_name(kind: type) -> str:
@@ -339,6 +416,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                     "one of " + ", ".join(repr(d) for d in sorted(DRIVERS[kind])),
                 )
             devices[kind] = dict(table)
+        cable = _parse_cable(r, raw, base, devices)
+        temperature = _parse_temperature(r, raw, base, devices, max_a or 32.0, min_a or 6.0)
         r.unknown_keys(raw, CONNECTOR_KEYS, base)
         connectors.append(
             ConnectorConfig(
@@ -348,6 +427,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 phases=phases or 3,
                 ventilation=bool(ventilation),
                 devices=devices,
+                cable=cable,
+                temperature=temperature,
             )
         )
 
@@ -590,6 +671,8 @@ def simulated_config(
                 "lock": dict(sim),
                 "rcm": dict(sim),
                 "indicator": dict(sim),
+                "pp": dict(sim),  # a Type 2 socket: `plug C AMPS` chooses the cable's rating
+                "temperature": dict(sim),
             }
             for i in range(connectors)
         ],

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from chargepoint import safety
-from hal.interfaces import CpState, FaultKind
+from hal.interfaces import CableState, CpState, FaultKind
 
 # -------------------------------------------------------------------- fault → OCPP errorCode
 
@@ -51,6 +51,14 @@ ERROR_CODES: dict[FaultKind, str] = {
     FaultKind.UNDERVOLTAGE: "UnderVoltage",
     FaultKind.PILOT_BOARD: "InternalError",
     FaultKind.OTHER: "OtherError",
+    FaultKind.CABLE: "OtherError",
+    FaultKind.TEMP_SENSOR: "InternalError",
+}
+# Faults without an OCPP errorCode of their own carry a vendorErrorCode and the driver's detail as info
+# (OCPP 1.6 §7.44 StatusNotification.req: vendorErrorCode CiString50, info CiString50).
+VENDOR_ERROR_CODES: dict[FaultKind, str] = {
+    FaultKind.CABLE: "InvalidCable",
+    FaultKind.TEMP_SENSOR: "TemperatureSensor",
 }
 # A reader fault or a meter fault does not make charging unsafe: they are reported (errorCode) but do not
 # open the contactor. Everything else does.
@@ -65,6 +73,8 @@ FAULT_PRIORITY = [
     FaultKind.OVERVOLTAGE,
     FaultKind.UNDERVOLTAGE,
     FaultKind.PILOT_BOARD,
+    FaultKind.TEMP_SENSOR,
+    FaultKind.CABLE,
     FaultKind.LOCK,
     FaultKind.OTHER,
     FaultKind.METER,
@@ -98,6 +108,7 @@ class Stop:
 class Fault:
     kind: FaultKind
     latched: bool = False
+    info: str = ""  # the driver's detail; reported as StatusNotification.info for VENDOR_ERROR_CODES kinds
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,15 @@ class OutputsForcedSafe:
     outputs follow the inputs again."""
 
 
+@dataclass(frozen=True)
+class Cable:
+    """The proximity pilot (PP) of a socket was read (hal.interfaces.CableChanged)."""
+
+    state: CableState
+    amps: float | None = None
+    detail: str = ""
+
+
 Event = (
     Pilot
     | Authorize
@@ -150,6 +170,7 @@ Event = (
     | Reserved
     | Tick
     | OutputsForcedSafe
+    | Cable
 )
 
 
@@ -246,6 +267,10 @@ class ConnectorState:
     ev_settled: bool = False  # this transaction's start is over: the car answered, or had its settle time
     offer_since: float | None = None  # the first offer of this transaction began then
     left_f_at: float | None = None  # the pilot command left state F then (the reading is stale until seen)
+    # A socket (IEC 62196-2 Type 2) learns the cable's rating from PP: nothing is offered before a valid one.
+    cable_required: bool = False
+    cable_a: float | None = None  # the plugged cable's current capability (socket), None = not known
+    fault_info: tuple[tuple[FaultKind, str], ...] = ()  # latest detail per fault kind (for the CSMS)
 
     def in_fault_hold(self, now: float) -> bool:
         return self.last_fault_at is not None and now < self.last_fault_at + safety.FAULT_STATE_F_MIN_S
@@ -332,9 +357,31 @@ def _desired_pilot(s: ConnectorState, now: float) -> float | str | None:
         and s.pilot.vehicle_connected
         and s.limit_a is not None
         and s.limit_a >= s.min_current_a
+        and safety.cable_known(s)
     ):
-        return s.limit_a
+        # defence in depth: the cable's rating also caps the offer here, not only as a limit claim
+        return s.limit_a if s.cable_a is None else min(s.limit_a, s.cable_a)
     return None
+
+
+def vendor_error_fields(state: ConnectorState) -> dict[str, str]:
+    """vendorErrorCode and info for StatusNotification when the fault behind the errorCode has them."""
+    for kind in FAULT_PRIORITY:
+        if kind in state.all_faults:
+            if kind not in VENDOR_ERROR_CODES:
+                return {}
+            out = {"vendorErrorCode": VENDOR_ERROR_CODES[kind]}
+            info = dict(state.fault_info).get(kind, "")
+            if info:
+                out["info"] = info[:50]
+            return out
+    return {}
+
+
+def _with_info(s: ConnectorState, kind: FaultKind, info: str) -> ConnectorState:
+    if not info:
+        return s
+    return replace(s, fault_info=tuple((k, v) for k, v in s.fault_info if k != kind) + ((kind, info),))
 
 
 def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorState, list[Action]]:
@@ -369,7 +416,9 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         elif s.session_tag is not None:
             s = replace(s, session_tag=None)
     elif isinstance(event, Fault):
-        s = _add_fault(s, event.kind, event.latched, now)
+        s = _with_info(_add_fault(s, event.kind, event.latched, now), event.kind, event.info)
+    elif isinstance(event, Cable):
+        s = _apply_cable(s, event, now)
     elif isinstance(event, FaultClear):
         if event.kind not in s.latched:
             s = replace(s, faults=s.faults - {event.kind}, notices=s.notices - {event.kind})
@@ -403,13 +452,15 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         actions.append(SessionTimedOut(s.session_tag))
         s = replace(s, session_tag=None)
 
-    # A transaction begins when the session is authorized and the cable is in (OCPP 1.6 §4.8, §5.11).
+    # A transaction begins when the session is authorized and the cable is in (OCPP 1.6 §4.8, §5.11); on a
+    # socket "the cable is in" includes a valid PP rating (no StartTransaction for an unusable cable).
     if (
         s.session_tag is not None
         and not s.in_transaction
         and s.pilot.vehicle_connected
         and s.operative
         and not s.faults
+        and safety.cable_known(s)
     ):
         s = replace(s, in_transaction=True, finishing=False, ev_settled=False, offer_since=None)
         actions.append(BeginTransaction(s.session_tag))
@@ -429,7 +480,27 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
     if not safety.contactor_allowed(s, now):  # defence in depth: never expected (property-tested)
         s = replace(s, contactor_closed=False, withdrawn_at=None)
         actions.insert(0, OpenContactor("safety invariant"))
+    if not safety.offer_allowed(s):  # defence in depth: never expected (property-tested)
+        s = replace(s, pilot_command=None)
+        actions.append(OfferCurrent(None))
     return s, actions
+
+
+def _apply_cable(s: ConnectorState, event: Cable, now: float) -> ConnectorState:
+    """IEC 61851-1 Annex B: the offer follows the cable's coding. An invalid coding is a fault that only
+    pulling the cable out clears (PP open): a reading that flips back to a valid code while the same cable
+    is in stays refused. Only a socket (cable_required) reads PP; a tethered connector ignores it."""
+    if not s.cable_required:
+        return s
+    if event.state == CableState.ABSENT:
+        return replace(s, cable_a=None, faults=s.faults - {FaultKind.CABLE})
+    if event.state == CableState.INVALID:
+        s = replace(s, cable_a=None)
+        return _with_info(_add_fault(s, FaultKind.CABLE, False, now), FaultKind.CABLE,
+                          event.detail or "invalid cable coding")
+    if event.state == CableState.RATED and event.amps is not None and event.amps > 0:
+        return replace(s, cable_a=float(event.amps))
+    return replace(s, cable_a=None)  # UNKNOWN: the rating cannot be read
 
 
 def _add_fault(s: ConnectorState, kind: FaultKind, latched: bool, now: float) -> ConnectorState:

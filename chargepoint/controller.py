@@ -73,6 +73,8 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
                 lock=devices.get("lock"),
                 rcm=devices.get("rcm"),
                 indicator=devices.get("indicator"),
+                pp=devices.get("pp"),
+                temperature=devices.get("temperature"),
             )
         )
     readers = [
@@ -218,6 +220,7 @@ class ControllerCore:
                 stop_on_ev_disconnect=bool(self.keys["StopTransactionOnEVSideDisconnect"]),
                 operative=operative,
                 ventilation=cc.ventilation,
+                cable_required=cc.cable.socket,
             )
             self.connectors[cc.id] = ConnectorRuntime(
                 id=cc.id, hw=hw, state=state, max_current_a=cc.max_current_a, phases=cc.phases
@@ -431,7 +434,7 @@ class ControllerCore:
                 extra={"CONNECTOR_ID": event.connector_id},
             )
             for cid in self._targets(event.connector_id):
-                self.post(cid, cm.Fault(event.kind, event.latched))
+                self.post(cid, cm.Fault(event.kind, event.latched, event.info))
         elif isinstance(event, FaultCleared):
             log.info(
                 "fault cleared on connector %d: %s",
@@ -1259,6 +1262,9 @@ class ControllerCore:
             "errorCode": error_code,
             "timestamp": iso(self.now()),
         }
+        rt = self.connectors.get(connector_id)
+        if rt is not None and error_code != "NoError" and rt.state.error_code == error_code:
+            payload.update(cm.vendor_error_fields(rt.state))  # e.g. OtherError + InvalidCable
         await self._call_quietly("StatusNotification", payload)
 
     def station_status(self) -> tuple[str, str]:

@@ -2,7 +2,9 @@
 
 DEVELOPERS.md: the contactor closes only when the pilot says the car asks for power
 (state C/D), the session is authorized, the connector is available and fault-free,
-and the limit is at or above the minimum. Every fault opens it.
+and the limit is at or above the minimum. Every fault opens it. On a socket the
+plugged cable's rating must be known (PP, IEC 61851-1 Annex B) before the pilot
+offers anything or the contactor closes, and no offer exceeds it.
 
 IEC 61851-1 sequence 10.2 adds one nuance for *soft* reasons (the session was
 stopped or the limit fell below the minimum): the EVSE first withdraws the PWM and
@@ -30,9 +32,25 @@ def asks_for_power(state: ConnectorState) -> bool:
     return state.pilot.value == "C" or (state.pilot.value == "D" and state.ventilation)
 
 
+def cable_known(state: ConnectorState) -> bool:
+    """A socket knows the plugged cable's rating from PP (IEC 61851-1 Annex B); a tethered cable always does.
+
+    A hard condition: PP is the last contact to make and the first to break in a Type 2 plug, so losing
+    it while charging means the plug is being pulled: open at once."""
+    return not state.cable_required or state.cable_a is not None
+
+
 def hard_conditions(state: ConnectorState) -> bool:
     """Conditions that must hold at every instant the contactor is closed."""
-    return asks_for_power(state) and not state.faults and state.operative
+    return asks_for_power(state) and not state.faults and state.operative and cable_known(state)
+
+
+def offer_allowed(state: ConnectorState) -> bool:
+    """A PWM offer needs a known cable rating and never exceeds it."""
+    command = state.pilot_command
+    if not isinstance(command, int | float) or isinstance(command, bool):
+        return True  # F or X1: nothing offered
+    return cable_known(state) and (state.cable_a is None or command <= state.cable_a)
 
 
 def soft_conditions(state: ConnectorState) -> bool:

@@ -1,7 +1,9 @@
 """`chargepoint simulate`: the whole controller with simulated hardware, driven by stdin commands.
 
 Commands, one per line (answers on stdout, logs on stderr):
-  plug C | unplug C | tap IDTAG | ev C suspend | ev C resume
+  plug C [AMPS] | unplug C | tap IDTAG | ev C suspend | ev C resume
+                                  (AMPS: the cable's PP rating, default 32; 0 = an invalid cable)
+  temp C CELSIUS                  (the connector's simulated socket temperature)
   fault C KIND | clear C KIND     (KIND: rcd, weld, meter, overcurrent, diode, cp_short, lock, overtemp)
   status                          (one JSON line)
   quit                            (end of input also quits)
@@ -24,7 +26,7 @@ from hal.sim.board import SimBench
 
 log = logging.getLogger(__name__)
 
-HELP = "commands: plug C | unplug C | tap IDTAG | ev C suspend|resume | fault C KIND | clear C KIND | status | quit"
+HELP = "commands: plug C [AMPS] | unplug C | temp C CELSIUS | tap IDTAG | ev C suspend|resume | fault C KIND | clear C KIND | status | quit"
 
 
 class Simulator:
@@ -57,7 +59,30 @@ class Simulator:
             return self.controller.snapshot()
         if cmd in ("plug", "unplug") and len(args) == 1:
             ev = self.bench.ev(self._connector(args[0]))
-            ev.plug() if cmd == "plug" else ev.unplug()
+            ev.plug(32.0) if cmd == "plug" else ev.unplug()
+            return {"ok": True}
+        if cmd == "plug" and len(args) == 2:
+            cid = self._connector(args[0])
+            try:
+                amps = float(args[1])
+            except ValueError:
+                raise ValueError(f"cable rating must be a number of amps (0 = invalid), not {args[1]!r}") from None
+            if not 0 <= amps <= 80:
+                raise ValueError("cable rating: 13, 20, 32 or 63 A (0 to 80; 0 = an invalid cable)")
+            self.bench.ev(cid).plug(amps)
+            return {"ok": True}
+        if cmd == "temp" and len(args) == 2:
+            cid = self._connector(args[0])
+            sensors = self.controller.build_context.shared.get("sim_temperatures", {})  # type: ignore[union-attr]
+            if cid not in sensors:
+                raise ValueError(f"connector {cid} has no simulated temperature sensor")
+            try:
+                celsius = float(args[1])
+            except ValueError:
+                raise ValueError(f"temperature must be a number (°C), not {args[1]!r}") from None
+            if not -40 <= celsius <= 150:
+                raise ValueError("temperature: -40 to 150 °C")
+            sensors[cid].set(celsius)
             return {"ok": True}
         if cmd == "tap" and len(args) == 1:
             if len(args[0]) > 20:

@@ -53,6 +53,8 @@ class FaultKind(str, enum.Enum):
     UNDERVOLTAGE = "undervoltage"
     PILOT_BOARD = "pilot_board"  # pilot board does not answer
     OTHER = "other"
+    CABLE = "cable"  # socket: the PP coding is no valid cable rating (IEC 61851-1 Annex B, IEC 62196-2)
+    TEMP_SENSOR = "temp_sensor"  # NTC open or shorted: the temperature can no longer be watched
 
 
 class IndicatorPattern(str, enum.Enum):
@@ -99,7 +101,35 @@ class FaultCleared:
     kind: FaultKind
 
 
-HalEvent = PilotChanged | TagPresented | FaultRaised | FaultCleared
+class CableState(str, enum.Enum):
+    """What the proximity pilot (PP) of a socket says about the plugged cable."""
+
+    ABSENT = "absent"  # PP open: no cable in the socket
+    RATED = "rated"  # a valid coding: ``amps`` is the cable's current capability
+    INVALID = "invalid"  # between codes, outside every band or shorted: no offer, a fault
+    UNKNOWN = "unknown"  # the PP input cannot be read (ADC failure): no offer
+
+
+@dataclass(frozen=True)
+class CableChanged:
+    """The debounced PP reading of a socketed connector changed."""
+
+    connector_id: int
+    state: CableState
+    amps: float | None = None  # RATED only
+    detail: str = ""  # e.g. "PP 452 ohm (ADC 301): between the 20 A and 13 A codes"
+
+
+@dataclass(frozen=True)
+class TemperatureReading:
+    """A (filtered) temperature of one sensor of a connector, e.g. the socket terminals' NTC."""
+
+    connector_id: int
+    sensor: str
+    celsius: float
+
+
+HalEvent = PilotChanged | TagPresented | FaultRaised | FaultCleared | CableChanged | TemperatureReading
 Emit = Callable[[HalEvent], None]
 
 
@@ -212,7 +242,10 @@ class Indicator(Device, Protocol):
 
 @dataclass
 class ConnectorHardware:
-    """Everything that belongs to one connector. Lock, RCM and indicator are optional."""
+    """Everything that belongs to one connector. Lock, RCM, indicator, PP and temperature are optional.
+
+    ``pp`` reads the cable rating of a socket (emits ``CableChanged``); a tethered cable has none.
+    ``temperature`` emits ``TemperatureReading`` (and ``FaultRaised(TEMP_SENSOR)`` for a broken sensor)."""
 
     connector_id: int
     pilot: Pilot
@@ -221,9 +254,16 @@ class ConnectorHardware:
     lock: ConnectorLock | None = None
     rcm: ResidualCurrentMonitor | None = None
     indicator: Indicator | None = None
+    pp: Device | None = None
+    temperature: Device | None = None
 
     def devices(self) -> list[Device]:
-        return [d for d in (self.pilot, self.contactor, self.meter, self.lock, self.rcm, self.indicator) if d]
+        return [
+            d
+            for d in (self.pilot, self.contactor, self.meter, self.lock, self.rcm, self.indicator, self.pp,
+                      self.temperature)
+            if d
+        ]
 
 
 @dataclass

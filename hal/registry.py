@@ -53,6 +53,15 @@ DRIVERS: dict[str, dict[str, str]] = {
         "sim": "hal.sim.board:build_indicator",
         "gpio": "hal.gpio:build_indicator",
     },
+    # Cable rating of a socket (proximity pilot). A tethered cable has no device: `driver = "none"`.
+    "pp": {
+        "sim": "hal.sim.cable:build_cable_input",
+        "mcp3008": "hal.pp:build_cable_input",
+    },
+    "temperature": {
+        "sim": "hal.sim.cable:build_temperature",
+        "ntc": "hal.temperature:build_ntc",
+    },
 }
 
 

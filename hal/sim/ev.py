@@ -29,6 +29,8 @@ class SimulatedEV:
         self.reaction_s = reaction_s
         self.needs_ventilation = needs_ventilation
         self.plugged = False
+        # The cable's PP coding (A) as a socket reads it; 0 = a cable without a valid coding.
+        self.cable_a = 32.0
         self.suspended = False  # the car itself does not want energy (full, timer)
         self.diode_ok = True
         self.cp_shorted = False
@@ -62,7 +64,10 @@ class SimulatedEV:
         return CpState.B
 
     # -------------------------------------------------------------- driver (test/user) actions
-    def plug(self) -> None:
+    def plug(self, cable_a: float | None = None) -> None:
+        """Plug in; ``cable_a`` is the cable's rating (PP), 0 for an invalid one; None keeps the last."""
+        if cable_a is not None:
+            self.cable_a = cable_a
         self.plugged = True
         self._update()
 
