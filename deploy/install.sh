@@ -342,6 +342,43 @@ boot_line_active() {
     awk -v want="$line" '{ sub(/^[ \t]+/, ""); sub(/[ \t\r]+$/, "") } $0 == want { found = 1 } END { exit !found }' "$file"
 }
 
+# The board from the device tree's model string (NUL-terminated), e.g. "Raspberry Pi 5 Model B Rev 1.0".
+# Prints pi5, pi4, pi3, zero2w or unknown; the model itself goes to BOARD_MODEL.
+BOARD_MODEL=""
+detect_board() {
+    local model_file="$ROOT/proc/device-tree/model"
+    BOARD_MODEL=""
+    if [[ -r $model_file ]]; then
+        BOARD_MODEL="$(tr -d '\0' <"$model_file")"
+    fi
+    case "$BOARD_MODEL" in
+    "Raspberry Pi 5 "* | "Raspberry Pi Compute Module 5"*) BOARD=pi5 ;;
+    "Raspberry Pi 4 "* | "Raspberry Pi 400"* | "Raspberry Pi Compute Module 4"*) BOARD=pi4 ;;
+    "Raspberry Pi 3 "* | "Raspberry Pi Compute Module 3"*) BOARD=pi3 ;;
+    "Raspberry Pi Zero 2 W"*) BOARD=zero2w ;;
+    *) BOARD=unknown ;;
+    esac
+}
+
+# The lines of deploy/boot-config.txt meant for board $1 ("[board all]" sections and those naming it).
+boot_lines_for() {
+    local board="$1" line in_section=0
+    while IFS= read -r line || [[ -n $line ]]; do
+        line="${line%$'\r'}"
+        [[ -z ${line//[[:space:]]/} || $line == \#* ]] && continue
+        if [[ $line =~ ^\[board[[:space:]]+([^]]*)\]$ ]]; then
+            in_section=0
+            local name
+            for name in ${BASH_REMATCH[1]}; do
+                [[ $name == all || $name == "$board" ]] && in_section=1
+            done
+            continue
+        fi
+        ((in_section)) && printf '%s\n' "$line"
+    done <"$SRC/deploy/boot-config.txt"
+    return 0
+}
+
 configure_boot() {
     say "boot configuration"
     local cfg="$BOOT_DIR/config.txt"
@@ -352,20 +389,31 @@ configure_boot() {
         warn "${cfg#"$ROOT"} not found (not a Raspberry Pi?): add the lines of deploy/boot-config.txt yourself"
         return
     fi
+    local BOARD
+    detect_board
+    if [[ $BOARD == unknown ]]; then
+        warn "board not recognised (${BOARD_MODEL:-no ${ROOT:+$ROOT}/proc/device-tree/model}): only the board-independent" \
+            "boot lines are written (SPI); UART and PWM differ between Pi models: add the section of" \
+            "deploy/boot-config.txt for your board yourself (hardware-docs/pinout.md)"
+    else
+        note "board: $BOARD_MODEL ($BOARD)"
+    fi
     local -a missing=()
     local line
-    while IFS= read -r line || [[ -n $line ]]; do
-        line="${line%$'\r'}"
-        [[ -z ${line//[[:space:]]/} || $line == \#* ]] && continue
+    while IFS= read -r line; do
         if ! boot_line_active "$cfg" "$line"; then
             missing+=("$line")
         fi
-    done <"$SRC/deploy/boot-config.txt"
+    done < <(boot_lines_for "$BOARD")
     if grep -qE '^[[:space:]]*dtoverlay=pwm-2chan' "$cfg"; then
         warn "${cfg#"$ROOT"} already loads pwm-2chan: make sure GPIO18 is PWM0 and not used twice"
     fi
     if ((${#missing[@]} == 0)); then
-        note "${cfg#"$ROOT"} already has UART, PWM and SPI enabled"
+        if [[ $BOARD == unknown ]]; then
+            note "${cfg#"$ROOT"} already has SPI enabled"
+        else
+            note "${cfg#"$ROOT"} already has UART, PWM and SPI enabled for $BOARD"
+        fi
     else
         note "adding to ${cfg#"$ROOT"}: ${missing[*]}"
         if ((!DRY_RUN)); then
@@ -387,25 +435,31 @@ configure_boot() {
         fi
         REBOOT_REQUIRED=1
     fi
-    # The UART belongs to the meter/pilot board, not to a login console.
+    # The UART on GPIO14/15 belongs to the meter/pilot board, not to a login console. On a Pi 5 serial0 is
+    # the debug connector (ttyAMA10): its console stays; only one on ttyAMA0 (GPIO14/15) goes.
+    local consoles=""
+    case "$BOARD" in
+    pi5) consoles="ttyAMA0" ;;
+    pi3 | pi4 | zero2w) consoles="serial0|ttyAMA0|ttyS0" ;;
+    esac
     local cmdline
     cmdline="$(dirname "$cfg")/cmdline.txt"
-    if [[ -f $cmdline ]] && grep -qE '(^|[[:space:]])console=(serial0|ttyAMA0|ttyS0),[0-9]+' "$cmdline"; then
+    if [[ -n $consoles && -f $cmdline ]] && grep -qE "(^|[[:space:]])console=($consoles),[0-9]+" "$cmdline"; then
         note "removing the serial console from ${cmdline#"$ROOT"}"
         if ((!DRY_RUN)); then
             [[ -e $cmdline.chargepoint-backup ]] || cp -p -- "$cmdline" "$cmdline.chargepoint-backup"
-            sed -i -E 's/(^|[[:space:]])console=(serial0|ttyAMA0|ttyS0),[0-9]+//g; s/^[[:space:]]+//' "$cmdline"
+            sed -i -E "s/(^|[[:space:]])console=($consoles),[0-9]+//g; s/^[[:space:]]+//" "$cmdline"
         fi
         REBOOT_REQUIRED=1
     fi
-    if ((REBOOT_REQUIRED)); then
-        # Bluetooth no longer has a UART: its modem service would only fail.
+    # Bluetooth no longer has a UART where disable-bt was written: its modem service would only fail.
+    if ((REBOOT_REQUIRED)) && boot_line_active "$cfg" "dtoverlay=disable-bt"; then
         if ((SIMULATE)) || systemctl list-unit-files hciuart.service >/dev/null 2>&1; then
             sys systemctl disable hciuart.service
         fi
-        if ((!SIMULATE)); then
-            touch /run/reboot-required
-        fi
+    fi
+    if ((REBOOT_REQUIRED && !SIMULATE)); then
+        touch /run/reboot-required
     fi
 }
 

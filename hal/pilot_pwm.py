@@ -88,21 +88,93 @@ def classify(volts: float, current: CpState | None, hysteresis: float) -> CpStat
     return CpState.F
 
 
-class SysfsPwm:
-    """``/sys/class/pwm/pwmchipN/pwmM``; the root is configurable so tests use a directory tree."""
+# PWM controllers that drive GPIO18 with the overlay deploy/install.sh writes (dtoverlay=pwm,pin=18,func=2),
+# by the name of the device a pwmchip belongs to (the target of /sys/class/pwm/pwmchipN/device): which of
+# its channels is GPIO18. The pwmchip *number* is not stable (it depends on probe order and kernel version;
+# RP1's PWM0 has been seen as pwmchip2 and pwmchip0), the device name is the controller's bus address.
+# Sources and what could not be checked on hardware: hardware-docs/pinout.md ("Raspberry Pi 5").
+GPIO18_PWM_CONTROLLERS: dict[str, tuple[int, str]] = {
+    "1f00098000.pwm": (2, "Raspberry Pi 5, RP1 PWM0 (GPIO18 = PWM0_CHAN2)"),
+    "fe20c000.pwm": (0, "Raspberry Pi 4, BCM2711 PWM0 (GPIO18 = PWM0_0)"),
+    "3f20c000.pwm": (0, "Raspberry Pi 3 / Zero 2 W, BCM2837 PWM0 (GPIO18 = PWM0_0)"),
+}
 
-    def __init__(self, root: Path, chip: int, channel: int, period_ns: int = 1_000_000,
+
+def _chip_number(chip_dir: Path) -> int:
+    return int(chip_dir.name.removeprefix("pwmchip"))
+
+
+def _controller_name(chip_dir: Path) -> str | None:
+    """Name of the device behind a pwmchip (``fe20c000.pwm``); None where sysfs has no ``device`` link."""
+    device = chip_dir / "device"
+    if not device.exists():
+        return None
+    return device.resolve().name
+
+
+def find_gpio18_pwm(root: Path, chip: int | None = None) -> tuple[int, int, str]:
+    """(chip number, channel, description) of the hardware PWM on GPIO18, from what sysfs reports.
+
+    ``chip`` given: that chip; its channel from the controller table (0 for a controller not in it).
+    Otherwise the one chip whose controller is in GPIO18_PWM_CONTROLLERS. A tree without ``device``
+    links (a hand-made one) with exactly one chip uses that chip's channel 0, as before. Anything
+    else is an error naming what was found: a PWM on the wrong pin would leave the pilot at -12 V
+    (state F), so a guess cannot start a charge, but it could drive a pin wired to something else.
+    """
+    chips = sorted((d for d in root.glob("pwmchip*") if d.name[7:].isdigit()), key=_chip_number)
+    if chip is not None:
+        chip_dir = root / f"pwmchip{chip}"
+        name = _controller_name(chip_dir) if chip_dir.is_dir() else None
+        channel, what = GPIO18_PWM_CONTROLLERS.get(name or "", (0, f"pwmchip{chip} ({name or 'configured'})"))
+        return chip, channel, what
+    if not chips:
+        raise OSError(f"no PWM chip in {root}: is dtoverlay=pwm set in /boot/firmware/config.txt "
+                      "(deploy/install.sh writes it)?")
+    names = {_chip_number(d): _controller_name(d) for d in chips}
+    known = [(n, GPIO18_PWM_CONTROLLERS[name]) for n, name in names.items()
+             if name in GPIO18_PWM_CONTROLLERS]
+    if len(known) == 1:
+        n, (channel, what) = known[0]
+        return n, channel, what
+    if not known and len(chips) == 1 and names[_chip_number(chips[0])] is None:
+        return _chip_number(chips[0]), 0, f"{chips[0].name} (no device link)"
+    found = ", ".join(f"pwmchip{n} -> {name or '?'}" for n, name in names.items())
+    raise OSError(f"cannot tell which PWM chip drives GPIO18 ({found}): set pwm_chip and pwm_channel "
+                  "in the pilot's configuration (hardware-docs/pinout.md)")
+
+
+class SysfsPwm:
+    """``/sys/class/pwm/pwmchipN/pwmM``; the root is configurable so tests use a directory tree.
+
+    ``chip``/``channel`` None: found at open() by find_gpio18_pwm (sysfs is complete only after boot).
+    """
+
+    def __init__(self, root: Path, chip: int | None, channel: int | None, period_ns: int = 1_000_000,
                  invert: bool = False) -> None:
-        self.chip_dir = root / f"pwmchip{chip}"
-        self.dir = self.chip_dir / f"pwm{channel}"
+        self.root = root
+        self._want_chip, self._want_channel = chip, channel
+        self.chip_dir: Path | None = None if chip is None or channel is None else root / f"pwmchip{chip}"
+        self.dir: Path | None = None if self.chip_dir is None else self.chip_dir / f"pwm{channel}"
         self.channel = channel
         self.period_ns = period_ns
         self.invert = invert
         self.duty_percent: float | None = None
         self._pending: float | None = None
 
+    def _resolve(self) -> tuple[Path, Path]:
+        if self.chip_dir is None or self.dir is None:
+            chip, channel, what = find_gpio18_pwm(self.root, self._want_chip)
+            if self._want_channel is not None:
+                channel = self._want_channel
+            self.chip_dir = self.root / f"pwmchip{chip}"
+            self.dir = self.chip_dir / f"pwm{channel}"
+            self.channel = channel
+            log.info("pilot PWM: %s, %s", what, self.dir)
+        return self.chip_dir, self.dir
+
     def _write(self, name: str, value: int | str, retry_s: float = 0.0) -> None:
         """Write one attribute; a PermissionError is retried for ``retry_s`` (udev may not be done yet)."""
+        assert self.dir is not None  # resolved by open()
         deadline = time.monotonic() + retry_s
         while True:
             try:
@@ -114,12 +186,17 @@ class SysfsPwm:
                 time.sleep(0.02)
 
     def open(self, export_timeout_s: float = 1.0) -> None:
-        if not self.chip_dir.is_dir():
-            raise OSError(f"{self.chip_dir} missing: is dtoverlay=pwm set in /boot/firmware/config.txt?")
-        duty = self.dir / "duty_cycle"
+        chip_dir, pwm_dir = self._resolve()
+        if not chip_dir.is_dir():
+            raise OSError(f"{chip_dir} missing: is dtoverlay=pwm set in /boot/firmware/config.txt?")
+        npwm = chip_dir / "npwm"
+        if npwm.is_file() and self.channel is not None and self.channel >= int(npwm.read_text().strip() or 0):
+            raise OSError(f"{chip_dir} has {npwm.read_text().strip()} channels, no pwm{self.channel}: "
+                          "check pwm_chip/pwm_channel (hardware-docs/pinout.md)")
+        duty = pwm_dir / "duty_cycle"
         deadline = time.monotonic() + export_timeout_s
-        if not self.dir.is_dir():
-            (self.chip_dir / "export").write_text(f"{self.channel}\n")
+        if not pwm_dir.is_dir():
+            (chip_dir / "export").write_text(f"{self.channel}\n")
         # After export the kernel creates the files owned by root; a udev rule changes group and mode a
         # moment later. Until then the non-root service user gets PermissionError on the first write.
         while not (duty.exists() and os.access(duty, os.W_OK)):
@@ -141,7 +218,7 @@ class SysfsPwm:
 
     def set_percent(self, percent: float) -> None:
         """Safe before open(): without an exported channel the level is remembered and applied by open()."""
-        if not (self.dir / "duty_cycle").exists():
+        if self.dir is None or not (self.dir / "duty_cycle").exists():
             self._pending = percent
             return
         self._apply(percent)
@@ -317,8 +394,9 @@ class PwmPilot:
 def build_pilot(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any) -> PwmPilot:
     o = Options(options, key)
     root = Path(o.str("sysfs_root", "/sys/class/pwm"))
-    chip = o.int("pwm_chip", 0, lo=0, hi=15)
-    pwm_channel = o.int("pwm_channel", 0, lo=0, hi=3)
+    # "auto": the chip/channel that drives GPIO18, from what sysfs reports (find_gpio18_pwm).
+    chip = None if o.raw("pwm_chip", "auto") == "auto" else o.int("pwm_chip", None, lo=0, hi=15)
+    pwm_channel = None if o.raw("pwm_channel", "auto") == "auto" else o.int("pwm_channel", None, lo=0, hi=3)
     pwm = SysfsPwm(root, chip, pwm_channel, o.int("period_ns", 1_000_000, lo=990_000, hi=1_010_000),
                    o.bool("invert", False))
     channel = o.int("channel", 0, lo=0, hi=7)
@@ -342,7 +420,9 @@ def build_pilot(options: Mapping[str, Any], key: str, connector_id: int, ctx: An
     )
     o.finish()
     claimed: dict[str, str] = ctx.get_or_create("pilot_pwm.channels", dict)
-    for what, ident in (("pwm_channel", f"pwm:{root}:{chip}:{pwm_channel}"),
+    chip_id = "auto" if chip is None else chip
+    channel_id = "auto" if pwm_channel is None else pwm_channel
+    for what, ident in (("pwm_channel", f"pwm:{root}:{chip_id}:{channel_id}"),
                         ("channel", f"adc:{dev.spi_port}.{dev.spi_device}:{channel}")):
         if ident in claimed:
             raise HardwareConfigError(f"{key}.{what}", o.raw(what), f"one not used by {claimed[ident]}")

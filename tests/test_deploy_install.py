@@ -60,7 +60,18 @@ def root(tmp_path: Path) -> Path:
     (r / "boot" / "firmware").mkdir(parents=True)
     (r / "boot" / "firmware" / "config.txt").write_text(BOOKWORM_CONFIG)
     (r / "boot" / "firmware" / "cmdline.txt").write_text(CMDLINE)
+    set_model(r, "Raspberry Pi 4 Model B Rev 1.5")
     return r
+
+
+def set_model(root: Path, model: str | None) -> None:
+    """What the kernel shows in /proc/device-tree/model: the model string, NUL-terminated."""
+    f = root / "proc" / "device-tree" / "model"
+    if model is None:
+        f.unlink(missing_ok=True)
+        return
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(model.encode() + b"\0")
 
 
 def run(root: Path, source: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -282,3 +293,65 @@ def test_udev_rules_parse_and_name_the_devices() -> None:
                 assert re.fullmatch(r"0[0-7]{3}", m["value"]), f"line {n}: MODE {m['value']}"
         assert has_match, f"line {n}: a rule without a match applies to every device"
     assert symlinks == {"chargepoint-meter", "chargepoint-evse", "chargepoint-rfid"}
+
+
+# ---------------------------------------------------------------- one boot configuration per board
+
+PI5_WANTED = ["dtparam=uart0=on", "dtoverlay=pwm,pin=18,func=2", "dtparam=spi=on"]
+BCM_WANTED = WANTED  # Pi 3, Pi 4, Zero 2 W: PL011 freed from Bluetooth, PWM0 channel 0 on GPIO18
+
+
+@pytest.mark.parametrize(
+    ("model", "wanted", "unwanted"),
+    [
+        ("Raspberry Pi 5 Model B Rev 1.0", PI5_WANTED, ["dtoverlay=disable-bt", "enable_uart=1"]),
+        ("Raspberry Pi 4 Model B Rev 1.5", BCM_WANTED, ["dtparam=uart0=on"]),
+        ("Raspberry Pi 3 Model B Plus Rev 1.3", BCM_WANTED, ["dtparam=uart0=on"]),
+        ("Raspberry Pi Zero 2 W Rev 1.0", BCM_WANTED, ["dtparam=uart0=on"]),
+    ],
+)
+def test_boot_configuration_follows_the_board(root: Path, source: Path, model: str, wanted: list[str],
+                                              unwanted: list[str]) -> None:
+    set_model(root, model)
+    out = run(root, source, "--no-start")
+    assert model in out.stdout
+    lines = active_lines((root / "boot/firmware/config.txt").read_text())
+    for want in wanted:
+        assert lines.count(want) == 1, (model, want)
+    for line in unwanted:
+        assert line not in lines, (model, line)
+    second = run(root, source, "--no-start")  # idempotent for every board
+    assert active_lines((root / "boot/firmware/config.txt").read_text()) == lines
+    assert "REBOOT REQUIRED" not in second.stdout
+
+
+def test_pi5_keeps_the_debug_console_and_bluetooth(root: Path, source: Path) -> None:
+    """On a Pi 5 serial0 is the debug connector (ttyAMA10), not GPIO14/15: its console is no conflict,
+    one on ttyAMA0 (GPIO14/15) is; Bluetooth has its own UART, so hciuart stays."""
+    set_model(root, "Raspberry Pi 5 Model B Rev 1.0")
+    cmdline = root / "boot/firmware/cmdline.txt"
+    out = run(root, source, "--no-start")
+    assert cmdline.read_text() == CMDLINE
+    assert "hciuart" not in out.stdout
+    cmdline.write_text("console=ttyAMA0,115200 " + CMDLINE)
+    run(root, source, "--no-start")
+    assert cmdline.read_text() == CMDLINE
+
+
+def test_pi4_frees_the_uart_from_console_and_bluetooth(root: Path, source: Path) -> None:
+    out = run(root, source, "--no-start")
+    assert "console=serial0" not in (root / "boot/firmware/cmdline.txt").read_text()
+    assert "systemctl disable hciuart.service" in out.stdout
+
+
+@pytest.mark.parametrize("model", [None, "Raspberry Pi Model B Rev 2", "Radxa ROCK 5B"])
+def test_unknown_board_gets_a_warning_and_no_overlay_guesswork(root: Path, source: Path,
+                                                                model: str | None) -> None:
+    set_model(root, model)
+    out = run(root, source, "--no-start")
+    assert "board not recognised" in out.stderr
+    lines = active_lines((root / "boot/firmware/config.txt").read_text())
+    assert "dtparam=spi=on" in lines  # the same on every Pi
+    assert not [line for line in lines if line.startswith("dtoverlay=pwm") or "uart" in line
+                or line == "dtoverlay=disable-bt"]
+    assert (root / "boot/firmware/cmdline.txt").read_text() == CMDLINE
