@@ -26,18 +26,16 @@ Everything above the driver class is pure (no I/O, time passed in) and tested ba
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import math
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hal.adc import ADC_MAX, PolledAdcChannel, claim_adc_channel
 from hal.driver_options import Options
-from hal.interfaces import CableChanged, CableState, Emit, HalEvent, HardwareConfigError
+from hal.interfaces import CableChanged, CableState, HalEvent, HardwareConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 RC_CODES: tuple[tuple[float, float], ...] = ((13.0, 1500.0), (20.0, 680.0), (32.0, 220.0), (63.0, 100.0))
 RC_TOLERANCE = 0.03  # the coded resistor's tolerance (IEC 62196-2)
 OPEN_MIN_OHM = 10_000.0  # at or above this the PP counts as open: no cable
-ADC_MAX = 1023  # MCP3008: 10 bits
 
 
 @dataclass(frozen=True)
@@ -225,21 +222,16 @@ class PpMonitor:
         return [CableChanged(self.connector_id, reading.state, reading.amps, reading.detail)]
 
 
-class Mcp3008CableInput:
+class Mcp3008CableInput(PolledAdcChannel):
     """PP of one socket through an MCP3008 channel, polled by a thread (like the pilot's sensing)."""
+
+    thread_prefix = "pp"
+    monitor: PpMonitor
 
     def __init__(self, connector_id: int, monitor: PpMonitor, *, channel: int, spi_port: int = 0,
                  spi_device: int = 0, poll_hz: float = 20.0, pin_factory: Any = None) -> None:
-        self.connector_id = connector_id
-        self.monitor = monitor
-        self.channel, self.spi_port, self.spi_device = channel, spi_port, spi_device
-        self.poll_hz = poll_hz
-        self._pf = pin_factory
-        self._adc: Any = None
-        self._emit: Emit | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        super().__init__(connector_id, monitor, channel=channel, spi_port=spi_port, spi_device=spi_device,
+                         poll_hz=poll_hz, pin_factory=pin_factory)
 
     @property
     def state(self) -> CableState | None:
@@ -253,45 +245,9 @@ class Mcp3008CableInput:
     def last_counts(self) -> int | None:
         return self.monitor.last.counts if self.monitor.last else None
 
-    async def start(self, emit: Emit) -> None:
-        from gpiozero import MCP3008
-
-        self._emit, self._loop = emit, asyncio.get_running_loop()
-        self._adc = MCP3008(channel=self.channel, port=self.spi_port, device=self.spi_device,
-                            pin_factory=self._pf)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name=f"pp-{self.connector_id}", daemon=True)
-        self._thread.start()
-
-    def _hand_over(self, event: HalEvent) -> None:
-        if self._loop is not None and self._emit is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._emit, event)
-
-    def read_counts(self) -> int:
-        return round(float(self._adc.value) * ADC_MAX)
-
-    def _poll(self) -> None:
-        period = 1.0 / self.poll_hz
-        while not self._stop.is_set():
-            try:
-                counts: int | None = self.read_counts()
-                error = ""
-            except Exception as exc:  # SPI error: the monitor reports UNKNOWN after a few
-                counts, error = None, str(exc)
-            for event in self.monitor.sample(counts, time.monotonic(), error):
-                if isinstance(event, CableChanged):
-                    log.info("connector %d: cable %s %s", self.connector_id, event.state.value, event.detail)
-                self._hand_over(event)
-            self._stop.wait(period)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 2)
-        self._thread = None
-        if self._adc is not None:
-            self._adc.close()
-            self._adc = None
+    def _log_event(self, event: HalEvent) -> None:
+        if isinstance(event, CableChanged):
+            log.info("connector %d: cable %s %s", self.connector_id, event.state.value, event.detail)
 
 
 def circuit_from_options(o: Options) -> PpCircuit:
@@ -325,11 +281,7 @@ def build_cable_input(options: Mapping[str, Any], key: str, connector_id: int, c
     poll_hz = o.float("poll_hz", 20.0, lo=2.0, hi=200.0)
     debounce_ms = o.float("debounce_ms", 100.0, lo=0.0, hi=1000.0)
     o.finish()
-    claimed: dict[str, str] = ctx.get_or_create("pilot_pwm.channels", dict)  # one owner per ADC channel
-    ident = f"adc:{spi_port}.{spi_device}:{channel}"
-    if ident in claimed:
-        raise HardwareConfigError(key + ".channel", channel, f"one not used by {claimed[ident]}")
-    claimed[ident] = key
+    claim_adc_channel(ctx, key, spi_port, spi_device, channel)
     monitor = PpMonitor(connector_id, circuit, debounce_s=debounce_ms / 1000.0,
                         fail_limit=max(1, math.ceil(0.15 * poll_hz)))
     return Mcp3008CableInput(connector_id, monitor, channel=channel, spi_port=spi_port, spi_device=spi_device,

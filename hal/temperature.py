@@ -17,30 +17,25 @@ class is pure (time passed in).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import threading
-import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hal.adc import ADC_MAX, PolledAdcChannel, claim_adc_channel
 from hal.driver_options import Options
 from hal.interfaces import (
-    Emit,
     FaultCleared,
     FaultKind,
     FaultRaised,
     HalEvent,
-    HardwareConfigError,
     TemperatureReading,
 )
 
 log = logging.getLogger(__name__)
 
-ADC_MAX = 1023
 T25_K = 298.15
 KELVIN = 273.15
 VALID_RANGE_C = (-40.0, 150.0)  # outside: the sensor is open or shorted
@@ -138,59 +133,24 @@ class NtcMonitor:
         return events
 
 
-class Mcp3008Ntc:
+class Mcp3008Ntc(PolledAdcChannel):
     """The NTC of one connector, polled by a thread."""
+
+    thread_prefix = "ntc"
+    monitor: NtcMonitor
 
     def __init__(self, connector_id: int, monitor: NtcMonitor, *, channel: int, spi_port: int = 0,
                  spi_device: int = 0, poll_hz: float = 2.0, pin_factory: Any = None) -> None:
-        self.connector_id = connector_id
-        self.monitor = monitor
-        self.channel, self.spi_port, self.spi_device = channel, spi_port, spi_device
-        self.poll_hz = poll_hz
-        self._pf = pin_factory
-        self._adc: Any = None
-        self._emit: Emit | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        super().__init__(connector_id, monitor, channel=channel, spi_port=spi_port, spi_device=spi_device,
+                         poll_hz=poll_hz, pin_factory=pin_factory)
 
     @property
     def celsius(self) -> float | None:
         return self.monitor.celsius
 
-    async def start(self, emit: Emit) -> None:
-        from gpiozero import MCP3008
-
-        self._emit, self._loop = emit, asyncio.get_running_loop()
-        self._adc = MCP3008(channel=self.channel, port=self.spi_port, device=self.spi_device,
-                            pin_factory=self._pf)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name=f"ntc-{self.connector_id}", daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        period = 1.0 / self.poll_hz
-        while not self._stop.is_set():
-            try:
-                counts: int | None = round(float(self._adc.value) * ADC_MAX)
-                error = ""
-            except Exception as exc:
-                counts, error = None, str(exc)
-            for event in self.monitor.sample(counts, time.monotonic(), error):
-                if isinstance(event, FaultRaised):
-                    log.error("connector %d: %s", self.connector_id, event.info)
-                if self._loop is not None and self._emit is not None and not self._loop.is_closed():
-                    self._loop.call_soon_threadsafe(self._emit, event)
-            self._stop.wait(period)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 2)
-        self._thread = None
-        if self._adc is not None:
-            self._adc.close()
-            self._adc = None
+    def _log_event(self, event: HalEvent) -> None:
+        if isinstance(event, FaultRaised):
+            log.error("connector %d: %s", self.connector_id, event.info)
 
 
 def build_ntc(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any) -> Mcp3008Ntc:
@@ -206,11 +166,7 @@ def build_ntc(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any)
     poll_hz = o.float("poll_hz", 2.0, lo=0.5, hi=50.0)
     sensor = o.str("name", "socket")
     o.finish()
-    claimed: dict[str, str] = ctx.get_or_create("pilot_pwm.channels", dict)  # one owner per ADC channel
-    ident = f"adc:{spi_port}.{spi_device}:{channel}"
-    if ident in claimed:
-        raise HardwareConfigError(key + ".channel", channel, f"one not used by {claimed[ident]}")
-    claimed[ident] = key
+    claim_adc_channel(ctx, key, spi_port, spi_device, channel)
     monitor = NtcMonitor(connector_id, circuit, sensor=sensor[:20])
     return Mcp3008Ntc(connector_id, monitor, channel=channel, spi_port=spi_port, spi_device=spi_device,
                       poll_hz=poll_hz, pin_factory=ctx.shared.get("gpio_pin_factory"))
