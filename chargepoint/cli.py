@@ -517,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="state directory (default /var/lib/chargepoint)")
     p.add_argument("--config", help="take the state directory from this configuration")
     p.set_defaults(func=cmd_mask_tag)
+    from chargepoint.frontends.web.setpassword import add_parser as add_set_password  # the web UI's password
+
+    add_set_password(sub)
     return parser
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from chargepoint.frontends.web import WebConfig, make_app
-from chargepoint.frontends.web.app import WebContext
+from chargepoint.frontends.web.app import WebContext, make_app
 from chargepoint.frontends.web.auth import hash_password
+from chargepoint.frontends.web.config import WebConfig
 
 ADMIN_PW = "correct horse battery"
 USER_PW = "user password 1"

@@ -205,7 +205,9 @@ class WebUi:
     # ------------------------------------------------------------------ login
     async def login_form(self, request: web.Request) -> web.Response:
         nxt = request.query.get("next", "/")
-        return self.html(pages.login_page(csrf=self.csrf(request), next_url=_local(nxt)))
+        message = "" if self.config.password_hash else (
+            "No admin password is set: run `sudo chargepoint set-password` and restart the service.")
+        return self.html(pages.login_page(csrf=self.csrf(request), next_url=_local(nxt), message=message))
 
     async def login(self, request: web.Request) -> web.Response:
         form = request[FORM]

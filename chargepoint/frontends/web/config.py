@@ -24,7 +24,9 @@ class WebConfig:
     tls_cert: str | None = None  # both or neither: HTTPS with this certificate, else plain HTTP
     tls_key: str | None = None
     viewer: bool = False  # the status page without a login (read-only viewer role)
-    password_hash: str | None = None  # admin (chargepoint set-password)
+    # admin (chargepoint set-password). None: nobody can log in, the login page says how to set one
+    # (the example configuration enables the UI before install.sh has asked for the password).
+    password_hash: str | None = None
     user_password_hash: str | None = None  # optional user role: sessions, limits, availability
 
     @property
@@ -86,9 +88,6 @@ def parse_web_config(table: Any) -> tuple[WebConfig, list[tuple[str, Any, str]]]
             problems.append((f"web.{name}", "(hidden)", problem))
             value = None
         hashes[name] = value
-    if enabled and hashes["password_hash"] is None and not any(p[0] == "web.password_hash" for p in problems):
-        problems.append(("web.password_hash", None, "required with enabled = true: set it with "
-                                                    "`chargepoint set-password --config FILE`"))
     return WebConfig(enabled=enabled, listen=listen, port=port, tls_cert=cert, tls_key=key, viewer=viewer,
                      password_hash=hashes["password_hash"], user_password_hash=hashes["user_password_hash"]), \
         problems
