@@ -152,3 +152,33 @@ class FakeApi:
 def faulted(api: FakeApi, cid: int = 1) -> None:
     api.update(cid, status="Faulted", error_code="GroundFailure",
                faults=(FaultView("rcm", True, "Find the earth fault; then clear it here."),))
+
+
+class FakeHistory:
+    """sessions_page.SessionHistory over a list (the real one is chargepoint.sessions)."""
+
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
+        self.queries: list[dict[str, Any]] = []
+
+    def query(self, *, connector_id: int | None = None, id_tag: str | None = None, since: Any = None,
+              until: Any = None, limit: int = 10_000) -> list[Any]:
+        self.queries.append(dict(connector_id=connector_id, id_tag=id_tag, since=since, until=until))
+        out = [r for r in self.records
+               if (connector_id is None or r.connector_id == connector_id)
+               and (id_tag is None or r.id_tag == f"mask-of-{id_tag}")
+               and (since is None or r.start[:10] >= since.isoformat())
+               and (until is None or r.start[:10] <= until.isoformat())]
+        return out[:limit]
+
+
+def history() -> FakeHistory:
+    from chargepoint.frontends.web.sessions_page import SessionRecord
+
+    return FakeHistory([
+        SessionRecord(12, 1, "mask-of-04A2B3C4", "2024-05-02T07:00:00Z", "2024-05-02T09:30:00Z", 9000.0, 18250.0,
+                      "EVDisconnected"),
+        SessionRecord(11, 2, "mask-of-CAFE", "2024-05-01T18:00:00Z", "2024-05-01T19:00:00Z", 3600.0, 7000.0,
+                      "Local"),
+        SessionRecord(10, 1, "mask-of-04A2B3C4", "2024-04-30T18:00:00Z", None, None, None, None),
+    ])

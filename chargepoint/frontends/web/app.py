@@ -70,9 +70,10 @@ FORM: web.RequestKey[Any] = web.RequestKey("form", object)
 class WebContext:
     """What the installer and sessions pages may need beyond the API (all optional)."""
 
-    config_path: str | None = None
+    config_path: str | None = None  # the installer pages read and check this file
     state_dir: str | None = None
-    status_socket: str | None = None
+    status_socket: str | None = None  # `chargepoint diagnostics` asks the controller through it
+    history: Any = None  # sessions_page.SessionHistory (chargepoint.sessions), None: no history page
 
 
 class WebUi:

@@ -71,8 +71,8 @@ def _parse_hash(stored: str) -> _Parsed:
         raise ValueError(f"damaged scrypt hash ({exc})") from None
     if n < 2**10 or n > 2**20 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 4:
         raise ValueError("scrypt parameters out of range")
-    if len(salt) < 8 or len(digest) < 16:
-        raise ValueError("scrypt salt or hash too short")
+    if len(salt) < 8 or len(digest) != HASH_BYTES:
+        raise ValueError("scrypt salt too short or hash not 32 bytes")
     return _Parsed(n, r, p, salt, digest)
 
 
