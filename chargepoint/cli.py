@@ -122,6 +122,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             stop.set()
 
         controller = Controller(config, hardware=hardware, build_context=ctx, restart=request_restart)
+        if config.web is not None and config.web.enabled:  # the local web UI ([web], chargepoint.frontends.web)
+            from chargepoint.frontends.web.server import WebContext, serve_alongside
+
+            context = WebContext(args.config, str(config.state_dir), config.status_socket)
+            return await _run_controller(controller, serve_alongside(controller, config.web, context, stop=stop),
+                                         stop=stop)
         return await _run_controller(controller, stop=stop)
 
     code = asyncio.run(main())
@@ -180,7 +186,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from chargepoint.simulate import run_simulator
 
     controller = Controller(config, restart=_restart_process)
-    return asyncio.run(_run_controller(controller, run_simulator(controller)))
+    body = run_simulator(controller)
+    if args.web:  # the local web UI on HOST:PORT (chargepoint.frontends.web)
+        from chargepoint.frontends.web.server import WebContext, serve_alongside, simulator_web_config
+
+        try:
+            web_config, password = simulator_web_config(args.web, config)
+        except ValueError as exc:
+            print(f"simulate: {exc}", file=sys.stderr)
+            return 2
+        if password:
+            print(f"web UI admin password: {password}", file=sys.stderr)
+        body = serve_alongside(controller, web_config, WebContext(args.config, state_dir, config.status_socket),
+                               body=body)
+    return asyncio.run(_run_controller(controller, body))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -468,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "chargepoint.status_socket of --config; none without --config)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="default: the configuration's logging.level, else info")
+    p.add_argument("--web", metavar="HOST:PORT", help="serve the web UI there, e.g. 127.0.0.1:8080")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="a full charging session against an embedded central system")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import sys
+from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import web
 
@@ -58,3 +62,67 @@ class WebServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def station_api(controller: Any) -> StationApi:
+    """The controller's application API (chargepoint.api's implementation). The web UI sees nothing else
+    of the controller: this is the one place that knows how the API is reached from it."""
+    api = getattr(controller, "api", None)
+    if api is not None:
+        return api  # type: ignore[no-any-return]
+    from chargepoint import api as api_module
+
+    implementation = getattr(api_module, "ControllerApi", None)
+    if implementation is None:
+        raise RuntimeError("this build has no implementation of chargepoint.api (issue 13)")
+    return implementation(controller)  # type: ignore[no-any-return]
+
+
+def simulator_web_config(listen: str, config: Any) -> tuple[WebConfig, str | None]:
+    """``simulate --web HOST:PORT``: the configuration's [web] password if it has one, else a fresh random
+    admin password (returned, for the simulator to print)."""
+    import secrets
+
+    from chargepoint.frontends.web.auth import hash_password
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--web {listen!r}: HOST:PORT, e.g. 127.0.0.1:8080")
+    base: WebConfig = getattr(config, "web", None) or WebConfig()
+    password = None
+    stored = base.password_hash
+    if stored is None:
+        password = secrets.token_urlsafe(12)
+        stored = hash_password(password)
+    web_config = WebConfig(enabled=True, listen=host or "127.0.0.1", port=int(port), viewer=base.viewer,
+                           password_hash=stored, user_password_hash=base.user_password_hash)
+    return web_config, password
+
+
+async def serve_alongside(controller: Any, web_config: WebConfig, context: WebContext | None = None, *,
+                          body: Awaitable[int] | None = None, stop: asyncio.Event | None = None) -> int:
+    """Run the controller with its web UI: ``body`` (the simulator, which starts and stops the controller
+    itself), or start the controller and wait for ``stop``. A web UI that cannot start (port taken, bad
+    certificate) is logged; the charger goes on without it."""
+    server: WebServer | None = None
+    if body is None:
+        await controller.start()
+    try:
+        try:
+            server = WebServer(station_api(controller), web_config, context)
+            await server.start()
+            print(f"web UI: {server.url}", file=sys.stderr)
+        except (OSError, ssl.SSLError, ValueError, RuntimeError) as exc:
+            log.error("web UI not started on %s:%d: %s", web_config.listen, web_config.port, exc)
+            server = None
+        if body is not None:
+            return await body
+        assert stop is not None
+        await stop.wait()
+        return 0
+    finally:
+        if server is not None:
+            await server.stop()
+        if body is None:
+            log.info("stopping: outputs go to their safe state")
+            await controller.stop()
