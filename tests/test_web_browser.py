@@ -112,6 +112,31 @@ async def test_a_forged_cross_site_post_from_another_origin_is_refused() -> None
         await server.stop()
 
 
+async def test_the_sessions_csv_downloads_and_parses(tmp_path: Path) -> None:
+    import csv
+
+    from chargepoint.frontends.web.app import WebContext
+    from tests.web_fakes import history
+
+    server = WebServer(FakeApi(), web_config(), WebContext(history=history()))
+    await server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    try:
+        with browser(downloads=str(downloads)) as driver:
+            await asyncio.to_thread(log_in, driver, base, ADMIN_PW)
+            await asyncio.to_thread(driver.get, base + "/sessions?connector=1")
+            assert "2 session(s)" in driver.find_element(By.TAG_NAME, "main").text
+            await asyncio.to_thread(driver.find_element(By.ID, "csv").click)
+            files = await asyncio.to_thread(wait_for, driver, lambda d: [
+                f for f in downloads.iterdir() if f.suffix == ".csv"])
+        rows = list(csv.DictReader(files[0].open(encoding="utf-8")))
+        assert [r["transaction_id"] for r in rows] == ["12", "10"] and rows[0]["energy_kwh"] == "18.250"
+    finally:
+        await server.stop()
+
+
 async def test_screenshots_of_the_status_page_desktop_and_phone(tmp_path: Path) -> None:
     """PNG screenshots of a charging station (docs/ has the ones README shows: set WEB_SCREENSHOTS_DIR=docs
     to renew them)."""

@@ -26,7 +26,7 @@ needs_browser = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def browser(width: int = 1280, height: int = 900) -> Iterator[Any]:
+def browser(width: int = 1280, height: int = 900, downloads: str | None = None) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common import selenium_manager
@@ -45,6 +45,9 @@ def browser(width: int = 1280, height: int = 900) -> Iterator[Any]:
                 "--disable-component-update", "--disable-default-apps", "--hide-scrollbars",
                 "--force-device-scale-factor=1"):
         options.add_argument(arg)
+    if downloads:
+        options.add_experimental_option("prefs", {"download.default_directory": downloads,
+                                                  "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
         driver.set_page_load_timeout(30)
