@@ -38,7 +38,8 @@ Commands arrive with QoS 1 on a persistent MQTT 5 session (clean start only on t
 session expiry :data:`SESSION_EXPIRY_S`): a command the broker acknowledged while the controller was
 reconnecting is delivered once the controller is back, and the subscriptions are made again on every
 connection in case the broker lost the session. A *retained* command is never executed (it would run again
-on every reconnect); it is answered on the error topic. Every command goes through the API with
+on every reconnect): published live it is answered on the error topic, a stored copy is not even delivered
+(MQTT 5 subscription options retain-as-published and retain handling 2). Every command goes through the API with
 ``Role.USER``, the same checks the web UI gets.
 """
 
@@ -499,6 +500,7 @@ class MqttFrontend:
         self._connected_event = asyncio.Event()
         self._maxima: dict[int, float] = {}
         self._discovery_topics: set[str] = set()
+        self._sending = 0  # publishes of the current batch not yet handed to the socket
 
     # ---------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -527,6 +529,13 @@ class MqttFrontend:
     async def wait_connected(self, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
             await self._connected_event.wait()
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Connected, and everything known so far sent (tests, the benchmark)."""
+        async with asyncio.timeout(timeout):
+            while not (self.stats.connected and self._coalescer.pending() == 0 and not self._errors
+                       and not self._sending):
+                await asyncio.sleep(0.01)
 
     # ---------------------------------------------------------------- state
     async def _read_changes(self) -> None:
@@ -704,9 +713,14 @@ class MqttFrontend:
         self.stats.connected = True
         log.info("MQTT: connected to %s:%d as %s", self.config.host, self.config.port, self.prefix)
         await client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
-        for pattern in (f"{self.prefix}/+/set/+", f"{self.prefix}/+/start", f"{self.prefix}/+/stop",
-                        f"{self.prefix}/discovery"):
-            await client.subscribe(pattern, qos=1)
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        # Commands: the publisher's retain flag as sent (a retained command is refused, it would run again on
+        # every reconnect), and no stored retained copy on subscribing (that one is never executed).
+        commands = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        for pattern in (f"{self.prefix}/+/set/+", f"{self.prefix}/+/start", f"{self.prefix}/+/stop"):
+            await client.subscribe(pattern, options=commands)
+        await client.subscribe(f"{self.prefix}/discovery", qos=1)  # its retained copy is what we want here
         self._coalescer.resend_all()
         self._refresh()
         self._connected_event.set()
@@ -733,12 +747,15 @@ class MqttFrontend:
                 self.stats.published += 1
             batch, next_at = self._coalescer.due(loop.time())
             for i, (topic, payload, qos) in enumerate(batch):
+                self._sending = len(batch) - i
                 try:
                     await client.publish(topic, payload, qos=qos, retain=True)
                 except BaseException:
                     for t, _, _ in batch[i:]:
                         self._coalescer.unsend(t)
                     raise
+                finally:
+                    self._sending = 0
                 self.stats.published += 1
                 self.stats.by_topic[topic] += 1
             if self._wake.is_set():
