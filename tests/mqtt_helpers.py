@@ -337,3 +337,17 @@ async def running_frontend(api: Any, broker: Mosquitto, **kw: Any) -> AsyncItera
         yield fe
     finally:
         await fe.stop()
+
+
+def controller_api(controller: Any) -> Any:
+    """The application API's implementation over a running controller (issue 13), or None before it exists."""
+    api = getattr(controller, "api", None)
+    if api is not None and hasattr(api, "snapshot") and hasattr(api, "subscribe"):
+        return api
+    import chargepoint.api as api_module
+
+    for name in ("ControllerApi", "StationApiImpl"):
+        cls = getattr(api_module, name, None)
+        if cls is not None:
+            return cls(controller)
+    return None

@@ -501,6 +501,8 @@ class MqttFrontend:
         self._maxima: dict[int, float] = {}
         self._discovery_topics: set[str] = set()
         self._sending = 0  # publishes of the current batch not yet handed to the socket
+        self._discovery_key: Any = None
+        self._configs: dict[str, str] = {}
 
     # ---------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -544,8 +546,8 @@ class MqttFrontend:
             self._dirty.set()
 
     async def _refresh_loop(self) -> None:
-        """At most 20 snapshots a second; a periodic one covers a change the subscription dropped."""
-        loop = asyncio.get_running_loop()
+        """At most 10 snapshots a second (a value goes out at most once a second anyway); a periodic one
+        covers a change the subscription dropped."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
@@ -555,8 +557,7 @@ class MqttFrontend:
                 self._refresh()
             except Exception:  # a bad snapshot must not end the state publishing
                 log.exception("MQTT: could not take the station's snapshot")
-            until = loop.time() + 0.05
-            await asyncio.sleep(max(0.0, until - loop.time()))
+            await asyncio.sleep(0.1)
 
     def _refresh(self) -> None:
         view = self.api.snapshot()
@@ -564,7 +565,11 @@ class MqttFrontend:
         self._maxima = {c.id: connector_maximum(c) for c in view.connectors}
         for rel, payload in state_values(view).items():
             self._coalescer.set(f"{self.prefix}/{rel}", payload)
-        configs = discovery_configs(self.config, self.device, view)
+        key = (view.firmware_version, tuple((c.id, self._maxima[c.id]) for c in view.connectors))
+        if key != self._discovery_key:  # the configs change only with these: not rebuilt on every reading
+            self._discovery_key = key
+            self._configs = discovery_configs(self.config, self.device, view)
+        configs = self._configs
         tracking = f"{self.prefix}/discovery"
         if self.config.discovery:
             for topic, payload in configs.items():
