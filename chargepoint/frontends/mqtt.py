@@ -771,10 +771,15 @@ class MqttFrontend:
                     await self._wake.wait()
 
 
-async def start_mqtt(api: StationApi, config: Config, **kwargs: Any) -> MqttFrontend | None:
-    """Start the MQTT front end if ``[mqtt] enabled``; None otherwise. The caller awaits ``stop()`` at exit."""
+async def start_mqtt(api: StationApi | None, config: Config, **kwargs: Any) -> MqttFrontend | None:
+    """Start the MQTT front end if ``[mqtt] enabled``; None otherwise. The caller awaits ``stop()`` at exit.
+
+    Never raises for a broker that is away: the front end connects in the background and keeps trying."""
     mq: MqttConfig | None = getattr(config, "mqtt", None)
     if mq is None or not mq.enabled:
+        return None
+    if api is None:
+        log.error("MQTT: [mqtt] is enabled but this controller has no application API; MQTT stays off")
         return None
     device = DeviceInfo(config.charge_point_id, config.vendor, config.model, config.serial_number)
     frontend = MqttFrontend(api, mq, device, **kwargs)
