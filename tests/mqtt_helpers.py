@@ -46,7 +46,8 @@ def free_port() -> int:
 class Mosquitto:
     """One mosquitto process on 127.0.0.1:``port``; ``stop()``/``start()`` restart it on the same port."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, tls: Any = None) -> None:
+        """``tls``: a trustme CA; the listener then speaks TLS with a certificate for 127.0.0.1 from it."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -65,6 +66,13 @@ class Mosquitto:
             f"log_dest file {self.dir / 'mosquitto.log'}",
             "log_type all",
         ]
+        if tls is not None:
+            server = tls.issue_cert("127.0.0.1", "localhost")
+            server.cert_chain_pems[0].write_to_path(str(self.dir / "server.pem"))
+            server.private_key_pem.write_to_path(str(self.dir / "server.key"))
+            tls.cert_pem.write_to_path(str(self.dir / "ca.pem"))
+            lines += [f"cafile {self.dir / 'ca.pem'}", f"certfile {self.dir / 'server.pem'}",
+                      f"keyfile {self.dir / 'server.key'}"]
         if os.geteuid() == 0:
             lines.append("user root")  # else it switches to the 'mosquitto' user, who cannot read tmp_path
         self.conf.write_text("\n".join(lines) + "\n")

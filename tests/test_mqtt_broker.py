@@ -277,3 +277,29 @@ async def test_a_broker_that_is_away_or_stalled_never_slows_the_loop(broker: Mos
         await fe.stop()
         assert max(lags) < 0.1, max(lags)
         assert statistics.median(lags) < 0.01
+
+
+async def test_tls_with_the_configured_ca_and_never_without_trust(tmp_path: Path) -> None:
+    import shutil
+
+    import trustme
+
+    if shutil.which("mosquitto") is None:
+        pytest.skip("needs Debian's mosquitto (scripts/test.sh installs it)")
+    ca = trustme.CA()
+    b = Mosquitto(tmp_path / "tls", tls=ca)
+    b.start()
+    try:
+        api = FakeApi()
+        ca_file = str(b.dir / "ca.pem")
+        async with running_frontend(api, b, tls=True, ca_file=ca_file) as fe:
+            await fe.wait_idle()
+            assert fe.stats.connected
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        async with running_frontend(api, b, tls=True, ca_file=str(other)) as fe:
+            lags = await loop_lag(1.0)
+            assert fe.stats.connects == 0 and fe.stats.last_error  # an untrusted broker: never connected
+            assert max(lags) < 0.1
+    finally:
+        b.stop()
