@@ -523,7 +523,12 @@ class MqttFrontend:
                 await asyncio.wait_for(client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True), 2.0)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A stalled broker must not hold the controller's shutdown: aiomqtt's goodbye waits up to its timeout.
+        _, pending = await asyncio.wait(self._tasks, timeout=3.0)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
         self._tasks = []
         if self._subscription is not None:
             self._subscription.close()
