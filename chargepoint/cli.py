@@ -91,11 +91,17 @@ async def _run_controller(controller: Any, body: Any = None, stop: asyncio.Event
             loop.add_signal_handler(sig, stop.set)
     if body is not None:
         return await body
+    from chargepoint.frontends.mqtt import start_mqtt
+
+    mqtt = None
     try:
         await controller.start()
+        mqtt = await start_mqtt(getattr(controller, "api", None), controller.config)
         await stop.wait()
     finally:
         log.info("stopping: outputs go to their safe state")
+        if mqtt is not None:
+            await mqtt.stop()
         await controller.stop()
     return 0
 
@@ -170,7 +176,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 password=args.password,
                 status_socket=args.status_socket,
             )
-    except ConfigError as exc:
+        if args.mqtt:
+            from dataclasses import replace
+
+            from chargepoint.frontends.mqtt import mqtt_config_for_address
+
+            config = replace(config, mqtt=mqtt_config_for_address(args.mqtt, config.charge_point_id))
+    except (ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
     _setup_logging(args.log_level or config.log_level)
@@ -468,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "chargepoint.status_socket of --config; none without --config)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="default: the configuration's logging.level, else info")
+    p.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this MQTT broker (anonymous, Home Assistant "
+                                                       "discovery on), e.g. 127.0.0.1:1883")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="a full charging session against an embedded central system")

@@ -48,7 +48,7 @@ class ConfigError(Exception):
 
 _MISSING = object()
 
-KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging")
+KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "mqtt")
 CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket")
 CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
 STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
@@ -158,6 +158,7 @@ class Config:
     log_level: str = "info"
     status_socket: str | None = None
     source: str = "<config>"
+    mqtt: Any = None  # chargepoint.frontends.mqtt.MqttConfig ([mqtt]; parsed there)
 
 
 class _Reader:
@@ -466,6 +467,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     r.unknown_keys(lg, LOGGING_KEYS, "logging")
     level = r.get(lg, "level", "logging.level", str, "info", choices=("debug", "info", "warning", "error"))
     _check_security_profile_transport(r, url, ocpp_keys.get("SecurityProfile"))
+    from chargepoint.frontends.mqtt import parse_mqtt_config  # the front end owns its section's keys
+    mqtt = parse_mqtt_config(r, r.table(data, "mqtt", "mqtt"), cp_id)
 
     if r.problems:
         raise ConfigError(source, r.problems)
@@ -484,6 +487,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         log_level=level,
         status_socket=status_socket,
         source=source,
+        mqtt=mqtt,
     )
 
 
@@ -743,4 +747,5 @@ def simulated_from(
         ocpp_keys=keys,
         state_dir=state,
         status_socket=status_socket or config.status_socket,
+        mqtt=None,  # a rehearsal never publishes under the live wallbox's topics (simulate --mqtt does)
     )
