@@ -91,11 +91,21 @@ async def _run_controller(controller: Any, body: Any = None, stop: asyncio.Event
             loop.add_signal_handler(sig, stop.set)
     if body is not None:
         return await body
+    from chargepoint.frontends.mqtt import start_mqtt
+    from chargepoint.frontends.web.server import start_web
+
+    mqtt = web = None
     try:
         await controller.start()
+        mqtt = await start_mqtt(getattr(controller, "api", None), controller.config)
+        web = await start_web(controller, controller.config)  # None unless [web] enabled = true
         await stop.wait()
     finally:
         log.info("stopping: outputs go to their safe state")
+        if web is not None:
+            await web.stop()
+        if mqtt is not None:
+            await mqtt.stop()
         await controller.stop()
     return 0
 
@@ -122,12 +132,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             stop.set()
 
         controller = Controller(config, hardware=hardware, build_context=ctx, restart=request_restart)
-        if config.web is not None and config.web.enabled:  # the local web UI ([web], chargepoint.frontends.web)
-            from chargepoint.frontends.web.server import WebContext, serve_alongside
-
-            context = WebContext(args.config, str(config.state_dir), config.status_socket)
-            return await _run_controller(controller, serve_alongside(controller, config.web, context, stop=stop),
-                                         stop=stop)
         return await _run_controller(controller, stop=stop)
 
     code = asyncio.run(main())
@@ -176,7 +180,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 password=args.password,
                 status_socket=args.status_socket,
             )
-    except ConfigError as exc:
+        if args.mqtt:
+            from dataclasses import replace
+
+            from chargepoint.frontends.mqtt import mqtt_config_for_address
+
+            config = replace(config, mqtt=mqtt_config_for_address(args.mqtt, config.charge_point_id))
+    except (ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
     _setup_logging(args.log_level or config.log_level)
@@ -488,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="default: the configuration's logging.level, else info")
     p.add_argument("--web", metavar="HOST:PORT", help="serve the web UI there, e.g. 127.0.0.1:8080")
+    p.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this MQTT broker (anonymous, Home Assistant "
+                                                       "discovery on), e.g. 127.0.0.1:1883")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="a full charging session against an embedded central system")

@@ -48,7 +48,8 @@ class ConfigError(Exception):
 
 _MISSING = object()
 
-KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "web")
+KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "mqtt",
+                  "web")
 CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket")
 CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
 STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
@@ -159,6 +160,7 @@ class Config:
     status_socket: str | None = None
     source: str = "<config>"
     web: Any = None  # chargepoint.frontends.web.config.WebConfig: [web], the local web UI
+    mqtt: Any = None  # chargepoint.frontends.mqtt.MqttConfig ([mqtt]; parsed there)
 
 
 class _Reader:
@@ -470,6 +472,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     from chargepoint.frontends.web.config import parse_web_config  # the web UI's own keys
     web, web_problems = parse_web_config(data.get("web"))
     r.problems += [ConfigProblem(*p) for p in web_problems]
+    from chargepoint.frontends.mqtt import parse_mqtt_config  # the front end owns its section's keys
+    mqtt = parse_mqtt_config(r, r.table(data, "mqtt", "mqtt"), cp_id)
 
     if r.problems:
         raise ConfigError(source, r.problems)
@@ -489,6 +493,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         status_socket=status_socket,
         source=source,
         web=web,
+        mqtt=mqtt,
     )
 
 
@@ -748,4 +753,5 @@ def simulated_from(
         ocpp_keys=keys,
         state_dir=state,
         status_socket=status_socket or config.status_socket,
+        mqtt=None,  # a rehearsal never publishes under the live wallbox's topics (simulate --mqtt does)
     )

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from chargepoint.controller import Controller
+from chargepoint.frontends.mqtt import start_mqtt
 from hal.interfaces import FaultKind
 from hal.sim.board import SimBench
 
@@ -123,6 +124,7 @@ async def _stdin_lines() -> Any:
 
 async def run_simulator(controller: Controller, *, settle_s: float = 0.05) -> int:
     await controller.start()
+    mqtt = await start_mqtt(getattr(controller, "api", None), controller.config)
     sim = Simulator(controller)
     out = sys.stdout
     try:
@@ -138,5 +140,7 @@ async def run_simulator(controller: Controller, *, settle_s: float = 0.05) -> in
                 out.write(json.dumps(result) + "\n")
                 out.flush()
     finally:
+        if mqtt is not None:
+            await mqtt.stop()
         await controller.stop()
     return 0

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   librsvg2-bin                              # renders hardware-docs/wiring.svg to check it is readable
   ngspice                                   # simulates the pilot board (tests/test_pilot_circuit.py)
   chromium chromium-driver                  # the web UI in a real headless browser (Selenium; never downloaded)
+  mosquitto mosquitto-clients               # a real MQTT broker for tests/test_mqtt*.py (started by the tests)
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -99,6 +99,25 @@ def simulator_web_config(listen: str, config: Any) -> tuple[WebConfig, str | Non
     return web_config, password
 
 
+async def start_web(controller: Any, config: Any) -> WebServer | None:
+    """``chargepoint run``: the web UI when ``[web] enabled = true``, else None. One that cannot start (port
+    taken, bad certificate, no API) is logged and None: the charger goes on without it."""
+    from pathlib import Path
+
+    web_config: WebConfig | None = getattr(config, "web", None)
+    if web_config is None or not web_config.enabled:
+        return None
+    source = str(getattr(config, "source", ""))
+    context = WebContext(source if Path(source).is_file() else None, str(config.state_dir), config.status_socket)
+    try:
+        server = WebServer(station_api(controller), web_config, context)
+        await server.start()
+    except (OSError, ssl.SSLError, ValueError, RuntimeError) as exc:
+        log.error("web UI not started on %s:%d: %s", web_config.listen, web_config.port, exc)
+        return None
+    return server
+
+
 async def serve_alongside(controller: Any, web_config: WebConfig, context: WebContext | None = None, *,
                           body: Awaitable[int] | None = None, stop: asyncio.Event | None = None) -> int:
     """Run the controller with its web UI: ``body`` (the simulator, which starts and stops the controller
