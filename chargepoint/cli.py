@@ -92,14 +92,18 @@ async def _run_controller(controller: Any, body: Any = None, stop: asyncio.Event
     if body is not None:
         return await body
     from chargepoint.frontends.mqtt import start_mqtt
+    from chargepoint.frontends.web.server import start_web
 
-    mqtt = None
+    mqtt = web = None
     try:
         await controller.start()
         mqtt = await start_mqtt(getattr(controller, "api", None), controller.config)
+        web = await start_web(controller, controller.config)  # None unless [web] enabled = true
         await stop.wait()
     finally:
         log.info("stopping: outputs go to their safe state")
+        if web is not None:
+            await web.stop()
         if mqtt is not None:
             await mqtt.stop()
         await controller.stop()
@@ -192,7 +196,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from chargepoint.simulate import run_simulator
 
     controller = Controller(config, restart=_restart_process)
-    return asyncio.run(_run_controller(controller, run_simulator(controller)))
+    body = run_simulator(controller)
+    if args.web:  # the local web UI on HOST:PORT (chargepoint.frontends.web)
+        from chargepoint.frontends.web.server import WebContext, serve_alongside, simulator_web_config
+
+        try:
+            web_config, password = simulator_web_config(args.web, config)
+        except ValueError as exc:
+            print(f"simulate: {exc}", file=sys.stderr)
+            return 2
+        if password:
+            print(f"web UI admin password: {password}", file=sys.stderr)
+        body = serve_alongside(controller, web_config, WebContext(args.config, state_dir, config.status_socket),
+                               body=body)
+    return asyncio.run(_run_controller(controller, body))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -480,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "chargepoint.status_socket of --config; none without --config)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="default: the configuration's logging.level, else info")
+    p.add_argument("--web", metavar="HOST:PORT", help="serve the web UI there, e.g. 127.0.0.1:8080")
     p.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this MQTT broker (anonymous, Home Assistant "
                                                        "discovery on), e.g. 127.0.0.1:1883")
     p.set_defaults(func=cmd_simulate)
@@ -531,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="state directory (default /var/lib/chargepoint)")
     p.add_argument("--config", help="take the state directory from this configuration")
     p.set_defaults(func=cmd_mask_tag)
+    from chargepoint.frontends.web.setpassword import add_parser as add_set_password  # the web UI's password
+
+    add_set_password(sub)
     return parser
 
 

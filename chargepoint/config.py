@@ -48,7 +48,8 @@ class ConfigError(Exception):
 
 _MISSING = object()
 
-KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "mqtt")
+KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "mqtt",
+                  "web")
 CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket")
 CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
 STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
@@ -158,6 +159,7 @@ class Config:
     log_level: str = "info"
     status_socket: str | None = None
     source: str = "<config>"
+    web: Any = None  # chargepoint.frontends.web.config.WebConfig: [web], the local web UI
     mqtt: Any = None  # chargepoint.frontends.mqtt.MqttConfig ([mqtt]; parsed there)
 
 
@@ -467,6 +469,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     r.unknown_keys(lg, LOGGING_KEYS, "logging")
     level = r.get(lg, "level", "logging.level", str, "info", choices=("debug", "info", "warning", "error"))
     _check_security_profile_transport(r, url, ocpp_keys.get("SecurityProfile"))
+    from chargepoint.frontends.web.config import parse_web_config  # the web UI's own keys
+    web, web_problems = parse_web_config(data.get("web"))
+    r.problems += [ConfigProblem(*p) for p in web_problems]
     from chargepoint.frontends.mqtt import parse_mqtt_config  # the front end owns its section's keys
     mqtt = parse_mqtt_config(r, r.table(data, "mqtt", "mqtt"), cp_id)
 
@@ -487,6 +492,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         log_level=level,
         status_socket=status_socket,
         source=source,
+        web=web,
         mqtt=mqtt,
     )
 

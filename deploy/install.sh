@@ -292,6 +292,12 @@ install_config() {
         fs install -m 0640 -- "$example" "$CONFIG"
         own "root:$SERVICE_USER" "$CONFIG"
         note "created ${CONFIG#"$ROOT"} from deploy/chargepoint.example.toml: edit it before charging"
+        # The example enables the web UI on the LAN ([web]); its admin password is asked for here.
+        if ((!SIMULATE)) && [[ -t 0 ]]; then
+            "$OPT/venv/bin/chargepoint" set-password --config "$CONFIG" || warn "web UI password not set"
+        else
+            note "web UI on port 8080: set its admin password with: sudo chargepoint set-password"
+        fi
     fi
     fs install -d -m 0750 -- "$STATE_DIR"
     own "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"

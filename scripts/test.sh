@@ -13,6 +13,7 @@ APT_PACKAGES=(
   shellcheck                                # lint of deploy/install.sh
   librsvg2-bin                              # renders hardware-docs/wiring.svg to check it is readable
   ngspice                                   # simulates the pilot board (tests/test_pilot_circuit.py)
+  chromium chromium-driver                  # the web UI in a real headless browser (Selenium; never downloaded)
   mosquitto mosquitto-clients               # a real MQTT broker for tests/test_mqtt*.py (started by the tests)
 )
 

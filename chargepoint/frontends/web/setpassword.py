@@ -1,0 +1,125 @@
+"""``chargepoint set-password``: the web UI's admin (or user) password, as a scrypt hash in ``[web]``.
+
+The hash is written into the configuration file itself (``[web] password_hash``), changing only that one
+line (comments and layout stay), through a temporary file and a rename; the file's mode and owner are kept.
+The result is parsed again before it replaces the file, and nothing is written when the file is not TOML.
+The password itself is never stored or printed. The running service reads it at its next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from chargepoint.frontends.web.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, hash_password
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_HEADER = re.compile(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$")
+
+
+def set_key_in_web_table(text: str, key: str, value: str) -> str:
+    """``text`` with ``[web] key = "value"`` set: the existing line replaced, or the key added to the
+    ``[web]`` table, or a ``[web]`` table appended."""
+    lines = text.splitlines(keepends=True)
+    entry = f'{key} = "{value}"\n'
+    start = next((i for i, line in enumerate(lines) if (m := _HEADER.match(line)) and m.group(1).strip() == "web"),
+                 None)
+    if start is None:
+        sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+        return text + sep + "[web]\n" + entry
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    key_re = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for i in range(start + 1, end):
+        if key_re.match(lines[i]):
+            lines[i] = entry
+            return "".join(lines)
+    lines.insert(start + 1, entry)
+    return "".join(lines)
+
+
+def write_password_hash(path: Path, key: str, stored: str) -> None:
+    """Set ``[web] key`` in the file; ValueError when the file is not TOML or the edit did not land."""
+    text = path.read_text(encoding="utf-8")
+    tomllib.loads(text)  # not TOML: the installer fixes that first (check-config says where)
+    new = set_key_in_web_table(text, key, stored)
+    try:
+        written = tomllib.loads(new).get("web", {}).get(key)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"the [web] table of {path} could not be edited ({exc}); set {key} by hand") from None
+    if written != stored:
+        raise ValueError(f"{path} defines [web] in a form this command does not edit; set {key} by hand")
+    st = path.stat()
+    fd, tmp = tempfile.mkstemp(prefix=".chargepoint-", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(new)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, st.st_mode & 0o7777)
+        with contextlib.suppress(PermissionError):
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_password(stdin: bool, inp: TextIO) -> str:
+    if stdin:
+        return inp.readline().rstrip("\r\n")
+    first = getpass.getpass("New web UI password: ")
+    if getpass.getpass("Again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def cmd_set_password(args: argparse.Namespace) -> int:
+    key = "user_password_hash" if args.user else "password_hash"
+    path = Path(args.config)
+    if not path.is_file():
+        print(f"set-password: {path} does not exist (give --config FILE)", file=sys.stderr)
+        return 2
+    try:
+        password = read_password(args.stdin, sys.stdin)
+        stored = hash_password(password)
+    except ValueError as exc:
+        print(f"set-password: {exc}", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print("set-password: no password given; nothing changed", file=sys.stderr)
+        return 2
+    try:
+        write_password_hash(path, key, stored)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        print(f"set-password: {exc}; nothing changed", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"set-password: cannot write {path}: {exc.strerror or exc} (run as root: sudo chargepoint "
+              "set-password)", file=sys.stderr)
+        return 2
+    print(f"{path}: [web] {key} set. The running service uses it after: sudo systemctl restart chargepoint")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``chargepoint set-password`` (registered by chargepoint.cli)."""
+    p = sub.add_parser("set-password", help="set the web UI's admin password (stored as a scrypt hash in [web])",
+                       description=f"Asks for a password ({MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} "
+                       "characters) and stores its scrypt hash as [web] password_hash in the configuration file.")
+    p.add_argument("--config", default="/etc/chargepoint/chargepoint.toml")
+    p.add_argument("--user", action="store_true",
+                   help="the user role's password instead (sessions, limits, availability; no installer pages)")
+    p.add_argument("--stdin", action="store_true", help="read the password from one line of standard input")
+    p.set_defaults(func=cmd_set_password)
