@@ -22,10 +22,21 @@ Front ends never import a service, the controller, or the hardware. This module 
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import copy
+import dataclasses
 import enum
+import logging
+import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
+
+from chargepoint import connector as cm
+from chargepoint.privacy import mask_id_tag
 
 
 class Role(enum.IntEnum):
@@ -94,13 +105,34 @@ class StationView:
     connectors: tuple[ConnectorView, ...]
     free_vend: bool = False
     dropped: tuple[Mapping[str, Any], ...] = ()  # transaction messages the outbox gave up on
+    #: The controller's status dict this view was made from (the status socket's JSON shape, with keys the
+    #: typed view does not model: temperature sensors, smart-charging details …). Read-only by convention.
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def connector(self, connector_id: int) -> ConnectorView | None:
         return next((c for c in self.connectors if c.id == connector_id), None)
 
     def as_dict(self) -> dict[str, Any]:
-        """The status socket's JSON shape (documented in chargepoint.service); implemented with the API."""
-        raise NotImplementedError
+        """The status socket's JSON shape (documented in chargepoint.service): today's keys unchanged, the
+        typed view's additions (cable rating, claims, session energy, link details, version) added."""
+        out = copy.deepcopy(dict(self.raw))
+        out.setdefault("charge_point_id", self.charge_point_id)
+        out["firmware_version"] = self.firmware_version
+        out["free_vend"] = self.free_vend
+        out["link"] = dataclasses.asdict(self.link)
+        raw_connectors = {c.get("id"): c for c in out.get("connectors", []) if isinstance(c, dict)}
+        connectors = []
+        for c in self.connectors:
+            d = raw_connectors.get(c.id, {})
+            view = dataclasses.asdict(c)
+            view["claims"] = [dataclasses.asdict(x) for x in c.claims]
+            view["faults"] = d.get("faults", sorted(f.kind for f in c.faults))
+            view["fault_details"] = [dataclasses.asdict(f) for f in c.faults]
+            for k, v in view.items():
+                d.setdefault(k, v)  # today's keys keep today's values
+            connectors.append(d)
+        out["connectors"] = connectors
+        return out
 
 
 class ChangeKind(enum.StrEnum):
@@ -162,6 +194,7 @@ class CommandError(Exception):
         self.message = message
 
 
+@runtime_checkable
 class StationApi(Protocol):
     def snapshot(self) -> StationView: ...
 
@@ -188,7 +221,414 @@ class StationApi(Protocol):
     async def clear_fault(self, connector_id: int, *, role: Role = Role.ADMIN) -> CommandResult: ...
 
 
+# ====================================================================== the implementation
+# Everything below reads the controller through the small adapter section marked "adapter"; the rest is the
+# API's own logic (validation, roles, the change stream) and does not know how the controller is built.
+
+log = logging.getLogger(__name__)
+
+#: OCPP 1.6 IdToken is CiString20Type (§7.28 IdToken, §7.1 CiString20Type).
+ID_TAG_MAX_LEN = 20
+#: IEC 61851-1: the lowest current a pilot may offer. Below it a car cannot charge; 0 pauses.
+MIN_OFFER_A = 6.0
+
+_TIMELINE: dict[str, ChangeKind] = {
+    "pilot": ChangeKind.PILOT,
+    "contactor": ChangeKind.CONTACTOR,
+    "offer": ChangeKind.OFFER,
+    "status": ChangeKind.STATUS,
+    "limit": ChangeKind.LIMIT,
+    "cable": ChangeKind.LIMIT,
+    "temperature": ChangeKind.LIMIT,
+    "profile": ChangeKind.PROFILE,
+    "transaction_started": ChangeKind.TRANSACTION,
+    "transaction_id": ChangeKind.TRANSACTION,
+    "transaction_stopped": ChangeKind.TRANSACTION,
+    "dropped": ChangeKind.TRANSACTION,
+    "tap": ChangeKind.AUTHORIZATION,
+    "authorized": ChangeKind.AUTHORIZATION,
+    "refused": ChangeKind.AUTHORIZATION,
+    "timeout": ChangeKind.AUTHORIZATION,
+    "boot": ChangeKind.LINK,
+    "disconnected": ChangeKind.LINK,
+    "firmware": ChangeKind.FIRMWARE,
+    "diagnostics": ChangeKind.FIRMWARE,
+    "signed_firmware": ChangeKind.FIRMWARE,
+    "reservation_expired": ChangeKind.RESERVATION,
+    "reset": ChangeKind.STATION,
+    "security_event": ChangeKind.STATION,
+    "fault": ChangeKind.FAULT,
+    "meter": ChangeKind.METER,
+}
+_TRANSACTION_EVENT = {"transaction_started": "started", "transaction_id": "transaction_id",
+                      "transaction_stopped": "ended", "dropped": "dropped"}
+
+#: What a person should do about each fault kind (hal.interfaces.FaultKind values).
+FAULT_ACTIONS: dict[str, str] = {
+    "rcd": "Residual current: unplug the car and have the installation checked; an admin clears it once "
+           "the RCM no longer signals a fault.",
+    "weld": "The contactor may be welded: switch the wallbox off at its breaker and call the installer.",
+    "diode": "The car's pilot diode is missing: check the cable and the car; it clears on unplug.",
+    "overcurrent": "The car drew more than offered: it clears on unplug; if it repeats, check the car.",
+    "overtemp": "Too hot: charging resumes by itself when the socket or contactor has cooled down.",
+    "cable": "Invalid cable coding: unplug and use another cable.",
+    "meter": "The energy meter does not answer: check its wiring and Modbus settings.",
+    "pilot": "Control pilot fault: unplug the car; if it stays, check the pilot board.",
+    "contactor": "The contactor did not switch as commanded: have the installer check it.",
+    "lock": "The socket's lock did not engage: unplug and plug the cable in firmly.",
+}
+
+
+def _fault_action(kind: str, latched: bool) -> str:
+    text = FAULT_ACTIONS.get(kind, "See the journal (journalctl -u chargepoint) for the cause.")
+    if latched and "admin" not in text:
+        text += " It stays latched until an admin clears it or the charger is reset."
+    return text
+
+
+class _Subscription:
+    """One front end's bounded view of the change stream. Never blocks the producer."""
+
+    def __init__(self, owner: ControllerApi, maxsize: int) -> None:
+        self._owner = owner
+        self._maxsize = max(1, int(maxsize))
+        self._queue: collections.deque[Change] = collections.deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._warned = False
+        self.dropped = 0
+
+    def offer(self, change: Change) -> None:
+        if self._closed:
+            return
+        if len(self._queue) >= self._maxsize:
+            # Full: the oldest state change goes (a newer one or the snapshot supersedes it). With none queued,
+            # an incoming state change is the one dropped, so a flood of meter values never pushes out a
+            # transaction or a fault; only an event pushes out an event, and that is counted and logged.
+            self.dropped += 1
+            victim = next((c for c in self._queue if c.kind in STATE_KINDS), None)
+            if victim is None:
+                if change.kind in STATE_KINDS:
+                    return
+                victim = self._queue[0]
+                if not self._warned:
+                    self._warned = True
+                    log.warning("a front end reads the change stream too slowly: it lost a %s change",
+                                victim.kind.value)
+            self._queue.remove(victim)
+        self._queue.append(change)
+        self._ready.set()
+
+    async def get(self) -> Change:
+        while not self._queue:
+            if self._closed:
+                raise EOFError("subscription closed")
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    async def __aiter__(self) -> AsyncIterator[Change]:
+        while True:
+            try:
+                yield await self.get()
+            except EOFError:
+                return
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._ready.set()
+            self._owner._forget(self)
+
+
+class ControllerApi:
+    """:class:`StationApi` over the running controller (one per controller: ``controller.api``)."""
+
+    #: How often the meter's values are compared for METER changes while someone subscribes.
+    METER_PERIOD_S = 1.0
+
+    def __init__(self, controller: Any) -> None:
+        self._c = controller
+        self._subs: set[_Subscription] = set()
+        self._meter_task: asyncio.Task[None] | None = None
+        self._last_meter: dict[int, tuple[Any, ...]] = {}
+        self._connected_since: str | None = None
+        self._last_error: str | None = None
+        controller.listeners.append(self._on_timeline)
+
+    # ------------------------------------------------------------------ adapter (the controller's surface)
+    def _raw_snapshot(self) -> dict[str, Any]:
+        return dict(self._c.snapshot())
+
+    def _config(self) -> Any:
+        return self._c.config
+
+    def _connector_ids(self) -> list[int]:
+        return sorted(self._c.connectors)
+
+    def _runtime(self, connector_id: int) -> Any:
+        return self._c.connectors.get(connector_id)
+
+    def _session_facts(self, connector_id: int) -> tuple[str | None, float | None]:
+        """(ISO start, Wh since start) of the running transaction, if any."""
+        rt = self._runtime(connector_id)
+        tx = getattr(rt, "tx", None)
+        if rt is None or tx is None:
+            return None, None
+        reading = getattr(rt, "reading", None)
+        energy = None if reading is None else max(0.0, round(reading.energy_wh - tx.meter_start_wh, 1))
+        start = tx.start.astimezone(UTC).isoformat().replace("+00:00", "Z") if tx.start else None
+        return start, energy
+
+    def _local_limit(self, connector_id: int) -> float | None:
+        limits = getattr(self._c, "limits", None)
+        if limits is not None and hasattr(limits, "local_limit"):
+            return limits.local_limit(connector_id)  # type: ignore[no-any-return]
+        return None
+
+    def _apply_local_limit(self, connector_id: int | None, amps: float | None) -> None:
+        limits = getattr(self._c, "limits", None)
+        if limits is None or not hasattr(limits, "set_local_limit"):
+            raise CommandError(CommandError.NOT_POSSIBLE, "this controller has no limit arbiter")
+        limits.set_local_limit(connector_id, amps)
+
+    async def _authorize(self, id_tag: str) -> bool:
+        service = getattr(self._c, "authorization", None)
+        authorize = getattr(service, "authorize", None) or self._c.authorize
+        accepted, _info = await authorize(id_tag)
+        return bool(accepted)
+
+    def _post(self, connector_id: int, event: Any) -> None:
+        self._c.post(connector_id, event)
+
+    async def _change_availability(self, connector_id: int, operative: bool) -> str:
+        return str(await self._c.change_availability(connector_id, operative))
+
+    def _loop_time(self) -> float:
+        return float(self._c.monotonic())
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self) -> StationView:
+        raw = self._raw_snapshot()
+        cfg = self._config()
+        from chargepoint import __version__
+
+        connectors = []
+        for d in raw.get("connectors", []):
+            cid = int(d["id"])
+            started, session_wh = self._session_facts(cid)
+            claims = tuple(
+                LimitClaimView(source=str(c.get("source", "")), amps=c.get("amps"), priority=int(c.get("priority", 0)),
+                               detail=str(c.get("detail", "")))
+                for c in d.get("limit_claims", []) if isinstance(c, Mapping)
+            )
+            rt = self._runtime(cid)
+            state = getattr(rt, "state", None)
+            latched = {getattr(k, "value", k) for k in getattr(state, "latched", ())}
+            faults = tuple(FaultView(kind=k, latched=k in latched, action=_fault_action(k, k in latched))
+                           for k in d.get("faults", []))
+            connectors.append(ConnectorView(
+                id=cid, status=d.get("status", ""), error_code=d.get("error_code", "NoError"),
+                pilot=d.get("pilot", ""), available=bool(getattr(state, "operative", True)),
+                cable_a=d.get("cable_a"), offered_a=d.get("offered_a"), measured_a=d.get("measured_a"),
+                power_w=d.get("power_w"), energy_wh=d.get("energy_wh"), session_energy_wh=session_wh,
+                contactor=d.get("contactor", "open"), transaction_id=d.get("transaction_id"),
+                id_tag=d.get("id_tag"), session_started=started, limit_a=d.get("limit_a"),
+                limit_source=d.get("limit_source", ""), claims=claims, local_limit_a=self._local_limit(cid),
+                faults=faults,
+            ))
+        state = raw.get("csms", "offline")
+        link = LinkView(state=state, registration=raw.get("registration", "Unknown"),
+                        connected_since=self._connected_since if state == "connected" else None,
+                        queued=int(raw.get("queued", 0)), last_error=self._last_error)
+        return StationView(
+            charge_point_id=raw.get("charge_point_id", cfg.charge_point_id),
+            firmware_version=getattr(cfg, "firmware_version", None) or __version__,
+            link=link, connectors=tuple(connectors), free_vend=bool(self._free_vend_tag()),
+            dropped=tuple(raw.get("dropped", ())), raw=raw,
+        )
+
+    def _free_vend_tag(self) -> str | None:
+        return getattr(self._config(), "free_vend_id_tag", None) or None
+
+    # ------------------------------------------------------------------ change stream
+    def subscribe(self, maxsize: int = 256) -> _Subscription:
+        sub = _Subscription(self, maxsize)
+        self._subs.add(sub)
+        if self._meter_task is None or self._meter_task.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: no meter changes, the rest works
+                self._meter_task = asyncio.get_running_loop().create_task(self._meter_watch(), name="api-meter")
+        return sub
+
+    def _forget(self, sub: _Subscription) -> None:
+        self._subs.discard(sub)
+        if not self._subs and self._meter_task is not None:
+            self._meter_task.cancel()
+            self._meter_task = None
+
+    def publish(self, kind: ChangeKind, connector_id: int | None, **data: Any) -> None:
+        """Give every subscriber a change (for services outside the timeline, e.g. the local limit)."""
+        if not self._subs:
+            return
+        try:
+            at = self._loop_time()
+        except Exception:
+            at = 0.0
+        change = Change(kind, connector_id, data, at)
+        for sub in list(self._subs):
+            sub.offer(change)
+
+    def _on_timeline(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "boot" and data.get("status") == "Accepted":
+            self._connected_since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        elif kind == "disconnected":
+            self._connected_since = None
+        elif kind == "link_error":
+            self._last_error = str(data.get("error", ""))[:200]
+        if not self._subs:
+            return
+        mapped = _TIMELINE.get(kind, ChangeKind.STATION)
+        out = {k: (mask_id_tag(v) if k in ("id_tag", "parent_id_tag") and isinstance(v, str) else v)
+               for k, v in data.items() if k != "profile"}
+        out["event"] = _TRANSACTION_EVENT.get(kind, kind)
+        cid = data.get("connector")
+        self.publish(mapped, cid if isinstance(cid, int) else None, **out)
+
+    async def _meter_watch(self) -> None:
+        """METER changes: the reading each connector's meter loop keeps, compared once a second."""
+        while self._subs:
+            try:
+                for d in self._raw_snapshot().get("connectors", []):
+                    key = (d.get("measured_a"), d.get("power_w"), d.get("energy_wh"))
+                    cid = d.get("id")
+                    if self._last_meter.get(cid) != key:
+                        self._last_meter[cid] = key
+                        self.publish(ChangeKind.METER, cid, measured_a=key[0], power_w=key[1], energy_wh=key[2])
+            except Exception:  # a front-end helper never takes the controller down
+                log.exception("meter watch failed")
+            await asyncio.sleep(self.METER_PERIOD_S)
+
+    # ------------------------------------------------------------------ commands
+    @staticmethod
+    def _require(role: Any, needed: Role, what: str) -> None:
+        if not isinstance(role, Role):
+            raise CommandError(CommandError.NOT_PERMITTED, "unknown role")
+        if role < needed:
+            raise CommandError(CommandError.NOT_PERMITTED, f"{what} needs the {needed.name.lower()} role")
+
+    def _connector(self, connector_id: Any) -> Any:
+        if isinstance(connector_id, bool) or not isinstance(connector_id, int):
+            raise CommandError(CommandError.BAD_VALUE, f"connector must be a whole number, got {connector_id!r:.40}")
+        rt = self._runtime(connector_id)
+        if rt is None:
+            ids = ", ".join(str(i) for i in self._connector_ids())
+            raise CommandError(CommandError.UNKNOWN_CONNECTOR, f"no connector {connector_id} (this station has {ids})")
+        return rt
+
+    @staticmethod
+    def _check_tag(id_tag: Any) -> str:
+        if not isinstance(id_tag, str):
+            raise CommandError(CommandError.BAD_VALUE, "the id tag must be text")
+        tag = id_tag.strip(" ")  # spaces around a typed tag; a control character is refused
+        if not tag or len(tag) > ID_TAG_MAX_LEN or not tag.isprintable() or not tag.isascii():
+            raise CommandError(CommandError.BAD_VALUE,
+                               f"an id tag is 1–{ID_TAG_MAX_LEN} printable ASCII characters (OCPP 1.6 CiString20)")
+        return tag
+
+    async def start_session(self, connector_id: int, id_tag: str | None = None, *,
+                            role: Role = Role.USER) -> CommandResult:
+        self._require(role, Role.USER, "starting a session")
+        rt = self._connector(connector_id)
+        if id_tag is None or (isinstance(id_tag, str) and not id_tag.strip(" ")):
+            free = self._free_vend_tag()
+            if not free:
+                raise CommandError(CommandError.NOT_POSSIBLE, "free vend is not enabled: give an id tag")
+            tag = free
+        else:
+            tag = self._check_tag(id_tag)
+        s = rt.state
+        if getattr(rt, "tx", None) is not None or s.in_transaction or s.session_tag is not None:
+            raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} already has a session")
+        if not s.operative:
+            raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} is unavailable")
+        if s.faults:
+            raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} has a fault")
+        if not await self._authorize(tag):
+            self.publish(ChangeKind.AUTHORIZATION, connector_id, event="refused", id_tag=mask_id_tag(tag))
+            return CommandResult(False, f"{mask_id_tag(tag)} is not authorized")
+        self._post(connector_id, cm.Authorize(tag))
+        plugged = s.pilot.vehicle_connected
+        return CommandResult(True, "charging starts" if plugged else "authorized: plug the car in")
+
+    async def stop_session(self, connector_id: int, *, role: Role = Role.USER) -> CommandResult:
+        self._require(role, Role.USER, "stopping a session")
+        rt = self._connector(connector_id)
+        if getattr(rt, "tx", None) is None and not rt.state.in_transaction and rt.state.session_tag is None:
+            raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} has no session to stop")
+        # StopTransaction.reason Local: "stopped locally on request of the user at the charge point" (§7.44).
+        self._post(connector_id, cm.Stop("Local"))
+        return CommandResult(True, "the session stops")
+
+    async def set_local_limit(self, connector_id: int | None, amps: float | None, *,
+                              role: Role = Role.USER) -> CommandResult:
+        self._require(role, Role.USER, "a local current limit")
+        targets = self._connector_ids() if connector_id is None else [connector_id]
+        runtimes = [self._connector(cid) for cid in targets]
+        if amps is not None:
+            if isinstance(amps, bool) or not isinstance(amps, (int, float)) or not math.isfinite(amps):
+                raise CommandError(CommandError.BAD_VALUE, f"the limit must be a number of amperes, got {amps!r:.40}")
+            amps = float(amps)
+            top = max(float(rt.max_current_a) for rt in runtimes)
+            if amps != 0 and not MIN_OFFER_A <= amps <= top:
+                raise CommandError(CommandError.BAD_VALUE,
+                                   f"the limit must be 0 (pause) or {MIN_OFFER_A:g}–{top:g} A, got {amps:g} A")
+        self._apply_local_limit(connector_id, amps)
+        for cid in targets:
+            self.publish(ChangeKind.LIMIT, cid, event="local_limit", local_limit_a=amps)
+        if amps is None:
+            return CommandResult(True, "local limit lifted")
+        return CommandResult(True, "paused by the local limit" if amps == 0 else f"at most {amps:g} A")
+
+    async def set_available(self, connector_id: int, available: bool, *, role: Role = Role.USER) -> CommandResult:
+        self._require(role, Role.USER, "availability")
+        self._connector(connector_id)
+        if not isinstance(available, bool):
+            raise CommandError(CommandError.BAD_VALUE, "available must be true or false")
+        answer = await self._change_availability(connector_id, available)
+        if answer == "Scheduled":
+            return CommandResult(True, "unavailable once the running session ends")
+        return CommandResult(True, "available" if available else "unavailable")
+
+    async def clear_fault(self, connector_id: int, *, role: Role = Role.ADMIN) -> CommandResult:
+        """Clear latched faults whose cause the hardware shows is gone. A fault that is not latched clears
+        by itself; one whose cause remains, or whose device cannot tell, stays (a Reset clears it)."""
+        self._require(role, Role.ADMIN, "clearing a latched fault")
+        rt = self._connector(connector_id)
+        s = rt.state
+        latched = {getattr(k, "value", k) for k in s.latched}
+        if not latched:
+            raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} has no latched fault")
+        present = {getattr(k, "value", k) for k in s.faults}
+        if present - latched:
+            raise CommandError(CommandError.NOT_POSSIBLE,
+                               "other faults are still present: " + ", ".join(sorted(present - latched)))
+        hw = rt.hw
+        for kind in sorted(latched):
+            if kind == "rcd":
+                if getattr(hw.rcm, "tripped", True):
+                    return CommandResult(False, "the residual current monitor still signals a fault")
+            elif kind == "weld":
+                clear = getattr(hw.contactor, "clear_weld", None)
+                if clear is None or not clear():
+                    return CommandResult(False, "the contactor's mirror contact still reads closed")
+            else:
+                return CommandResult(False, f"a latched {kind} fault is cleared by a Reset of the charger")
+        self._post(connector_id, cm.ResetFaults())
+        self.publish(ChangeKind.FAULT, connector_id, event="cleared", kinds=sorted(latched))
+        return CommandResult(True, "cleared: " + ", ".join(sorted(latched)))
+
+
 __all__ = [
     "STATE_KINDS", "Change", "ChangeKind", "CommandError", "CommandResult", "ConnectorView", "FaultView",
-    "LimitClaimView", "LinkView", "Role", "StationApi", "StationView", "Subscription",
+    "ControllerApi", "LimitClaimView", "LinkView", "Role", "StationApi", "StationView", "Subscription",
 ]

@@ -169,6 +169,9 @@ class ControllerCore:
         self.loop_ticks = 0
         self.dropped_messages: list[dict[str, Any]] = []
         self._owns_store = False
+        from chargepoint.api import ControllerApi
+
+        self.api = ControllerApi(self)  # the one door for front ends (chargepoint/api.py)
 
     # ================================================================== time
     def now(self) -> datetime:
@@ -1170,6 +1173,7 @@ class ControllerCore:
 
     def on_link_error(self, exc: BaseException) -> None:
         """Hook: the link could not connect (e.g. the central system's certificate did not verify)."""
+        self._emit_timeline("link_error", error=f"{type(exc).__name__}: {exc}")
 
     def _after_boot(self) -> None:
         """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""

@@ -42,6 +42,7 @@ class SimBench:
         self.emits: dict[int, Emit] = {}
         self.contactors: dict[int, SimContactor] = {}
         self.locks: dict[int, SimLock] = {}
+        self.rcms: dict[int, SimRcm] = {}
         self.meters: dict[int, Any] = {}
         self.readers: list[Any] = []
         self.grid: Any = None  # the simulated house connection, when configured
@@ -59,6 +60,8 @@ class SimBench:
             return
         if kind == FaultKind.WELD:
             self.contactors[connector_id].welded = True
+        if kind == FaultKind.RCD and connector_id in self.rcms:
+            self.rcms[connector_id].tripped = True
         if kind == FaultKind.LOCK and connector_id in self.locks:
             self.locks[connector_id].jammed = True  # the lock cannot move (and says so)
         if kind == FaultKind.DIODE:
@@ -77,6 +80,8 @@ class SimBench:
             return
         if kind == FaultKind.WELD:
             self.contactors[connector_id].welded = False
+        if kind == FaultKind.RCD and connector_id in self.rcms:
+            self.rcms[connector_id].tripped = False
         if kind == FaultKind.LOCK and connector_id in self.locks:
             self.locks[connector_id].jammed = False
         if kind == FaultKind.DIODE:
@@ -230,6 +235,7 @@ class SimLock:
 class SimRcm:
     def __init__(self) -> None:
         self.self_test_ok = True
+        self.tripped = False  # the module's fault output, as GpioRcm.tripped reads it
 
     async def start(self, emit: Emit) -> None:
         pass
@@ -277,7 +283,9 @@ def build_lock(options: Mapping[str, Any], key: str, connector_id: int, ctx: Bui
 
 
 def build_rcm(options: Mapping[str, Any], key: str, connector_id: int, ctx: BuildContext) -> SimRcm:
-    return SimRcm()
+    rcm = SimRcm()
+    bench(ctx).rcms[connector_id] = rcm
+    return rcm
 
 
 def build_indicator(
