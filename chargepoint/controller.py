@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,10 +25,19 @@ from chargepoint import connector as cm
 from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
 from chargepoint.metering import iso, measured_current, next_clock_boundary, sampled_values
-from chargepoint.overcurrent import OvercurrentMonitor
 from chargepoint.privacy import mask_id_tag
 from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
 from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
+from chargepoint.services.hardware_limits import HardwareLimits
+from chargepoint.services.limits import (
+    PRIORITY_AUTHORIZATION,
+    PRIORITY_CABLE,
+    PRIORITY_SMART_CHARGING,
+    PRIORITY_TEMPERATURE,
+    LimitArbiter,
+)
+from chargepoint.services.smartcharging import SmartCharging
+from chargepoint.services.station import ActiveTransaction, Claim, ConnectorRuntime
 from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
 from chargepoint.supervisor import Supervisor, TaskFactory
 from hal import registry
@@ -88,41 +97,6 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
             "meter", config.station.grid.meter, "station.grid.meter", 0, ctx
         )
     return StationHardware(connectors=connectors, readers=readers, indicator=indicator), ctx
-
-
-@dataclass
-class ActiveTransaction:
-    local_id: int
-    id_tag: str
-    start: datetime
-    meter_start_wh: int
-    reservation_id: int | None = None
-    parent_id_tag: str | None = None
-    transaction_id: int | None = None
-    last_meter_wh: int = 0
-    stop_data: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class ConnectorRuntime:
-    id: int
-    hw: ConnectorHardware
-    state: cm.ConnectorState
-    max_current_a: float
-    phases: int
-    tx: ActiveTransaction | None = None
-    reading: MeterReading | None = None
-    meter_ok: bool = True
-    overcurrent: OvercurrentMonitor = field(default_factory=OvercurrentMonitor)
-    tick_handle: asyncio.TimerHandle | None = None
-    tx_chain: asyncio.Task[None] | None = None
-    limit_a: float | None = None
-    limit_source: str = "connector"
-    stop_tag: str | None = None
-    indication: IndicatorPattern | None = None
-    last_tx_seq: int = 0  # seq of the newest queued Start/StopTransaction of this connector
-    tx_issued: int = 0  # Begin/EndTransaction actions decided so far
-    tx_done: int = 0  # … and carried out (queued in the outbox)
 
 
 class ControllerCore:
@@ -206,6 +180,20 @@ class ControllerCore:
         )
         self.keys.subscribe(self._on_key_changed)
         self.load_persisted_state()
+        self.limits = LimitArbiter(self.connectors, apply=self.apply_limit, monotonic=self.monotonic)
+        self.hardware_limits = HardwareLimits(
+            self.connectors, cfg.connectors, post=self.post, emit=self._emit_timeline,
+            limits_changed=self._recompute_all_limits,
+        )
+        self.smart = SmartCharging(
+            self.connectors, station=cfg.station, keys=self.keys, store=store, arbiter=self.limits,
+            now=self.now, monotonic=self.monotonic, emit=self._emit_timeline, read_meter=self._read_meter,
+            supervise=self.supervise,
+        )
+        self.limits.register("smart charging", PRIORITY_SMART_CHARGING, self.smart.claims)
+        self.limits.register("authorization", PRIORITY_AUTHORIZATION, self.authorization_claims)
+        self.limits.register("cable", PRIORITY_CABLE, self.hardware_limits.cable_claims)
+        self.limits.register("temperature", PRIORITY_TEMPERATURE, self.hardware_limits.temperature_claims)
         if self._hardware is None:
             self._hardware, self.build_context = build_hardware(cfg, self.build_context)
         self.station = self._hardware
@@ -253,6 +241,7 @@ class ControllerCore:
         for rt in self.connectors.values():
             await self._read_meter(rt)
             self._recompute_limit(rt)
+        self.limits.recompute_all()
 
         session_class = self._session_class or _default_session_class()
         self.link = OcppLink(
@@ -282,7 +271,9 @@ class ControllerCore:
         for rt in self.connectors.values():
             self.supervise(f"meter-{rt.id}", functools.partial(self._meter_poll_loop, rt))
             self.post(rt.id, cm.Tick())
+        self.smart.start(self.build_context.shared.get("grid_meter") if self.build_context else None)
         self.ready.set()
+        self._recompute_all_limits()
 
     def supervise(
         self, name: str, factory: TaskFactory, *, critical: bool = False, transient: bool = False
@@ -367,6 +358,8 @@ class ControllerCore:
         if self._stopping:
             return
         self._stopping = True
+        self.limits.stop()
+        self.smart.stop()
         open_tx = [rt for rt in self.connectors.values() if rt.tx is not None]
         for rt in open_tx:
             assert rt.tx is not None
@@ -423,6 +416,8 @@ class ControllerCore:
 
     # ================================================================== events in
     def _on_hal_event(self, event: HalEvent) -> None:
+        if self.hardware_limits.on_hal_event(event):
+            return
         if isinstance(event, PilotChanged):
             self.post(event.connector_id, cm.Pilot(event.state))
         elif isinstance(event, FaultRaised):
@@ -539,6 +534,7 @@ class ControllerCore:
             log.info("connector %d: contactor closed", cid, extra=extra)
             self._emit_timeline("contactor", connector=cid, closed=True)
         elif isinstance(action, cm.OfferCurrent):
+            before = rt.hw.pilot.offered_amps
             await rt.hw.pilot.offer(action.amps)
             rt.overcurrent.offer_changed(now, action.amps)
             log.info(
@@ -548,15 +544,19 @@ class ControllerCore:
                 extra=extra,
             )
             self._emit_timeline("offer", connector=cid, amps=action.amps)
+            self._offer_changed(rt, before, action.amps, now)
         elif isinstance(action, cm.PilotUnavailable):
+            before = rt.hw.pilot.offered_amps
             await rt.hw.pilot.set_unavailable()
             rt.overcurrent.offer_changed(now, None)
             self._emit_timeline("offer", connector=cid, amps=None, state_f=True)
+            self._offer_changed(rt, before, None, now)
         elif isinstance(action, cm.StatusChanged):
             log.info("connector %d: status %s (%s)", cid, action.status, action.error_code, extra=extra)
             self._emit_timeline("status", connector=cid, status=action.status, error_code=action.error_code)
             self._show_indicator(rt)
             self.on_status_changed(rt, action.status, action.error_code)
+            self.smart.status_changed(rt, action.status)
             if self.boot_accepted:
                 self._status_queue.put_nowait((cid, action.status, action.error_code, rt.tx_issued))
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
@@ -621,44 +621,28 @@ class ControllerCore:
 
     # ================================================================== limits
     def _recompute_all_limits(self) -> None:
-        for rt in self.connectors.values():
-            self._recompute_limit(rt)
+        self.limits.recompute_all()
 
-    def limit_claims(self, rt: ConnectorRuntime) -> list[tuple[float | None, str]]:
-        """Every source that limits this connector, as (amps, source). None = paused by that source."""
-        claims: list[tuple[float | None, str]] = [(rt.max_current_a, "connector maximum (configuration)")]
-        charging = [r for r in self.connectors.values() if r.state.in_transaction]
-        share = self.config.station.max_current_a
-        if rt.state.in_transaction and len(charging) > 1:
-            share = self.config.station.max_current_a / len(charging)
-        claims.append((share, "station fuse limit"))
-        return claims
+    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
+        self.limits.recompute(rt.id)
 
-    def apply_limit(self, rt: ConnectorRuntime, amps: float | None) -> None:
-        """Give a connector its new limit. A connector without a transaction offers nothing, so its state
-        takes the limit at once: a transaction that begins before the queued event is processed (two cars
-        plugged in within the same instant) already starts with its share, not with the whole station."""
+    def authorization_claims(self, connector_id: int) -> list[Claim]:
+        """Hook: the authorization's claims (an idTag the central system did not accept)."""
+        return []
+
+    def apply_limit(self, connector_id: int, amps: float | None) -> None:
+        """Give a connector its new limit (the arbiter's decision). A connector without a transaction offers
+        nothing, so its state takes the limit at once: a transaction that begins before the queued event is
+        processed (two cars plugged in within the same instant) already starts with its share, not with the
+        whole station."""
+        rt = self.connectors[connector_id]
         if not rt.state.in_transaction:
             rt.state = replace(rt.state, limit_a=amps)
         self.post(rt.id, cm.Limit(amps))
 
-    @staticmethod
-    def decide_limit(rt: ConnectorRuntime, claims: list[tuple[float | None, str]]) -> tuple[float | None, str]:
-        """The lowest claim wins; a claim of None pauses; below the connector's minimum it pauses too."""
-        paused = [c for c in claims if c[0] is None]
-        if paused:
-            return None, paused[0][1]
-        amps, source = min(claims, key=lambda c: c[0])  # type: ignore[arg-type,return-value]
-        if amps is not None and amps < rt.state.min_current_a:
-            return None, f"{source} (below minimum {rt.state.min_current_a:g} A: paused)"
-        return amps, source
-
-    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
-        amps, source = self.decide_limit(rt, self.limit_claims(rt))
-        rt.limit_source = source
-        if amps != rt.limit_a or rt.state.limit_a != amps:
-            rt.limit_a = amps
-            self.apply_limit(rt, amps)
+    def _offer_changed(self, rt: ConnectorRuntime, before: float | None, after: float | None, now: float) -> None:
+        self.limits.note_pilot_change(rt.id, now)
+        self.smart.offer_changed(rt, before, after, now)
 
     # ================================================================== transactions
     async def _read_meter(self, rt: ConnectorRuntime, timeout: float = 3.0) -> MeterReading | None:
@@ -676,7 +660,12 @@ class ControllerCore:
             rt.meter_ok = True
             log.warning("connector %d: meter answers again", rt.id, extra={"CONNECTOR_ID": rt.id})
             self.post(rt.id, cm.FaultClear(FaultKind.METER))
+        before = rt.reading
         rt.reading = reading
+        if reading is not before:
+            self.smart.meter_read(rt)
+        if reading.temperature_c is not None:
+            self.hardware_limits.meter_temperature(rt.id, reading.temperature_c)
         return reading
 
     def _register_wh(self, rt: ConnectorRuntime) -> int:
@@ -686,6 +675,7 @@ class ControllerCore:
         return wh
 
     async def _begin_transaction(self, rt: ConnectorRuntime, id_tag: str) -> None:
+        self.smart.transaction_beginning(rt)
         start = self.now()  # the event's time, not after a slow meter read
         await self._read_meter(rt)
         if rt.reading is None:
@@ -815,6 +805,8 @@ class ControllerCore:
             transaction_id=tx.transaction_id,
         )
         self.sender.wake()
+        self._recompute_all_limits()
+        self.smart.transaction_ended(rt)
         self._recompute_all_limits()
 
     def _queue_stop(
@@ -1058,6 +1050,8 @@ class ControllerCore:
                     rt.tx.parent_id_tag = info.get("parentIdTag")
                     self._emit_timeline("transaction_id", connector=rt.id, transaction_id=tx_id)
                     await self.on_start_transaction_answer(rt, msg.payload.get("idTag", ""), info)
+                    self.smart.transaction_id_known(rt)
+                    self._recompute_all_limits()
                     break
             else:
                 self.remember_id_tag_info(msg.payload.get("idTag", ""), info)
@@ -1094,9 +1088,7 @@ class ControllerCore:
                 _mask(id_tag),
                 status,
             )
-            rt.limit_source = "idTag not accepted"
-            rt.limit_a = None
-            self.post(rt.id, cm.Limit(None))
+            self.limits.withdraw(rt.id, "idTag not accepted")
 
     # ================================================================== OCPP session
     async def _on_session(self, session: OcppSession) -> None:
@@ -1400,8 +1392,8 @@ class ControllerCore:
         return True
 
     def accept_remote_start_profile(self, connector_id: int, profile: dict[str, Any]) -> bool:
-        """Hook: is the chargingProfile of a RemoteStartTransaction acceptable (Smart Charging)?"""
-        return True
+        """Is the chargingProfile of a RemoteStartTransaction acceptable (Smart Charging)?"""
+        return self.smart.accept_remote_start_profile(connector_id, profile)
 
     async def remote_start(
         self, id_tag: str, connector_id: int | None, profile: dict[str, Any] | None
@@ -1409,6 +1401,8 @@ class ControllerCore:
         """After RemoteStartTransaction was accepted (§5.11): authorize if AuthorizeRemoteTxRequests, then start."""
         assert self.keys is not None
         rt = self.connectors.get(connector_id) if connector_id is not None else self.connector_for_tag(id_tag)
+        if profile is not None and (rt is None or not self.smart.remote_profile_usable(rt.id, profile)):
+            return
         if rt is None:
             return
         if self.keys["AuthorizeRemoteTxRequests"]:
@@ -1422,7 +1416,8 @@ class ControllerCore:
         self.post(rt.id, cm.Authorize(id_tag))
 
     def remote_start_profile(self, connector_id: int, profile: dict[str, Any] | None) -> None:
-        """Hook: remember the TxProfile of a remote start until the transaction begins."""
+        """Remember the TxProfile of a remote start until the transaction begins."""
+        self.smart.remote_start_profile(connector_id, profile)
 
     def reserved_connector_for(self, id_tag: str, parent_id_tag: str | None) -> ConnectorRuntime | None:
         """Hook: a connector reserved for this tag (Reservation profile)."""
@@ -1501,11 +1496,14 @@ class ControllerCore:
                     "contactor": "closed" if rt.hw.contactor.is_closed else "open",
                     "transaction_id": rt.tx.transaction_id if rt.tx else None,
                     "id_tag": _mask(rt.tx.id_tag) if rt.tx else None,
-                    "limit_a": rt.limit_a,
-                    "limit_source": rt.limit_source,
+                    "limit_a": self.limits.limit(rt.id),
+                    "limit_source": self.limits.source(rt.id),
                     "faults": sorted(k.value for k in rt.state.all_faults),
                 }
             )
+        for c in connectors:
+            c["limit_claims"] = [{"amps": a, "source": src} for a, src in self.limits.claims(c["id"])]
+            self.hardware_limits.annotate(c)
         link_up = bool(self.link and self.link.session is not None)
         return {
             "charge_point_id": self.config.charge_point_id,
@@ -1514,6 +1512,7 @@ class ControllerCore:
             "queued": len(self.outbox) if self.outbox is not None else 0,
             "dropped": list(self.dropped_messages),
             "connectors": connectors,
+            "smart_charging": self.smart.snapshot(),
         }
 
 

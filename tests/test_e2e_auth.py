@@ -229,10 +229,10 @@ async def test_stop_transaction_on_invalid_id_false_suspends_for_good(e2e_rig: A
     await rig.wait(lambda: not closed(rig))
     assert rt.tx is not None and rt.hw.pilot.offered_amps is None
     # a later recomputation (any status change does one) must not offer current again
-    rig.controller._recompute_all_limits()
+    rig.controller.limits.recompute_all()
     await rig.settle(0.1)
     assert rt.hw.pilot.offered_amps is None and not closed(rig)
-    assert "not accepted" in rt.limit_source
+    assert "not accepted" in rig.controller.limits.source(rt.id)
     assert rig.cs.received("StopTransaction") == []
 
 

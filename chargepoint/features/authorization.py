@@ -416,13 +416,11 @@ class AuthorizationFeature(_Base):
                 self._deauthorized.add(rt.tx.local_id)
                 self._recompute_limit(rt)
 
-    def limit_claims(self, rt: ConnectorRuntime) -> list[tuple[float | None, str]]:
-        claims = super().limit_claims(rt)
+    def authorization_claims(self, connector_id: int) -> list[tuple[float | None, str]]:
+        rt = self.connectors[connector_id]
         if rt.tx is not None and rt.tx.local_id in self._deauthorized:
-            claims.append(
-                (None, "idTag not accepted by the central system (StopTransactionOnInvalidId=false)")
-            )
-        return claims
+            return [(None, "idTag not accepted")]
+        return []
 
     # ================================================================== reservations (§5.13, §5.1)
     def connector_states(self) -> dict[int, str]:
