@@ -24,10 +24,12 @@ import websockets
 from chargepoint import connector as cm
 from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
+from chargepoint.logsetup import log_fields
 from chargepoint.metering import iso, measured_current, next_clock_boundary, sampled_values
-from chargepoint.privacy import mask_id_tag
+from chargepoint.privacy import mask_id_tag, use_installation_salt
 from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
 from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
+from chargepoint.services.authorization import Authorization, AuthorizeResult
 from chargepoint.services.hardware_limits import HardwareLimits
 from chargepoint.services.limits import (
     PRIORITY_AUTHORIZATION,
@@ -36,8 +38,9 @@ from chargepoint.services.limits import (
     PRIORITY_TEMPERATURE,
     LimitArbiter,
 )
+from chargepoint.services.reservations import ReservationService
 from chargepoint.services.smartcharging import SmartCharging
-from chargepoint.services.station import ActiveTransaction, Claim, ConnectorRuntime
+from chargepoint.services.station import ActiveTransaction, ConnectorRuntime
 from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
 from chargepoint.supervisor import Supervisor, TaskFactory
 from hal import registry
@@ -179,6 +182,18 @@ class ControllerCore:
             on_change=lambda k, v: self._safe(store.set_config, None, k, v),
         )
         self.keys.subscribe(self._on_key_changed)
+        # Before any tag is logged: masks are keyed with this installation's secret (chargepoint.privacy).
+        use_installation_salt(cfg.state_dir)
+        self.authorization = Authorization(
+            self.connectors, keys=self.keys, store=store, now=self.now, online=self._online,
+            call=self._csms_call, response_timeout_s=cfg.csms.response_timeout_s,
+            report_conflict=self._report_local_list_conflict,
+        )
+        self.reservations = ReservationService(
+            self.connectors, keys=self.keys, store=store, now=self.now, post=self.post,
+            emit=self._emit_timeline, station_status=lambda: self.station_status()[0],
+            parent_of=self.authorization.parent_of,
+        )
         self.load_persisted_state()
         self.limits = LimitArbiter(self.connectors, apply=self.apply_limit, monotonic=self.monotonic)
         self.hardware_limits = HardwareLimits(
@@ -191,7 +206,7 @@ class ControllerCore:
             supervise=self.supervise,
         )
         self.limits.register("smart charging", PRIORITY_SMART_CHARGING, self.smart.claims)
-        self.limits.register("authorization", PRIORITY_AUTHORIZATION, self.authorization_claims)
+        self.limits.register("authorization", PRIORITY_AUTHORIZATION, self.authorization.claims)
         self.limits.register("cable", PRIORITY_CABLE, self.hardware_limits.cable_claims)
         self.limits.register("temperature", PRIORITY_TEMPERATURE, self.hardware_limits.temperature_claims)
         if self._hardware is None:
@@ -274,6 +289,7 @@ class ControllerCore:
         self.smart.start(self.build_context.shared.get("grid_meter") if self.build_context else None)
         self.ready.set()
         self._recompute_all_limits()
+        self.reservations.start()
 
     def supervise(
         self, name: str, factory: TaskFactory, *, critical: bool = False, transient: bool = False
@@ -360,6 +376,7 @@ class ControllerCore:
         self._stopping = True
         self.limits.stop()
         self.smart.stop()
+        self.reservations.stop()
         open_tx = [rt for rt in self.connectors.values() if rt.tx is not None]
         for rt in open_tx:
             assert rt.tx is not None
@@ -557,6 +574,8 @@ class ControllerCore:
             self._show_indicator(rt)
             self.on_status_changed(rt, action.status, action.error_code)
             self.smart.status_changed(rt, action.status)
+            self.authorization.forget_ended()
+            self.reservations.status_changed(rt, action.status)
             if self.boot_accepted:
                 self._status_queue.put_nowait((cid, action.status, action.error_code, rt.tx_issued))
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
@@ -625,10 +644,6 @@ class ControllerCore:
 
     def _recompute_limit(self, rt: ConnectorRuntime) -> None:
         self.limits.recompute(rt.id)
-
-    def authorization_claims(self, connector_id: int) -> list[Claim]:
-        """Hook: the authorization's claims (an idTag the central system did not accept)."""
-        return []
 
     def apply_limit(self, connector_id: int, amps: float | None) -> None:
         """Give a connector its new limit (the arbiter's decision). A connector without a transaction offers
@@ -1050,6 +1065,10 @@ class ControllerCore:
                     rt.tx.parent_id_tag = info.get("parentIdTag")
                     self._emit_timeline("transaction_id", connector=rt.id, transaction_id=tx_id)
                     await self.on_start_transaction_answer(rt, msg.payload.get("idTag", ""), info)
+                    if (info.get("status", "Accepted") != "Accepted" and rt.tx is not None
+                            and not self.keys["StopTransactionOnInvalidId"]):  # type: ignore[index]
+                        self.authorization.deauthorize(rt.tx)
+                        self._recompute_limit(rt)
                     self.smart.transaction_id_known(rt)
                     self._recompute_all_limits()
                     break
@@ -1165,6 +1184,7 @@ class ControllerCore:
 
     def _after_boot(self) -> None:
         """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""
+        self.reservations.clock_set()
 
     def _on_disconnect(self) -> None:
         if self.sender:
@@ -1310,46 +1330,50 @@ class ControllerCore:
         """Hook: a connector's OCPP status changed (e.g. reservations end on Faulted/Unavailable, §5.13)."""
 
     def remember_id_tag_info(self, id_tag: str, info: dict[str, Any]) -> None:
-        """Hook: the authorization cache learns from every idTagInfo (Local Auth List profile)."""
+        """The authorization cache learns from every idTagInfo (Local Auth List profile)."""
+        self.authorization.remember_id_tag_info(id_tag, info)
 
     def take_reservation_for(self, connector_id: int, id_tag: str) -> int | None:
-        """Hook: the reservation used by a starting transaction (Reservation profile)."""
-        return None
+        """The reservation used by a starting transaction (Reservation profile)."""
+        return self.reservations.take_reservation_for(connector_id, id_tag)
 
-    async def authorize(self, id_tag: str) -> tuple[bool, dict[str, Any] | None]:
-        """Is ``id_tag`` allowed to charge? (Accepted, idTagInfo). Online: ask the central system."""
-        assert self.keys is not None
-        if self.link and self.link.session is not None and self.boot_accepted:
-            try:
-                conf = await self.link.call("Authorize", {"idTag": id_tag})
-                info = conf["idTagInfo"]
-                self.remember_id_tag_info(id_tag, info)
-                return info.get("status") == "Accepted", info
-            except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
-                log.warning("Authorize failed (%s): treating as offline", exc)
-        if self.keys["AllowOfflineTxForUnknownId"]:
-            return True, None
-        return False, None
+    async def authorize(self, id_tag: str) -> AuthorizeResult:
+        """Is ``id_tag`` allowed to charge? (Accepted, idTagInfo): the authorization service decides."""
+        return await self.authorization.authorize(id_tag)
+
+    def _online(self) -> bool:
+        return bool(self.link is not None and self.link.session is not None and self.boot_accepted)
+
+    async def _csms_call(self, action: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        if self.link is None:
+            raise ConnectionError("not connected")
+        return await self.link.call(action, payload, timeout)
+
+    def _report_local_list_conflict(self) -> None:
+        if self.boot_accepted:
+            status, _code = self.station_status()
+            self._spawn(self._send_status(0, status, "LocalListConflict"), "local-list-conflict")
 
     def connector_for_tag(self, id_tag: str) -> ConnectorRuntime | None:
-        """Which connector a tap starts: one with a car plugged in and no session first, then a free one.
-
-        With several connectors: a car already plugged in wins (lowest id first); otherwise the lowest
-        available connector waits ConnectionTimeOut for a plug.
-        """
-        candidates = [
-            rt
-            for rt in self.connectors.values()
-            if rt.state.session_tag is None
-            and not rt.state.in_transaction
-            and rt.state.operative
-            and not rt.state.faults
-            and not rt.state.reserved
-        ]
-        plugged = [rt for rt in candidates if rt.state.pilot.vehicle_connected]
-        return (plugged or candidates or [None])[0]
+        """Which connector a tap starts (a reserved one for this tag, a plugged one, a free one)."""
+        return self.reservations.connector_for_tag(id_tag)
 
     async def on_tag(self, id_tag: str) -> None:
+        """A tap: stop what it stops, otherwise ask the authorization service and start a session."""
+        group_stop = self.authorization.group_stop_target(id_tag)
+        if group_stop is not None:
+            # A different identifier of the same group (parentIdTag) ends a running transaction (§4.10).
+            log.info(
+                "tag %s of the same group stops connector %d",
+                _mask(id_tag),
+                group_stop,
+                extra=log_fields(connector_id=group_stop, id_tag=id_tag),
+            )
+            self._emit_timeline("tap", id_tag=id_tag)
+            self.connectors[group_stop].stop_tag = id_tag
+            self.flash(group_stop, IndicatorPattern.ACCEPTED)
+            self.post(group_stop, cm.Stop("Local"))
+            return
         log.info("tag presented: %s", _mask(id_tag), extra={"ID_TAG": _mask(id_tag)})
         self._emit_timeline("tap", id_tag=id_tag)
         # A tap on a running session stops it: same tag, or same parentIdTag (OCPP 1.6 §3.5 / §5.2).
@@ -1383,13 +1407,9 @@ class ControllerCore:
         self.flash(target.id, IndicatorPattern.ACCEPTED)
         self.post(target.id, cm.Authorize(id_tag))
 
-    def clear_cache(self) -> str:
-        """ClearCache (§5.4). Hook for the authorization cache."""
-        return "Accepted"
-
     def reservation_allows(self, connector_id: int, id_tag: str) -> bool:
-        """Hook: may ``id_tag`` use the reserved connector?"""
-        return True
+        """May ``id_tag`` use the (possibly reserved) connector?"""
+        return self.reservations.reservation_allows(connector_id, id_tag)
 
     def accept_remote_start_profile(self, connector_id: int, profile: dict[str, Any]) -> bool:
         """Is the chargingProfile of a RemoteStartTransaction acceptable (Smart Charging)?"""
@@ -1400,6 +1420,15 @@ class ControllerCore:
     ) -> None:
         """After RemoteStartTransaction was accepted (§5.11): authorize if AuthorizeRemoteTxRequests, then start."""
         assert self.keys is not None
+        if connector_id in self.connectors and not self.reservation_allows(connector_id, id_tag):  # type: ignore[operator]
+            # Defence in depth: the ``@after`` of RemoteStartTransaction runs whatever the answer was.
+            log.warning(
+                "remote start for %s on reserved connector %d not done",
+                _mask(id_tag),
+                connector_id,
+                extra=log_fields(connector_id=connector_id, id_tag=id_tag),
+            )
+            return
         rt = self.connectors.get(connector_id) if connector_id is not None else self.connector_for_tag(id_tag)
         if profile is not None and (rt is None or not self.smart.remote_profile_usable(rt.id, profile)):
             return
@@ -1420,8 +1449,8 @@ class ControllerCore:
         self.smart.remote_start_profile(connector_id, profile)
 
     def reserved_connector_for(self, id_tag: str, parent_id_tag: str | None) -> ConnectorRuntime | None:
-        """Hook: a connector reserved for this tag (Reservation profile)."""
-        return None
+        """A free connector reserved for this tag (Reservation profile)."""
+        return self.reservations.reserved_connector_for(id_tag, parent_id_tag)
 
     # ================================================================== availability
     async def change_availability(self, connector_id: int, operative: bool) -> str:

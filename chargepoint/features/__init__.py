@@ -14,7 +14,6 @@ def _load() -> None:
     import importlib
 
     for module_name, class_name in (
-        ("chargepoint.features.authorization", "AuthorizationFeature"),
         ("chargepoint.features.firmware", "FirmwareFeature"),
         ("chargepoint.features.service", "ServiceFeature"),
         ("chargepoint.features.security", "SecurityFeature"),
