@@ -41,6 +41,7 @@ from chargepoint.services.limits import (
 from chargepoint.services.reservations import ReservationService
 from chargepoint.services.smartcharging import SmartCharging
 from chargepoint.services.station import ActiveTransaction, ConnectorRuntime
+from chargepoint.services.systemd import SystemdService
 from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
 from chargepoint.supervisor import Supervisor, TaskFactory
 from hal import registry
@@ -287,6 +288,13 @@ class ControllerCore:
             self.supervise(f"meter-{rt.id}", functools.partial(self._meter_poll_loop, rt))
             self.post(rt.id, cm.Tick())
         self.smart.start(self.build_context.shared.get("grid_meter") if self.build_context else None)
+        self.systemd = SystemdService(
+            self.connectors, status_socket=cfg.status_socket, snapshot=self.snapshot,
+            loop_ticks=lambda: self.loop_ticks, post=self.post, supervise=self.supervise,
+            problem=lambda: self.supervisor.problem, monotonic=self.monotonic,
+            store_copy=getattr(self, "_copy_store", None),  # the firmware profile's consistent store copy
+        )
+        await self.systemd.start()
         self.ready.set()
         self._recompute_all_limits()
         self.reservations.start()
@@ -373,6 +381,8 @@ class ControllerCore:
         """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes)."""
         if self._stopping:
             return
+        if hasattr(self, "systemd"):
+            await self.systemd.stop()
         self._stopping = True
         self.limits.stop()
         self.smart.stop()
@@ -576,6 +586,7 @@ class ControllerCore:
             self.smart.status_changed(rt, action.status)
             self.authorization.forget_ended()
             self.reservations.status_changed(rt, action.status)
+            self.systemd.status_changed()
             if self.boot_accepted:
                 self._status_queue.put_nowait((cid, action.status, action.error_code, rt.tx_issued))
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):

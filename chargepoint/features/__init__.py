@@ -15,7 +15,6 @@ def _load() -> None:
 
     for module_name, class_name in (
         ("chargepoint.features.firmware", "FirmwareFeature"),
-        ("chargepoint.features.service", "ServiceFeature"),
         ("chargepoint.features.security", "SecurityFeature"),
     ):
         try:
