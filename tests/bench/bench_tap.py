@@ -136,7 +136,7 @@ async def bench_taps(rig: Rig, taps: int) -> None:
     ev.subscribe(on_ev)
     ev.plug()
     await rig.wait_status(1, "Preparing")
-    tag = next(k for k, v in c.local_list.entries.items() if v.status == "Accepted" and v.expiry_date is None)
+    tag = next(k for k, v in c.authorization.local_list.entries.items() if v.status == "Accepted" and v.expiry_date is None)
     total, ev_part, tap_to_offer, c_to_close = [], [], [], []
     for i in range(taps):
         marks.clear()
