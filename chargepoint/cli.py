@@ -83,7 +83,7 @@ def _restart_after_run(kind: str) -> int:
 
 async def _run_controller(controller: Any, body: Any = None, stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set). systemd readiness, watchdog, status line and status
-    socket come with the controller (chargepoint.features.service)."""
+    socket come with the controller (chargepoint.services.systemd)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,11 +24,24 @@ import websockets
 from chargepoint import connector as cm
 from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
+from chargepoint.logsetup import log_fields
 from chargepoint.metering import iso, measured_current, next_clock_boundary, sampled_values
-from chargepoint.overcurrent import OvercurrentMonitor
-from chargepoint.privacy import mask_id_tag
+from chargepoint.privacy import mask_id_tag, use_installation_salt
 from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
 from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
+from chargepoint.services.authorization import Authorization, AuthorizeResult
+from chargepoint.services.hardware_limits import HardwareLimits
+from chargepoint.services.limits import (
+    PRIORITY_AUTHORIZATION,
+    PRIORITY_CABLE,
+    PRIORITY_SMART_CHARGING,
+    PRIORITY_TEMPERATURE,
+    LimitArbiter,
+)
+from chargepoint.services.reservations import ReservationService
+from chargepoint.services.smartcharging import SmartCharging
+from chargepoint.services.station import ActiveTransaction, ConnectorRuntime
+from chargepoint.services.systemd import SystemdService
 from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
 from chargepoint.supervisor import Supervisor, TaskFactory
 from hal import registry
@@ -88,41 +101,6 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
             "meter", config.station.grid.meter, "station.grid.meter", 0, ctx
         )
     return StationHardware(connectors=connectors, readers=readers, indicator=indicator), ctx
-
-
-@dataclass
-class ActiveTransaction:
-    local_id: int
-    id_tag: str
-    start: datetime
-    meter_start_wh: int
-    reservation_id: int | None = None
-    parent_id_tag: str | None = None
-    transaction_id: int | None = None
-    last_meter_wh: int = 0
-    stop_data: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class ConnectorRuntime:
-    id: int
-    hw: ConnectorHardware
-    state: cm.ConnectorState
-    max_current_a: float
-    phases: int
-    tx: ActiveTransaction | None = None
-    reading: MeterReading | None = None
-    meter_ok: bool = True
-    overcurrent: OvercurrentMonitor = field(default_factory=OvercurrentMonitor)
-    tick_handle: asyncio.TimerHandle | None = None
-    tx_chain: asyncio.Task[None] | None = None
-    limit_a: float | None = None
-    limit_source: str = "connector"
-    stop_tag: str | None = None
-    indication: IndicatorPattern | None = None
-    last_tx_seq: int = 0  # seq of the newest queued Start/StopTransaction of this connector
-    tx_issued: int = 0  # Begin/EndTransaction actions decided so far
-    tx_done: int = 0  # … and carried out (queued in the outbox)
 
 
 class ControllerCore:
@@ -208,7 +186,33 @@ class ControllerCore:
             on_change=lambda k, v: self._safe(store.set_config, None, k, v),
         )
         self.keys.subscribe(self._on_key_changed)
+        # Before any tag is logged: masks are keyed with this installation's secret (chargepoint.privacy).
+        use_installation_salt(cfg.state_dir)
+        self.authorization = Authorization(
+            self.connectors, keys=self.keys, store=store, now=self.now, online=self._online,
+            call=self._csms_call, response_timeout_s=cfg.csms.response_timeout_s,
+            report_conflict=self._report_local_list_conflict,
+        )
+        self.reservations = ReservationService(
+            self.connectors, keys=self.keys, store=store, now=self.now, post=self.post,
+            emit=self._emit_timeline, station_status=lambda: self.station_status()[0],
+            parent_of=self.authorization.parent_of,
+        )
         self.load_persisted_state()
+        self.limits = LimitArbiter(self.connectors, apply=self.apply_limit, monotonic=self.monotonic)
+        self.hardware_limits = HardwareLimits(
+            self.connectors, cfg.connectors, post=self.post, emit=self._emit_timeline,
+            limits_changed=self._recompute_all_limits,
+        )
+        self.smart = SmartCharging(
+            self.connectors, station=cfg.station, keys=self.keys, store=store, arbiter=self.limits,
+            now=self.now, monotonic=self.monotonic, emit=self._emit_timeline, read_meter=self._read_meter,
+            supervise=self.supervise,
+        )
+        self.limits.register("smart charging", PRIORITY_SMART_CHARGING, self.smart.claims)
+        self.limits.register("authorization", PRIORITY_AUTHORIZATION, self.authorization.claims)
+        self.limits.register("cable", PRIORITY_CABLE, self.hardware_limits.cable_claims)
+        self.limits.register("temperature", PRIORITY_TEMPERATURE, self.hardware_limits.temperature_claims)
         if self._hardware is None:
             self._hardware, self.build_context = build_hardware(cfg, self.build_context)
         self.station = self._hardware
@@ -256,6 +260,7 @@ class ControllerCore:
         for rt in self.connectors.values():
             await self._read_meter(rt)
             self._recompute_limit(rt)
+        self.limits.recompute_all()
 
         session_class = self._session_class or _default_session_class()
         self.link = OcppLink(
@@ -285,7 +290,17 @@ class ControllerCore:
         for rt in self.connectors.values():
             self.supervise(f"meter-{rt.id}", functools.partial(self._meter_poll_loop, rt))
             self.post(rt.id, cm.Tick())
+        self.smart.start(self.build_context.shared.get("grid_meter") if self.build_context else None)
+        self.systemd = SystemdService(
+            self.connectors, status_socket=cfg.status_socket, snapshot=self.snapshot,
+            loop_ticks=lambda: self.loop_ticks, post=self.post, supervise=self.supervise,
+            problem=lambda: self.supervisor.problem, monotonic=self.monotonic,
+            store_copy=getattr(self, "_copy_store", None),  # the firmware profile's consistent store copy
+        )
+        await self.systemd.start()
         self.ready.set()
+        self._recompute_all_limits()
+        self.reservations.start()
 
     def supervise(
         self, name: str, factory: TaskFactory, *, critical: bool = False, transient: bool = False
@@ -369,7 +384,12 @@ class ControllerCore:
         """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes)."""
         if self._stopping:
             return
+        if hasattr(self, "systemd"):
+            await self.systemd.stop()
         self._stopping = True
+        self.limits.stop()
+        self.smart.stop()
+        self.reservations.stop()
         open_tx = [rt for rt in self.connectors.values() if rt.tx is not None]
         for rt in open_tx:
             assert rt.tx is not None
@@ -426,6 +446,8 @@ class ControllerCore:
 
     # ================================================================== events in
     def _on_hal_event(self, event: HalEvent) -> None:
+        if self.hardware_limits.on_hal_event(event):
+            return
         if isinstance(event, PilotChanged):
             self.post(event.connector_id, cm.Pilot(event.state))
         elif isinstance(event, FaultRaised):
@@ -542,6 +564,7 @@ class ControllerCore:
             log.info("connector %d: contactor closed", cid, extra=extra)
             self._emit_timeline("contactor", connector=cid, closed=True)
         elif isinstance(action, cm.OfferCurrent):
+            before = rt.hw.pilot.offered_amps
             await rt.hw.pilot.offer(action.amps)
             rt.overcurrent.offer_changed(now, action.amps)
             log.info(
@@ -551,15 +574,22 @@ class ControllerCore:
                 extra=extra,
             )
             self._emit_timeline("offer", connector=cid, amps=action.amps)
+            self._offer_changed(rt, before, action.amps, now)
         elif isinstance(action, cm.PilotUnavailable):
+            before = rt.hw.pilot.offered_amps
             await rt.hw.pilot.set_unavailable()
             rt.overcurrent.offer_changed(now, None)
             self._emit_timeline("offer", connector=cid, amps=None, state_f=True)
+            self._offer_changed(rt, before, None, now)
         elif isinstance(action, cm.StatusChanged):
             log.info("connector %d: status %s (%s)", cid, action.status, action.error_code, extra=extra)
             self._emit_timeline("status", connector=cid, status=action.status, error_code=action.error_code)
             self._show_indicator(rt)
             self.on_status_changed(rt, action.status, action.error_code)
+            self.smart.status_changed(rt, action.status)
+            self.authorization.forget_ended()
+            self.reservations.status_changed(rt, action.status)
+            self.systemd.status_changed()
             if self.boot_accepted:
                 self._status_queue.put_nowait((cid, action.status, action.error_code, rt.tx_issued))
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
@@ -624,44 +654,24 @@ class ControllerCore:
 
     # ================================================================== limits
     def _recompute_all_limits(self) -> None:
-        for rt in self.connectors.values():
-            self._recompute_limit(rt)
+        self.limits.recompute_all()
 
-    def limit_claims(self, rt: ConnectorRuntime) -> list[tuple[float | None, str]]:
-        """Every source that limits this connector, as (amps, source). None = paused by that source."""
-        claims: list[tuple[float | None, str]] = [(rt.max_current_a, "connector maximum (configuration)")]
-        charging = [r for r in self.connectors.values() if r.state.in_transaction]
-        share = self.config.station.max_current_a
-        if rt.state.in_transaction and len(charging) > 1:
-            share = self.config.station.max_current_a / len(charging)
-        claims.append((share, "station fuse limit"))
-        return claims
+    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
+        self.limits.recompute(rt.id)
 
-    def apply_limit(self, rt: ConnectorRuntime, amps: float | None) -> None:
-        """Give a connector its new limit. A connector without a transaction offers nothing, so its state
-        takes the limit at once: a transaction that begins before the queued event is processed (two cars
-        plugged in within the same instant) already starts with its share, not with the whole station."""
+    def apply_limit(self, connector_id: int, amps: float | None) -> None:
+        """Give a connector its new limit (the arbiter's decision). A connector without a transaction offers
+        nothing, so its state takes the limit at once: a transaction that begins before the queued event is
+        processed (two cars plugged in within the same instant) already starts with its share, not with the
+        whole station."""
+        rt = self.connectors[connector_id]
         if not rt.state.in_transaction:
             rt.state = replace(rt.state, limit_a=amps)
         self.post(rt.id, cm.Limit(amps))
 
-    @staticmethod
-    def decide_limit(rt: ConnectorRuntime, claims: list[tuple[float | None, str]]) -> tuple[float | None, str]:
-        """The lowest claim wins; a claim of None pauses; below the connector's minimum it pauses too."""
-        paused = [c for c in claims if c[0] is None]
-        if paused:
-            return None, paused[0][1]
-        amps, source = min(claims, key=lambda c: c[0])  # type: ignore[arg-type,return-value]
-        if amps is not None and amps < rt.state.min_current_a:
-            return None, f"{source} (below minimum {rt.state.min_current_a:g} A: paused)"
-        return amps, source
-
-    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
-        amps, source = self.decide_limit(rt, self.limit_claims(rt))
-        rt.limit_source = source
-        if amps != rt.limit_a or rt.state.limit_a != amps:
-            rt.limit_a = amps
-            self.apply_limit(rt, amps)
+    def _offer_changed(self, rt: ConnectorRuntime, before: float | None, after: float | None, now: float) -> None:
+        self.limits.note_pilot_change(rt.id, now)
+        self.smart.offer_changed(rt, before, after, now)
 
     # ================================================================== transactions
     async def _read_meter(self, rt: ConnectorRuntime, timeout: float = 3.0) -> MeterReading | None:
@@ -679,7 +689,12 @@ class ControllerCore:
             rt.meter_ok = True
             log.warning("connector %d: meter answers again", rt.id, extra={"CONNECTOR_ID": rt.id})
             self.post(rt.id, cm.FaultClear(FaultKind.METER))
+        before = rt.reading
         rt.reading = reading
+        if reading is not before:
+            self.smart.meter_read(rt)
+        if reading.temperature_c is not None:
+            self.hardware_limits.meter_temperature(rt.id, reading.temperature_c)
         return reading
 
     def _register_wh(self, rt: ConnectorRuntime) -> int:
@@ -689,6 +704,7 @@ class ControllerCore:
         return wh
 
     async def _begin_transaction(self, rt: ConnectorRuntime, id_tag: str) -> None:
+        self.smart.transaction_beginning(rt)
         start = self.now()  # the event's time, not after a slow meter read
         await self._read_meter(rt)
         if rt.reading is None:
@@ -818,6 +834,8 @@ class ControllerCore:
             transaction_id=tx.transaction_id,
         )
         self.sender.wake()
+        self._recompute_all_limits()
+        self.smart.transaction_ended(rt)
         self._recompute_all_limits()
 
     def _queue_stop(
@@ -1061,6 +1079,12 @@ class ControllerCore:
                     rt.tx.parent_id_tag = info.get("parentIdTag")
                     self._emit_timeline("transaction_id", connector=rt.id, transaction_id=tx_id)
                     await self.on_start_transaction_answer(rt, msg.payload.get("idTag", ""), info)
+                    if (info.get("status", "Accepted") != "Accepted" and rt.tx is not None
+                            and not self.keys["StopTransactionOnInvalidId"]):  # type: ignore[index]
+                        self.authorization.deauthorize(rt.tx)
+                        self._recompute_limit(rt)
+                    self.smart.transaction_id_known(rt)
+                    self._recompute_all_limits()
                     break
             else:
                 self.remember_id_tag_info(msg.payload.get("idTag", ""), info)
@@ -1097,9 +1121,7 @@ class ControllerCore:
                 _mask(id_tag),
                 status,
             )
-            rt.limit_source = "idTag not accepted"
-            rt.limit_a = None
-            self.post(rt.id, cm.Limit(None))
+            self.limits.withdraw(rt.id, "idTag not accepted")
 
     # ================================================================== OCPP session
     async def _on_session(self, session: OcppSession) -> None:
@@ -1177,6 +1199,7 @@ class ControllerCore:
 
     def _after_boot(self) -> None:
         """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""
+        self.reservations.clock_set()
 
     def _on_disconnect(self) -> None:
         if self.sender:
@@ -1322,46 +1345,50 @@ class ControllerCore:
         """Hook: a connector's OCPP status changed (e.g. reservations end on Faulted/Unavailable, §5.13)."""
 
     def remember_id_tag_info(self, id_tag: str, info: dict[str, Any]) -> None:
-        """Hook: the authorization cache learns from every idTagInfo (Local Auth List profile)."""
+        """The authorization cache learns from every idTagInfo (Local Auth List profile)."""
+        self.authorization.remember_id_tag_info(id_tag, info)
 
     def take_reservation_for(self, connector_id: int, id_tag: str) -> int | None:
-        """Hook: the reservation used by a starting transaction (Reservation profile)."""
-        return None
+        """The reservation used by a starting transaction (Reservation profile)."""
+        return self.reservations.take_reservation_for(connector_id, id_tag)
 
-    async def authorize(self, id_tag: str) -> tuple[bool, dict[str, Any] | None]:
-        """Is ``id_tag`` allowed to charge? (Accepted, idTagInfo). Online: ask the central system."""
-        assert self.keys is not None
-        if self.link and self.link.session is not None and self.boot_accepted:
-            try:
-                conf = await self.link.call("Authorize", {"idTag": id_tag})
-                info = conf["idTagInfo"]
-                self.remember_id_tag_info(id_tag, info)
-                return info.get("status") == "Accepted", info
-            except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
-                log.warning("Authorize failed (%s): treating as offline", exc)
-        if self.keys["AllowOfflineTxForUnknownId"]:
-            return True, None
-        return False, None
+    async def authorize(self, id_tag: str) -> AuthorizeResult:
+        """Is ``id_tag`` allowed to charge? (Accepted, idTagInfo): the authorization service decides."""
+        return await self.authorization.authorize(id_tag)
+
+    def _online(self) -> bool:
+        return bool(self.link is not None and self.link.session is not None and self.boot_accepted)
+
+    async def _csms_call(self, action: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        if self.link is None:
+            raise ConnectionError("not connected")
+        return await self.link.call(action, payload, timeout)
+
+    def _report_local_list_conflict(self) -> None:
+        if self.boot_accepted:
+            status, _code = self.station_status()
+            self._spawn(self._send_status(0, status, "LocalListConflict"), "local-list-conflict")
 
     def connector_for_tag(self, id_tag: str) -> ConnectorRuntime | None:
-        """Which connector a tap starts: one with a car plugged in and no session first, then a free one.
-
-        With several connectors: a car already plugged in wins (lowest id first); otherwise the lowest
-        available connector waits ConnectionTimeOut for a plug.
-        """
-        candidates = [
-            rt
-            for rt in self.connectors.values()
-            if rt.state.session_tag is None
-            and not rt.state.in_transaction
-            and rt.state.operative
-            and not rt.state.faults
-            and not rt.state.reserved
-        ]
-        plugged = [rt for rt in candidates if rt.state.pilot.vehicle_connected]
-        return (plugged or candidates or [None])[0]
+        """Which connector a tap starts (a reserved one for this tag, a plugged one, a free one)."""
+        return self.reservations.connector_for_tag(id_tag)
 
     async def on_tag(self, id_tag: str) -> None:
+        """A tap: stop what it stops, otherwise ask the authorization service and start a session."""
+        group_stop = self.authorization.group_stop_target(id_tag)
+        if group_stop is not None:
+            # A different identifier of the same group (parentIdTag) ends a running transaction (§4.10).
+            log.info(
+                "tag %s of the same group stops connector %d",
+                _mask(id_tag),
+                group_stop,
+                extra=log_fields(connector_id=group_stop, id_tag=id_tag),
+            )
+            self._emit_timeline("tap", id_tag=id_tag)
+            self.connectors[group_stop].stop_tag = id_tag
+            self.flash(group_stop, IndicatorPattern.ACCEPTED)
+            self.post(group_stop, cm.Stop("Local"))
+            return
         log.info("tag presented: %s", _mask(id_tag), extra={"ID_TAG": _mask(id_tag)})
         self._emit_timeline("tap", id_tag=id_tag)
         # A tap on a running session stops it: same tag, or same parentIdTag (OCPP 1.6 §3.5 / §5.2).
@@ -1395,24 +1422,31 @@ class ControllerCore:
         self.flash(target.id, IndicatorPattern.ACCEPTED)
         self.post(target.id, cm.Authorize(id_tag))
 
-    def clear_cache(self) -> str:
-        """ClearCache (§5.4). Hook for the authorization cache."""
-        return "Accepted"
-
     def reservation_allows(self, connector_id: int, id_tag: str) -> bool:
-        """Hook: may ``id_tag`` use the reserved connector?"""
-        return True
+        """May ``id_tag`` use the (possibly reserved) connector?"""
+        return self.reservations.reservation_allows(connector_id, id_tag)
 
     def accept_remote_start_profile(self, connector_id: int, profile: dict[str, Any]) -> bool:
-        """Hook: is the chargingProfile of a RemoteStartTransaction acceptable (Smart Charging)?"""
-        return True
+        """Is the chargingProfile of a RemoteStartTransaction acceptable (Smart Charging)?"""
+        return self.smart.accept_remote_start_profile(connector_id, profile)
 
     async def remote_start(
         self, id_tag: str, connector_id: int | None, profile: dict[str, Any] | None
     ) -> None:
         """After RemoteStartTransaction was accepted (§5.11): authorize if AuthorizeRemoteTxRequests, then start."""
         assert self.keys is not None
+        if connector_id in self.connectors and not self.reservation_allows(connector_id, id_tag):  # type: ignore[operator]
+            # Defence in depth: the ``@after`` of RemoteStartTransaction runs whatever the answer was.
+            log.warning(
+                "remote start for %s on reserved connector %d not done",
+                _mask(id_tag),
+                connector_id,
+                extra=log_fields(connector_id=connector_id, id_tag=id_tag),
+            )
+            return
         rt = self.connectors.get(connector_id) if connector_id is not None else self.connector_for_tag(id_tag)
+        if profile is not None and (rt is None or not self.smart.remote_profile_usable(rt.id, profile)):
+            return
         if rt is None:
             return
         if self.keys["AuthorizeRemoteTxRequests"]:
@@ -1426,11 +1460,12 @@ class ControllerCore:
         self.post(rt.id, cm.Authorize(id_tag))
 
     def remote_start_profile(self, connector_id: int, profile: dict[str, Any] | None) -> None:
-        """Hook: remember the TxProfile of a remote start until the transaction begins."""
+        """Remember the TxProfile of a remote start until the transaction begins."""
+        self.smart.remote_start_profile(connector_id, profile)
 
     def reserved_connector_for(self, id_tag: str, parent_id_tag: str | None) -> ConnectorRuntime | None:
-        """Hook: a connector reserved for this tag (Reservation profile)."""
-        return None
+        """A free connector reserved for this tag (Reservation profile)."""
+        return self.reservations.reserved_connector_for(id_tag, parent_id_tag)
 
     # ================================================================== availability
     async def change_availability(self, connector_id: int, operative: bool) -> str:
@@ -1505,11 +1540,14 @@ class ControllerCore:
                     "contactor": "closed" if rt.hw.contactor.is_closed else "open",
                     "transaction_id": rt.tx.transaction_id if rt.tx else None,
                     "id_tag": _mask(rt.tx.id_tag) if rt.tx else None,
-                    "limit_a": rt.limit_a,
-                    "limit_source": rt.limit_source,
+                    "limit_a": self.limits.limit(rt.id),
+                    "limit_source": self.limits.source(rt.id),
                     "faults": sorted(k.value for k in rt.state.all_faults),
                 }
             )
+        for c in connectors:
+            c["limit_claims"] = [{"amps": a, "source": src} for a, src in self.limits.claims(c["id"])]
+            self.hardware_limits.annotate(c)
         link_up = bool(self.link and self.link.session is not None)
         return {
             "charge_point_id": self.config.charge_point_id,
@@ -1518,6 +1556,7 @@ class ControllerCore:
             "queued": len(self.outbox) if self.outbox is not None else 0,
             "dropped": list(self.dropped_messages),
             "connectors": connectors,
+            "smart_charging": self.smart.snapshot(),
         }
 
 

@@ -58,7 +58,7 @@ async def test_online_accepted_asks_csms_then_charges(e2e_rig: Any) -> None:
     await rig.wait(lambda: closed(rig))
     await rig.wait_sent_status(1, "Charging")
     # §3.5.1: the answer is cached and persisted
-    assert rig.controller.auth_cache.peek(TAG_A).status == "Accepted"
+    assert rig.controller.authorization.auth_cache.peek(TAG_A).status == "Accepted"
     assert [r.id_tag for r, _ in rig.controller.store.cache_rows()] == [TAG_A]
 
 
@@ -72,11 +72,11 @@ async def test_online_refused_does_not_start_and_is_cached(e2e_rig: Any) -> None
     assert rig.cs.received("StartTransaction") == []
     assert not closed(rig)
     assert rig.controller.connectors[1].state.session_tag is None
-    assert rig.controller.auth_cache.peek(TAG_A).status == "Blocked"
+    assert rig.controller.authorization.auth_cache.peek(TAG_A).status == "Blocked"
     # negative evidence wins offline (§3.5.3): the cached Blocked refuses even with AllowOfflineTxForUnknownId
     await rig.go_offline()
     rig.controller.keys.change("AllowOfflineTxForUnknownId", "true")
-    assert await rig.controller.authorize(TAG_A) == (False, {"status": "Blocked"})
+    assert await rig.controller.authorization.authorize(TAG_A) == (False, {"status": "Blocked"})
 
 
 async def test_local_pre_authorize_list_hit_sends_no_authorize(e2e_rig: Any) -> None:
@@ -97,7 +97,7 @@ async def test_csms_answer_differs_from_list_reports_local_list_conflict(e2e_rig
     note = await rig.cs.wait_for_message("StatusNotification", where=lambda p: p["errorCode"] != "NoError")
     assert note["connectorId"] == 0 and note["errorCode"] == "LocalListConflict"
     # the list stays as the central system sent it
-    assert rig.controller.local_list.get(TAG_A).status == "Accepted"
+    assert rig.controller.authorization.local_list.get(TAG_A).status == "Accepted"
 
 
 # ----------------------------------------------------------------------------------- offline
@@ -136,10 +136,10 @@ async def test_offline_with_cache(e2e_rig: Any) -> None:
 
 async def test_offline_cache_disabled_is_not_used(e2e_rig: Any) -> None:
     rig = await e2e_rig()
-    assert (await rig.controller.authorize(TAG_A))[0]
+    assert (await rig.controller.authorization.authorize(TAG_A))[0]
     rig.controller.keys.change("AuthorizationCacheEnabled", "false")
     await rig.go_offline()
-    assert await rig.controller.authorize(TAG_A) == (False, None)
+    assert await rig.controller.authorization.authorize(TAG_A) == (False, None)
 
 
 async def test_offline_unknown_id_refused_by_default(e2e_rig: Any) -> None:
@@ -162,14 +162,14 @@ async def test_offline_unknown_id_allowed_by_key(e2e_rig: Any) -> None:
 
 async def test_authorize_timeout_falls_back_to_offline_rules(e2e_rig: Any) -> None:
     rig = await e2e_rig()
-    rig.controller.authorize_timeout_s = 0.3
+    rig.controller.authorization.authorize_timeout_s = 0.3
     assert (await send_list(rig, 1, [entry(TAG_A)]))["status"] == "Accepted"
     rig.cs.behaviour.silent_actions = {"Authorize"}
-    assert (await rig.controller.authorize(TAG_A))[0] is True  # LocalAuthorizeOffline on a list entry
-    assert (await rig.controller.authorize(TAG_UNKNOWN))[0] is False
+    assert (await rig.controller.authorization.authorize(TAG_A))[0] is True  # LocalAuthorizeOffline on a list entry
+    assert (await rig.controller.authorization.authorize(TAG_UNKNOWN))[0] is False
     rig.cs.behaviour.silent_actions = set()
     rig.cs.behaviour.fail_actions = {"Authorize"}  # CALLERROR: the same fallback
-    assert (await rig.controller.authorize(TAG_A))[0] is True
+    assert (await rig.controller.authorization.authorize(TAG_A))[0] is True
     assert len(rig.cs.received("Authorize")) == 3
 
 
@@ -212,7 +212,7 @@ async def test_stop_transaction_on_invalid_id_true_stops(e2e_rig: Any) -> None:
     assert stop["reason"] == "DeAuthorized"
     await rig.wait(lambda: not closed(rig))
     # §3.5: a tag on the Local Authorization List is not cached; the contradiction is a LocalListConflict
-    assert rig.controller.auth_cache.peek(TAG_A) is None
+    assert rig.controller.authorization.auth_cache.peek(TAG_A) is None
     conflict = await rig.cs.wait_for_message(
         "StatusNotification", where=lambda p: p["connectorId"] == 0 and p["errorCode"] == "LocalListConflict"
     )
@@ -229,10 +229,10 @@ async def test_stop_transaction_on_invalid_id_false_suspends_for_good(e2e_rig: A
     await rig.wait(lambda: not closed(rig))
     assert rt.tx is not None and rt.hw.pilot.offered_amps is None
     # a later recomputation (any status change does one) must not offer current again
-    rig.controller._recompute_all_limits()
+    rig.controller.limits.recompute_all()
     await rig.settle(0.1)
     assert rt.hw.pilot.offered_amps is None and not closed(rig)
-    assert "not accepted" in rt.limit_source
+    assert "not accepted" in rig.controller.limits.source(rt.id)
     assert rig.cs.received("StopTransaction") == []
 
 
@@ -241,10 +241,10 @@ async def test_stop_transaction_on_invalid_id_false_suspends_for_good(e2e_rig: A
 
 async def test_clear_cache(e2e_rig: Any) -> None:
     rig = await e2e_rig()
-    assert (await rig.controller.authorize(TAG_A))[0]
-    assert len(rig.controller.auth_cache) == 1
+    assert (await rig.controller.authorization.authorize(TAG_A))[0]
+    assert len(rig.controller.authorization.auth_cache) == 1
     assert (await rig.call("ClearCache", {})) == {"status": "Accepted"}
-    assert len(rig.controller.auth_cache) == 0
+    assert len(rig.controller.authorization.auth_cache) == 0
     assert rig.controller.store.cache_rows() == []
 
 
@@ -260,23 +260,23 @@ async def test_send_local_list_full_differential_and_persistence(tmp_path: Any, 
     diff = [entry(TAG_C, "Blocked"), {"idTag": TAG_A}]  # add C, remove A
     assert (await send_list(rig, 6, diff, "Differential"))["status"] == "Accepted"
     assert await list_version(rig) == 6
-    assert sorted(rig.controller.local_list.entries) == [TAG_B, TAG_C]
+    assert sorted(rig.controller.authorization.local_list.entries) == [TAG_B, TAG_C]
     version, rows = rig.controller.store.local_list()
     assert version == 6 and {(r.id_tag, r.status) for r in rows} == {(TAG_B, "Accepted"), (TAG_C, "Blocked")}
     await rig.stop()
     again = await e2e_rig(state_dir=state, csms=False)
-    assert again.controller.local_list.version == 6
-    assert await again.controller.authorize(TAG_B) == (True, {"status": "Accepted"})
-    assert (await again.controller.authorize(TAG_C))[0] is False
+    assert again.controller.authorization.local_list.version == 6
+    assert await again.controller.authorization.authorize(TAG_B) == (True, {"status": "Accepted"})
+    assert (await again.controller.authorization.authorize(TAG_C))[0] is False
 
 
 async def test_send_local_list_errors_apply_nothing(e2e_rig: Any) -> None:
     rig = await e2e_rig(ocpp_keys={"SendLocalListMaxLength": 3, "LocalAuthListMaxLength": 4})
     assert (await send_list(rig, 2, [entry(TAG_A), entry(TAG_B)]))["status"] == "Accepted"
-    before = (rig.controller.local_list, rig.controller.store.local_list())
+    before = (rig.controller.authorization.local_list, rig.controller.store.local_list())
 
     async def unchanged() -> None:
-        assert rig.controller.local_list is before[0]
+        assert rig.controller.authorization.local_list is before[0]
         assert rig.controller.store.local_list() == before[1]
         assert await list_version(rig) == 2
 
@@ -314,14 +314,14 @@ async def test_local_list_disabled(e2e_rig: Any) -> None:
     rig = await e2e_rig(ocpp_keys={"LocalAuthListEnabled": False})
     assert (await send_list(rig, 1, [entry(TAG_A)]))["status"] == "NotSupported"
     assert await list_version(rig) == -1
-    assert len(rig.controller.local_list) == 0
+    assert len(rig.controller.authorization.local_list) == 0
 
 
 async def test_full_list_empty_clears(e2e_rig: Any) -> None:
     rig = await e2e_rig()
     assert (await send_list(rig, 4, [entry(TAG_A)]))["status"] == "Accepted"
     assert (await send_list(rig, 9, None))["status"] == "Accepted"
-    assert len(rig.controller.local_list) == 0
+    assert len(rig.controller.authorization.local_list) == 0
     assert await list_version(rig) == 0  # §5.10: empty list → 0
     assert rig.controller.store.local_list() == (9, [])
 
@@ -331,7 +331,7 @@ async def test_store_failure_leaves_list_and_cache_whole(e2e_rig: Any) -> None:
 
     rig = await e2e_rig()
     assert (await send_list(rig, 1, [entry(TAG_A)]))["status"] == "Accepted"
-    assert (await rig.controller.authorize(TAG_B))[0]
+    assert (await rig.controller.authorization.authorize(TAG_B))[0]
     store = rig.controller.store
 
     def broken(*_: Any, **__: Any) -> None:
@@ -342,8 +342,8 @@ async def test_store_failure_leaves_list_and_cache_whole(e2e_rig: Any) -> None:
     store.cache_clear = broken
     assert (await send_list(rig, 2, [entry(TAG_C)]))["status"] == "Failed"
     assert (await send_list(rig, 2, [entry(TAG_C)], "Differential"))["status"] == "Failed"
-    assert rig.controller.local_list.version == 1 and TAG_A in rig.controller.local_list
+    assert rig.controller.authorization.local_list.version == 1 and TAG_A in rig.controller.authorization.local_list
     assert await list_version(rig) == 1
     # ClearCache that cannot be persisted would come back after a restart: Rejected, cache kept
     assert (await rig.call("ClearCache", {})) == {"status": "Rejected"}
-    assert rig.controller.auth_cache.peek(TAG_B) is not None
+    assert rig.controller.authorization.auth_cache.peek(TAG_B) is not None

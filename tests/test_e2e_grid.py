@@ -25,7 +25,7 @@ async def test_house_load_lowers_and_pauses_the_charger(tmp_path: Path) -> None:
             rt = c.connectors[1]
             # 25 A main fuse − 1 A margin − 10 A house = 14 A for the car
             await cs.wait_for(lambda: rt.hw.pilot.offered_amps == 14.0 and rt.hw.contactor.is_closed, 10)
-            assert "grid meter" in rt.limit_source
+            assert "grid meter" in c.limits.source(rt.id)
             # the house switches on an oven: 20 A, only 4 A left: below 6 A the car pauses
             bench.grid.house_a = 20.0
             await cs.wait_for(lambda: rt.state.status == "SuspendedEVSE", 10)
@@ -73,7 +73,7 @@ async def test_the_grid_meter_loop_is_supervised(tmp_path: Path) -> None:
             await cs.wait_for(
                 lambda: (t := c.supervisor.task("grid-meter")) not in (None, victim) and not t.done(), 10
             )
-            read_at = c._grid_read_at
-            await cs.wait_for(lambda: c._grid_read_at > read_at, 5)  # reading again
+            read_at = c.smart.grid_read_at
+            await cs.wait_for(lambda: c.smart.grid_read_at > read_at, 5)  # reading again
         finally:
             await c.stop()

@@ -77,12 +77,12 @@ async def test_reservation_expires_with_a_timer(e2e_rig: Any) -> None:
     rig = await e2e_rig()
     assert await reserve(rig, 1, rid=3, seconds=0.4) == "Accepted"
     await rig.wait_sent_status(1, "Reserved")
-    timer = rig.controller._reservation_timer  # one timer for the earliest expiry, no polling
+    timer = rig.controller.reservations.expiry_timer  # one timer for the earliest expiry, no polling
     assert timer is not None and timer.when() - asyncio.get_running_loop().time() <= 0.4
     await rig.wait_event("reservation_expired", lambda d: d["reservation_id"] == 3, timeout=3)
     await rig.wait_sent_status(1, "Available", count=2)
     assert len(rig.controller.reservations) == 0 and rig.controller.store.reservations() == []
-    assert rig.controller._reservation_timer is None
+    assert rig.controller.reservations.expiry_timer is None
     rig.bench.ev(1).plug()
     rig.tap(OTHER)
     start = await rig.cs.wait_for_message("StartTransaction")
@@ -132,7 +132,7 @@ async def test_same_reservation_id_moves_and_cancel(e2e_rig: Any) -> None:
     assert (await rig.call("CancelReservation", {"reservationId": 5}))["status"] == "Accepted"
     await rig.wait_sent_status(2, "Available", count=2)
     assert rig.controller.store.reservations() == []
-    assert rig.controller._reservation_timer is None
+    assert rig.controller.reservations.expiry_timer is None
 
 
 async def test_connector_zero_single_connector(e2e_rig: Any) -> None:

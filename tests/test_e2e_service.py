@@ -22,7 +22,7 @@ import pytest
 from chargepoint.config import simulated_config
 from chargepoint.controller import Controller
 from chargepoint.csms import CentralSystem
-from chargepoint.features.service import ServiceFeature
+from chargepoint.services.systemd import SystemdService
 from chargepoint.status_socket import check_snapshot, fetch_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ async def test_watchdog_pings_stop_while_the_dispatcher_is_stalled(tmp_path: Pat
         sink.messages.clear()
         await asyncio.sleep(1.0)
         assert sink.all("WATCHDOG=1") == []  # systemd would kill and restart us now
-        assert controller.watchdog is not None and controller.watchdog.reason_to_withhold() is not None
+        assert controller.systemd.watchdog is not None and controller.systemd.watchdog.reason_to_withhold() is not None
         blocker.set()
         controller._apply = real_apply  # type: ignore[method-assign]
         await sink.wait("WATCHDOG=1", count=2, timeout=3)  # pinging resumes once the loop runs again
@@ -133,7 +133,7 @@ async def test_watchdog_pings_stop_when_the_pilot_board_stays_silent(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from hal.interfaces import FaultKind
 
-    monkeypatch.setattr(ServiceFeature, "hardware_grace_s", 0.3)
+    monkeypatch.setattr(SystemdService, "hardware_grace_s", 0.3)
     async with controller_with(tmp_path) as (controller, _csms):
         await sink.wait("WATCHDOG=1", count=2, timeout=5)
         bench = controller.build_context.shared["sim_bench"]  # type: ignore[union-attr]
@@ -142,13 +142,13 @@ async def test_watchdog_pings_stop_when_the_pilot_board_stays_silent(tmp_path: P
         await controller._read_meter(controller.connectors[1])
         assert not controller.connectors[1].meter_ok
         await asyncio.sleep(0.5)
-        assert controller.hardware_healthy()
+        assert controller.systemd.hardware_healthy()
         controller.connectors[1].hw.meter.failing = False  # type: ignore[attr-defined]
         bench.inject(1, FaultKind.PILOT_BOARD)
         await asyncio.sleep(0.2)
-        assert controller.hardware_healthy()  # within the grace period: still pinging
+        assert controller.systemd.hardware_healthy()  # within the grace period: still pinging
         await asyncio.sleep(0.5)
-        assert not controller.hardware_healthy()
+        assert not controller.systemd.hardware_healthy()
         sink.drain()
         sink.messages.clear()
         await asyncio.sleep(0.5)
@@ -183,7 +183,7 @@ async def test_status_socket_serves_the_controller_snapshot(tmp_path: Path, sink
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()
         assert "Available" in out.decode()
-        assert controller.status_server is not None
+        assert controller.systemd.status_server is not None
     assert not path.exists()  # removed at stop
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "chargepoint", "status", "--socket", str(path),

@@ -168,7 +168,7 @@ async def test_tx_profile_step_reaches_pilot_at_the_boundary(tmp_path: Path) -> 
         # The TxProfile ends with the transaction.
         st.bench.ev(1).unplug()
         await st.csms.wait_for_message("StopTransaction")
-        await st.csms.wait_for(lambda: c.profiles.get(7) is None)  # type: ignore[attr-defined]
+        await st.csms.wait_for(lambda: c.smart.profiles.get(7) is None)  # type: ignore[attr-defined]
         assert st.controller.snapshot()["smart_charging"]["profiles"] == []
 
 
@@ -176,7 +176,7 @@ async def test_invalid_profiles_rejected_and_nothing_changes(tmp_path: Path) -> 
     async with running_station(tmp_path) as st:
         good = profile(1, "TxDefaultProfile", [(0, 20)], kind="Relative")
         assert await set_profile(st, 1, good) == {"status": "Accepted"}
-        await st.csms.wait_for(lambda: st.controller.connectors[1].limit_a == 20.0)
+        await st.csms.wait_for(lambda: st.controller.limits.limit(1) == 20.0)
         before = st.controller.snapshot()["smart_charging"]["profiles"]
         start = format_datetime(st.controller.now())
         # Same id as the installed profile: wrongly accepting any of them would replace it.
@@ -206,7 +206,7 @@ async def test_invalid_profiles_rejected_and_nothing_changes(tmp_path: Path) -> 
         assert unit["__error__"] == "PropertyConstraintViolation"
         await asyncio.sleep(0.05)
         assert st.controller.snapshot()["smart_charging"]["profiles"] == before
-        assert st.controller.connectors[1].limit_a == 20.0
+        assert st.controller.limits.limit(1) == 20.0
 
 
 async def test_get_composite_schedule_and_clear(tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ async def test_get_composite_schedule_and_clear(tmp_path: Path) -> None:
         assert (await st.call("GetCompositeSchedule", {"connectorId": 4, "duration": 60}))[
             "status"
         ] == "Rejected"
-        assert c.connectors[1].limit_a == 10.0 and c.connectors[1].limit_source == "TxDefaultProfile#2"
+        assert c.limits.limit(1) == 10.0 and c.limits.source(1) == "TxDefaultProfile#2"
         # ClearChargingProfile: by id, then a selection that matches nothing
         assert (await st.call("ClearChargingProfile", {"id": 2})) == {"status": "Accepted"}
         assert (await st.call("ClearChargingProfile", {"id": 2})) == {"status": "Unknown"}
@@ -244,10 +244,10 @@ async def test_get_composite_schedule_and_clear(tmp_path: Path) -> None:
                 "ClearChargingProfile", {"connectorId": 1, "chargingProfilePurpose": "TxDefaultProfile"}
             )
         ) == {"status": "Unknown"}
-        await st.csms.wait_for(lambda: c.connectors[1].limit_a == 16.0)
-        assert c.connectors[1].limit_source == "ChargePointMaxProfile#1"
+        await st.csms.wait_for(lambda: c.limits.limit(1) == 16.0)
+        assert c.limits.source(1) == "ChargePointMaxProfile#1"
         assert (await st.call("ClearChargingProfile", {})) == {"status": "Accepted"}
-        await st.csms.wait_for(lambda: c.connectors[1].limit_a == 32.0)
+        await st.csms.wait_for(lambda: c.limits.limit(1) == 32.0)
 
 
 async def test_profiles_survive_a_restart(tmp_path: Path) -> None:
@@ -262,8 +262,7 @@ async def test_profiles_survive_a_restart(tmp_path: Path) -> None:
         before = st.controller.snapshot()["smart_charging"]["profiles"]
     async with running_station(tmp_path) as st2:
         assert st2.controller.snapshot()["smart_charging"]["profiles"] == before
-        rt = st2.controller.connectors[1]
-        assert rt.limit_a == 12.0 and rt.limit_source == "TxDefaultProfile#4"
+        assert st2.controller.limits.limit(1) == 12.0 and st2.controller.limits.source(1) == "TxDefaultProfile#4"
         await st2.start_charging()
         assert offered(st2, 1) == 12.0
 
@@ -288,7 +287,7 @@ async def test_remote_start_with_tx_profile(tmp_path: Path) -> None:
         await st.wait_status("Charging")
         rt = c.connectors[1]
         await st.csms.wait_for(lambda: rt.tx is not None and rt.tx.transaction_id is not None)
-        entry = await st.csms.wait_for(lambda: (e := c.profiles.get(9)) and e[1].transaction_id and e)
+        entry = await st.csms.wait_for(lambda: (e := c.smart.profiles.get(9)) and e[1].transaction_id and e)
         assert entry[1].transaction_id == rt.tx.transaction_id  # type: ignore[union-attr]
         # the first offer of the transaction already respected the profile
         assert [a for _t, a in offers.of(1) if a is not None] == [12.0]
@@ -296,7 +295,7 @@ async def test_remote_start_with_tx_profile(tmp_path: Path) -> None:
         assert (await st.call("RemoteStopTransaction", {"transactionId": rt.tx.transaction_id}))[  # type: ignore[union-attr]
             "status"
         ] == "Accepted"
-        await st.csms.wait_for(lambda: c.profiles.get(9) is None)
+        await st.csms.wait_for(lambda: c.smart.profiles.get(9) is None)
 
 
 async def test_current_given_back_is_handed_on_only_once_the_car_followed(tmp_path: Path) -> None:
@@ -313,7 +312,7 @@ async def test_current_given_back_is_handed_on_only_once_the_car_followed(tmp_pa
 
         def on_offer(kind: str, data: dict) -> None:
             if kind == "offer" and data["connector"] == 2 and data["amps"]:
-                reads_of_1_at_offer_2.append(c._sc_read_at.get(1, -1.0))  # type: ignore[attr-defined]
+                reads_of_1_at_offer_2.append(c.smart.read_at(1))  # type: ignore[attr-defined]
 
         c.listeners.append(on_offer)
         st.bench.ev(2).plug()

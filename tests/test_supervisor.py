@@ -292,7 +292,7 @@ async def test_a_task_that_cannot_be_kept_alive_stops_the_watchdog(
             c.listeners.append(lambda kind, data: events.append(data) if kind == "security_event" else None)
             await _kill_until_given_up(c, "status")
             assert c.supervisor.task("status") is None  # not restarted any more
-            assert c.watchdog is not None and "task status" in (c.watchdog.reason_to_withhold() or "")
+            assert c.systemd.watchdog is not None and "task status" in (c.systemd.watchdog.reason_to_withhold() or "")
             assert [e["type"] for e in events] == ["ResetOrReboot"]
             await asyncio.sleep(0.3)  # a ping already under way may still arrive
             seen = sink.pings()

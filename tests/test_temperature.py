@@ -178,8 +178,7 @@ def _c(st: Station) -> dict[str, Any]:
 async def test_derate_then_stop_then_recover_with_hysteresis(tmp_path: Path) -> None:
     async with running_station(tmp_path, keys={"MeterValueSampleInterval": 0}) as st:
         # not testing the 5 s duty rate limit here (a derating step waits for it like any decrease)
-        st.controller.duty_min_interval_s = 0.0  # type: ignore[attr-defined]
-        st.controller._sc_limiters.clear()  # type: ignore[attr-defined]
+        st.controller.limits.set_duty_min_interval(0.0)
         sim = Simulator(st.controller)
         await st.start_charging()
         rt = st.controller.connectors[1]

@@ -14,12 +14,7 @@ def _load() -> None:
     import importlib
 
     for module_name, class_name in (
-        # first: its limit_claims adds to everyone else's (SmartChargingFeature's does not call super())
-        ("chargepoint.features.hardware_limits", "HardwareLimitsFeature"),
-        ("chargepoint.features.authorization", "AuthorizationFeature"),
-        ("chargepoint.features.smartcharging", "SmartChargingFeature"),
         ("chargepoint.features.firmware", "FirmwareFeature"),
-        ("chargepoint.features.service", "ServiceFeature"),
         ("chargepoint.features.security", "SecurityFeature"),
     ):
         try:

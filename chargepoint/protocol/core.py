@@ -48,7 +48,7 @@ class CoreHandlers:
     # -------------------------------------------------------------- ClearCache §5.4
     @on("ClearCache")
     def on_clear_cache(self, **_: Any) -> Any:
-        return call_result.ClearCache(status=self.controller.clear_cache())
+        return call_result.ClearCache(status=self.controller.authorization.clear_cache())
 
     # -------------------------------------------------------------- DataTransfer §5.6
     @on("DataTransfer")

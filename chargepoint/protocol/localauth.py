@@ -14,7 +14,7 @@ class LocalAuthHandlers:
     # -------------------------------------------------------------- GetLocalListVersion §5.10
     @on("GetLocalListVersion")
     def on_get_local_list_version(self, **_: Any) -> Any:
-        return call_result.GetLocalListVersion(list_version=self.controller.local_list_version())
+        return call_result.GetLocalListVersion(list_version=self.controller.authorization.local_list_version())
 
     # -------------------------------------------------------------- SendLocalList §5.15
     # The link has already checked the request against the 1.6 schema (a bad frame got its CALLERROR
@@ -27,5 +27,5 @@ class LocalAuthHandlers:
         local_authorization_list: list[dict[str, Any]] | None = None,
         **_: Any,
     ) -> Any:
-        status = self.controller.send_local_list(list_version, update_type, local_authorization_list)
+        status = self.controller.authorization.send_local_list(list_version, update_type, local_authorization_list)
         return call_result.SendLocalList(status=status)

@@ -34,17 +34,17 @@ class ReservationHandlers:
         }
         if parent_id_tag is not None:
             request["parentIdTag"] = parent_id_tag
-        return call_result.ReserveNow(status=self.controller.reserve_now(request))
+        return call_result.ReserveNow(status=self.controller.reservations.reserve_now(request))
 
     @after("ReserveNow")
     def after_reserve_now(self, **_: Any) -> None:
-        self.controller.reservations_changed()
+        self.controller.reservations.reservations_changed()
 
     # -------------------------------------------------------------- CancelReservation §5.1
     @on("CancelReservation")
     def on_cancel_reservation(self, reservation_id: int, **_: Any) -> Any:
-        return call_result.CancelReservation(status=self.controller.cancel_reservation(reservation_id))
+        return call_result.CancelReservation(status=self.controller.reservations.cancel_reservation(reservation_id))
 
     @after("CancelReservation")
     def after_cancel_reservation(self, **_: Any) -> None:
-        self.controller.reservations_changed()
+        self.controller.reservations.reservations_changed()

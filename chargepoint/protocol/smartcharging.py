@@ -1,5 +1,5 @@
 """Smart Charging profile handlers (OCPP 1.6 §5.16 SetChargingProfile, §5.5 ClearChargingProfile,
-§5.7 GetCompositeSchedule). Each calls into ``chargepoint.features.smartcharging.SmartChargingFeature``.
+§5.7 GetCompositeSchedule). Each calls the smart charging service (``chargepoint.services.smartcharging.SmartCharging``).
 
 Malformed payloads (an unknown chargingRateUnit, a missing field) never reach these handlers: the session
 answers them with a CALLERROR from the JSON schema (OCPP-J §4.2.3). What the schema cannot express
@@ -27,7 +27,7 @@ class SmartChargingHandlers:
         if connector_id != 0 and connector_id not in c.connectors:
             log.warning("SetChargingProfile for unknown connector %s: Rejected", connector_id)
             return call_result.SetChargingProfile(status="Rejected")
-        return call_result.SetChargingProfile(status=c.set_charging_profile(connector_id, cs_charging_profiles))
+        return call_result.SetChargingProfile(status=c.smart.set_charging_profile(connector_id, cs_charging_profiles))
 
     # -------------------------------------------------------------- ClearChargingProfile §5.5
     @on("ClearChargingProfile")
@@ -39,7 +39,7 @@ class SmartChargingHandlers:
         stack_level: int | None = None,
         **_: Any,
     ) -> Any:
-        status = self.controller.clear_charging_profile(
+        status = self.controller.smart.clear_charging_profile(
             id=id, connector_id=connector_id, purpose=charging_profile_purpose, stack_level=stack_level
         )
         return call_result.ClearChargingProfile(status=status)
@@ -53,7 +53,7 @@ class SmartChargingHandlers:
         point does not support (ChargingScheduleAllowedChargingRateUnit)."""
         if duration < 0:
             return call_result.GetCompositeSchedule(status="Rejected")
-        schedule = self.controller.composite_schedule(connector_id, duration, charging_rate_unit)
+        schedule = self.controller.smart.composite_schedule(connector_id, duration, charging_rate_unit)
         if schedule is None:
             return call_result.GetCompositeSchedule(status="Rejected")
         conf = schedule.conf_payload(connector_id)

@@ -42,8 +42,7 @@ async def run(boundaries: int, spacing: int, rate_limit: bool) -> None:
         async with running_station(Path(tmp)) as st:
             c: Any = st.controller
             if not rate_limit:
-                c.duty_min_interval_s = 0.0
-                c._sc_limiters.clear()
+                c.limits.set_duty_min_interval(0.0)
             offers: list[tuple[float, float | None]] = []
             c.listeners.append(
                 lambda kind, d: offers.append((time.monotonic(), d["amps"]))
@@ -86,7 +85,7 @@ async def run(boundaries: int, spacing: int, rate_limit: bool) -> None:
             for _ in range(n):
                 c._recompute_all_limits()
             per = (time.perf_counter() - t0) / n * 1000
-            print(f"_recompute_all_limits with {len(c.profiles)} profile(s), 1 connector: "
+            print(f"_recompute_all_limits with {len(c.smart.profiles)} profile(s), 1 connector: "
                   f"{per:.3f} ms (mean of {n}); median offer latency "
                   f"{statistics.median(lat) if lat else float('nan'):.2f} ms")
 

@@ -65,7 +65,7 @@ def make_entries(n: int, version: int) -> list[dict[str, Any]]:
 async def bench_send_local_list(rig: Rig, entries: int, repeat: int) -> None:
     c = rig.controller
     handler_ms: list[float] = []
-    original = c.send_local_list
+    original = c.authorization.send_local_list
 
     def timed(*args: Any) -> str:
         t = time.perf_counter()
@@ -74,7 +74,7 @@ async def bench_send_local_list(rig: Rig, entries: int, repeat: int) -> None:
         finally:
             handler_ms.append((time.perf_counter() - t) * 1000)
 
-    c.send_local_list = timed  # type: ignore[method-assign]
+    c.authorization.send_local_list = timed  # type: ignore[method-assign]
     e2e_ms = []
     for r in range(repeat):
         payload = {
@@ -86,8 +86,8 @@ async def bench_send_local_list(rig: Rig, entries: int, repeat: int) -> None:
         answer = await rig.call("SendLocalList", payload, timeout=60)
         e2e_ms.append((time.perf_counter() - t) * 1000)
         assert answer == {"status": "Accepted"}, answer
-        assert len(c.local_list) == entries and c.store.local_list()[0] == 100 + r  # type: ignore[union-attr]
-    c.send_local_list = original  # type: ignore[method-assign]
+        assert len(c.authorization.local_list) == entries and c.store.local_list()[0] == 100 + r  # type: ignore[union-attr]
+    c.authorization.send_local_list = original  # type: ignore[method-assign]
     print(f"SendLocalList Full, {entries} entries (persistent store: {c.store.persistent}):")  # type: ignore[union-attr]
     print("  " + summary("CALL → CALLRESULT (end to end)", e2e_ms))
     print("  " + summary("handler: validate + persist + swap", handler_ms))
@@ -136,7 +136,7 @@ async def bench_taps(rig: Rig, taps: int) -> None:
     ev.subscribe(on_ev)
     ev.plug()
     await rig.wait_status(1, "Preparing")
-    tag = next(k for k, v in c.local_list.entries.items() if v.status == "Accepted" and v.expiry_date is None)
+    tag = next(k for k, v in c.authorization.local_list.entries.items() if v.status == "Accepted" and v.expiry_date is None)
     total, ev_part, tap_to_offer, c_to_close = [], [], [], []
     for i in range(taps):
         marks.clear()
