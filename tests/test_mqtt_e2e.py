@@ -65,7 +65,8 @@ async def test_a_session_seen_through_mqtt_and_commands_from_it(broker: Mosquitt
             await publish(broker, f"{P}/1/stop", "PRESS")
             await sub.wait_for(f"{P}/1/status", where=lambda m: m.text in ("Finishing", "Available"))
             await sub.wait_for(f"{P}/1/session_energy", where=lambda m: m.text != "None")
-            assert rig.controller.connectors[1].tx is None or rig.controller.connectors[1].tx.stopping
+            stop = await rig.cs.wait_for_message("StopTransaction")
+            assert stop["reason"] == "Local"
 
 
 async def test_the_dispatcher_is_not_slowed_while_the_broker_is_away(broker: Mosquitto, tmp_path: Path) -> None:
