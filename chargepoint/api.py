@@ -354,6 +354,8 @@ class ControllerApi:
         self._last_meter: dict[int, tuple[Any, ...]] = {}
         self._connected_since: str | None = None
         self._last_error: str | None = None
+        self._pilot_before: dict[int, str] = {}
+        self._policy_tasks: set[asyncio.Task[None]] = set()
         controller.listeners.append(self._on_timeline)
 
     # ------------------------------------------------------------------ adapter (the controller's surface)
@@ -451,6 +453,36 @@ class ControllerApi:
     def _free_vend_tag(self) -> str | None:
         return getattr(self._config(), "free_vend_id_tag", None) or None
 
+    # ------------------------------------------------------------------ free vend (a local policy)
+    def _free_vend_on_plug(self, connector_id: Any, state: str) -> None:
+        """Free vend: a car plugged in (pilot A → B/C/D) without a card starts a session with the configured
+        tag. OCPP 1.6 has no free-vend notion, so it is an ordinary session whose StartTransaction carries
+        that tag, authorized like a tap (Authorize.req when the central system is asked). A card tapped
+        before plugging in wins (its session is already pending, so this start is refused). Only the plug-in
+        starts one: after a stop with the car still plugged in, nothing restarts by itself."""
+        if not isinstance(connector_id, int):
+            return
+        before = self._pilot_before.get(connector_id, "A")
+        self._pilot_before[connector_id] = state
+        if not self._free_vend_tag() or before not in ("A", "E", "F") or state not in ("B", "C", "D"):
+            return
+        task = asyncio.get_running_loop().create_task(self._free_vend_start(connector_id),
+                                                      name=f"free-vend-{connector_id}")
+        self._policy_tasks.add(task)
+        task.add_done_callback(self._policy_tasks.discard)
+
+    async def _free_vend_start(self, connector_id: int) -> None:
+        try:
+            result = await self.start_session(connector_id, None, role=Role.USER)
+        except CommandError as exc:
+            log.info("connector %d: free vend not started: %s", connector_id, exc.message,
+                     extra={"CONNECTOR_ID": connector_id})
+        except Exception:  # a policy never takes the controller down
+            log.exception("connector %d: free vend failed", connector_id)
+        else:
+            log.info("connector %d: free vend: %s", connector_id, result.message,
+                     extra={"CONNECTOR_ID": connector_id})
+
     # ------------------------------------------------------------------ change stream
     def subscribe(self, maxsize: int = 256) -> _Subscription:
         sub = _Subscription(self, maxsize)
@@ -479,6 +511,8 @@ class ControllerApi:
             sub.offer(change)
 
     def _on_timeline(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "pilot":
+            self._free_vend_on_plug(data.get("connector"), str(data.get("state", "")))
         if kind == "boot" and data.get("status") == "Accepted":
             self._connected_since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         elif kind == "disconnected":

@@ -50,7 +50,7 @@ _MISSING = object()
 
 KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "mqtt",
                   "web")
-CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket")
+CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket", "free_vend_id_tag")
 CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
 STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
 GRID_KEYS = ("enabled", "meter", "limit_a", "margin_a", "poll_s")
@@ -158,6 +158,9 @@ class Config:
     ocpp_keys: dict[str, Any] = field(default_factory=dict)
     log_level: str = "info"
     status_socket: str | None = None
+    #: Free vend (local policy; OCPP 1.6 has no such notion): a car plugged in without a card starts a
+    #: session with this id tag. None: off.
+    free_vend_id_tag: str | None = None
     source: str = "<config>"
     web: Any = None  # chargepoint.frontends.web.config.WebConfig: [web], the local web UI
     mqtt: Any = None  # chargepoint.frontends.mqtt.MqttConfig ([mqtt]; parsed there)
@@ -323,6 +326,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     serial = r.get(cp, "serial_number", "chargepoint.serial_number", str, None)
     state_dir = r.get(cp, "state_dir", "chargepoint.state_dir", str, "/var/lib/chargepoint")
     status_socket = r.get(cp, "status_socket", "chargepoint.status_socket", str, None)
+    free_vend = r.get(cp, "free_vend_id_tag", "chargepoint.free_vend_id_tag", str, None)
+    if free_vend is not None and not (0 < len(free_vend) <= 20 and free_vend.isascii() and free_vend.isprintable()
+                                      and free_vend.strip(" ") == free_vend):
+        r.problem("chargepoint.free_vend_id_tag", free_vend,
+                  "1–20 printable ASCII characters without surrounding spaces (OCPP 1.6 IdToken, CiString20)")
 
     cs = r.table(data, "csms", "csms")
     url = r.get(cs, "url", "csms.url", str)
@@ -491,6 +499,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         ocpp_keys=dict(ocpp_keys),
         log_level=level,
         status_socket=status_socket,
+        free_vend_id_tag=free_vend or None,
         source=source,
         web=web,
         mqtt=mqtt,

@@ -21,6 +21,7 @@ closes the central system under a running controller.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -155,6 +156,7 @@ async def running_rig(
     cp_id: str = CP_ID,
     wait_boot: bool = True,
     configure_csms: Callable[[CentralSystem], None] | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
     """Start a central system (unless ``csms=False``) and a controller; stop both on exit."""
     cs: CentralSystem | None = None
@@ -176,6 +178,8 @@ async def running_rig(
             ev_reaction_s=ev_reaction_s,
             ocpp_keys=dict(ocpp_keys or {}),
         )
+        if config_overrides:
+            config = dataclasses.replace(config, **config_overrides)
         controller = Controller(config)
         rig = Rig(controller, cs, cp_id)
         controller.listeners.append(lambda kind, data: rig.events.append((kind, data)))

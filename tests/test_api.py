@@ -339,3 +339,49 @@ class _FakeController:
 
 
 _OFFLINE_API = ControllerApi(_FakeController())
+
+
+# ---------------------------------------------------------------------------------------- free vend
+
+FREE = "FREEVEND"
+
+
+async def test_free_vend_starts_on_plug_in_with_the_configured_tag(e2e_rig: Any) -> None:
+    rig = await e2e_rig(config_overrides={"free_vend_id_tag": FREE})
+    assert api_of(rig).snapshot().free_vend
+    rig.bench.ev(1).plug()
+    start = await rig.cs.wait_for_message("StartTransaction")
+    assert start["idTag"] == FREE and start["connectorId"] == 1
+    assert rig.cs.received("Authorize") == [{"idTag": FREE}]  # the central system still decides
+    await rig.wait(lambda: closed(rig))
+    # stopped by the owner with the car still plugged in: nothing restarts by itself
+    await api_of(rig).stop_session(1)
+    await rig.cs.wait_for_message("StopTransaction")
+    await rig.settle(0.5)
+    assert len(rig.cs.received("StartTransaction")) == 1 and not closed(rig)
+    # unplug and plug again: a new free-vend session
+    rig.bench.ev(1).unplug()
+    await rig.wait_status(1, "Available")
+    rig.bench.ev(1).plug()
+    await rig.cs.wait_for_message("StartTransaction", count=2)
+
+
+async def test_a_card_tapped_before_plug_in_wins_over_free_vend(e2e_rig: Any) -> None:
+    rig = await e2e_rig(config_overrides={"free_vend_id_tag": FREE})
+    rig.tap(TAG)
+    await rig.wait(lambda: rig.controller.connectors[1].state.session_tag == TAG)
+    rig.bench.ev(1).plug()
+    start = await rig.cs.wait_for_message("StartTransaction")
+    assert start["idTag"] == TAG
+    await rig.settle(0.3)
+    assert [p["idTag"] for p in rig.cs.received("Authorize")] == [TAG]
+
+
+async def test_free_vend_refused_by_the_central_system_starts_nothing(e2e_rig: Any) -> None:
+    rig = await e2e_rig(config_overrides={"free_vend_id_tag": FREE})
+    rig.cs.behaviour.authorize_status = lambda tag: "Blocked"
+    rig.bench.ev(1).plug()
+    await rig.cs.wait_for_message("Authorize")
+    await rig.settle(0.3)
+    assert rig.cs.received("StartTransaction") == [] and not closed(rig)
+    assert (await api_of(rig).start_session(1, TAG)).accepted is False  # Blocked for every tag here

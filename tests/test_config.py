@@ -32,6 +32,9 @@ def test_minimal_config() -> None:
 
     cfg = parse_config(tomllib.loads(GOOD))
     assert cfg.charge_point_id == "CP-1" and cfg.connectors[0].min_current_a == 6.0
+    assert cfg.free_vend_id_tag is None  # free vend is off unless configured
+    on = parse_config(tomllib.loads(GOOD.replace('id = "CP-1"', 'id = "CP-1"\nfree_vend_id_tag = "FREEVEND"', 1)))
+    assert on.free_vend_id_tag == "FREEVEND"
 
 
 def test_example_config_is_valid() -> None:
@@ -59,6 +62,9 @@ def test_example_config_is_valid() -> None:
         (("[csms]", '[ocpp]\nHeartbeatInterval = "often"\n[csms]'), "ocpp.HeartbeatInterval", "whole number"),
         (("[csms]", "[ocpp]\nNoSuchKey = 1\n[csms]"), "ocpp.NoSuchKey", "not an OCPP"),
         (("[csms]", "[bogus]\n[csms]"), "bogus", "unknown section"),
+        (('id = "CP-1"', 'id = "CP-1"\nfree_vend_id_tag = "x23456789012345678901"'),
+         "chargepoint.free_vend_id_tag", "CiString20"),
+        (('id = "CP-1"', 'id = "CP-1"\nfree_vend_id_tag = " FREE"'), "chargepoint.free_vend_id_tag", "spaces"),
     ],
 )
 def test_errors_name_key_and_fix(change: tuple[str, str], key: str, hint: str) -> None:
