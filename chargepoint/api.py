@@ -531,6 +531,10 @@ class ControllerApi:
     async def _meter_watch(self) -> None:
         """METER changes: the reading each connector's meter loop keeps, compared once a second."""
         while self._subs:
+            await asyncio.sleep(self.METER_PERIOD_S)
+            ready = getattr(self._c, "ready", None)
+            if ready is not None and not ready.is_set():
+                continue  # not started yet (or stopped): nothing to read
             try:
                 for d in self._raw_snapshot().get("connectors", []):
                     key = (d.get("measured_a"), d.get("power_w"), d.get("energy_wh"))
@@ -540,7 +544,6 @@ class ControllerApi:
                         self.publish(ChangeKind.METER, cid, measured_a=key[0], power_w=key[1], energy_wh=key[2])
             except Exception:  # a front-end helper never takes the controller down
                 log.exception("meter watch failed")
-            await asyncio.sleep(self.METER_PERIOD_S)
 
     # ------------------------------------------------------------------ commands
     @staticmethod

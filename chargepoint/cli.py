@@ -319,12 +319,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"status is not available: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "follow", False):
+        return _follow_status(args)
     try:
         snapshot = asyncio.run(fetch_status(args.socket))
     except StatusUnavailable as exc:
         print(f"chargepoint status: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(snapshot, indent=2) if args.json else format_status(snapshot))
+    return 0
+
+
+def _follow_status(args: argparse.Namespace) -> int:
+    from chargepoint.status_socket import StatusUnavailable, follow_status, format_change, format_status
+
+    async def follow() -> None:
+        first = True
+        async for obj in follow_status(args.socket):
+            if args.json:
+                print(json.dumps(obj), flush=True)
+            else:
+                print(format_status(obj) + "\n" if first else format_change(obj), flush=True)
+            first = False
+
+    try:
+        asyncio.run(follow())
+    except StatusUnavailable as exc:
+        print(f"chargepoint status: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -519,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what the running controller is doing")
     p.add_argument("--socket", default="/run/chargepoint/status.sock", help="the service's status socket")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="then print every change as it happens (status, pilot, transactions, faults …) until ^C")
     p.set_defaults(func=cmd_status)
 
     default_root = os.environ.get("CHARGEPOINT_RELEASE_ROOT", "/opt/chargepoint")

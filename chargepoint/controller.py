@@ -292,7 +292,8 @@ class ControllerCore:
             self.post(rt.id, cm.Tick())
         self.smart.start(self.build_context.shared.get("grid_meter") if self.build_context else None)
         self.systemd = SystemdService(
-            self.connectors, status_socket=cfg.status_socket, snapshot=self.snapshot,
+            self.connectors, status_socket=cfg.status_socket, snapshot=lambda: self.api.snapshot().as_dict(),
+            subscribe=self.api.subscribe,  # the status socket is a client of the application API
             loop_ticks=lambda: self.loop_ticks, post=self.post, supervise=self.supervise,
             problem=lambda: self.supervisor.problem, monotonic=self.monotonic,
             store_copy=getattr(self, "_copy_store", None),  # the firmware profile's consistent store copy

@@ -15,6 +15,7 @@ import tempfile
 import time
 from typing import Any
 
+from chargepoint.api import ChangeKind, Subscription
 from chargepoint.config import simulated_config
 from chargepoint.controller import Controller
 from chargepoint.csms import CentralSystem, Record
@@ -85,6 +86,18 @@ class Timeline:
             self.line("charge point", text())
 
 
+#: The application API's transaction events, named as the timeline names them.
+_TRANSACTION_EVENTS = {"started": "transaction_started", "ended": "transaction_stopped"}
+
+
+async def _follow(changes: Subscription, timeline: Timeline) -> None:
+    async for change in changes:
+        event = str(change.data.get("event", change.kind.value))
+        if change.kind == ChangeKind.TRANSACTION:
+            event = _TRANSACTION_EVENTS.get(event, event)
+        timeline.controller_event(event, dict(change.data))
+
+
 def _meter_summary(p: dict[str, Any]) -> str:
     parts = []
     for mv in p.get("meterValue", []):
@@ -117,12 +130,16 @@ async def run_demo(*, verbose: bool = False, charge_seconds: float = CHARGE_SECO
                 },
             )
             controller = Controller(config)
-            controller.listeners.append(timeline.controller_event)
+            changes = controller.api.subscribe()  # the timeline is a client of the application API
+            follower = asyncio.create_task(_follow(changes, timeline), name="demo-timeline")
             await controller.start()
             try:
                 return await _session(controller, csms, timeline, charge_seconds)
             finally:
                 await controller.stop()
+                await asyncio.sleep(0)  # let the last changes reach the timeline
+                changes.close()
+                await follower
 
 
 async def _session(

@@ -6,7 +6,14 @@ Commands, one per line (answers on stdout, logs on stderr):
   temp C CELSIUS                  (the connector's simulated socket temperature)
   fault C KIND | clear C KIND     (KIND: rcd, weld, meter, overcurrent, diode, cp_short, lock, overtemp)
   status                          (one JSON line)
+  start C [IDTAG] | stop C        (a session through the application API, as the web UI does; no IDTAG:
+                                   free vend, when configured)
+  limit C AMPS|none               (the owner's local current limit; 0 pauses)
+  available C on|off | reset-fault C   (availability; clear a latched fault as an admin)
   quit                            (end of input also quits)
+
+The car, the cable, the card reader and the faults are the simulated *hardware* (the bench); ``status`` and
+the session commands go through :mod:`chargepoint.api`, the same door the web UI and MQTT use.
 
 With ``--config FILE`` the installer's own configuration runs with every device simulated (see
 :func:`chargepoint.config.simulated_from`); with a status socket, ``chargepoint status`` works against it.
@@ -20,6 +27,7 @@ import logging
 import sys
 from typing import Any
 
+from chargepoint.api import CommandError, Role, StationApi
 from chargepoint.controller import Controller
 from chargepoint.frontends.mqtt import start_mqtt
 from hal.interfaces import FaultKind
@@ -27,7 +35,9 @@ from hal.sim.board import SimBench
 
 log = logging.getLogger(__name__)
 
-HELP = "commands: plug C [AMPS] | unplug C | temp C CELSIUS | tap IDTAG | ev C suspend|resume | fault C KIND | clear C KIND | status | quit"
+HELP = ("commands: plug C [AMPS] | unplug C | temp C CELSIUS | tap IDTAG | ev C suspend|resume | fault C KIND | "
+        "clear C KIND | status | start C [IDTAG] | stop C | limit C AMPS|none | available C on|off | "
+        "reset-fault C | quit")
 
 
 class Simulator:
@@ -41,14 +51,47 @@ class Simulator:
         assert self.controller.build_context is not None
         return self.controller.build_context.shared["sim_bench"]
 
+    @property
+    def api(self) -> StationApi:
+        return self.controller.api  # type: ignore[no-any-return]
+
     def _connector(self, word: str) -> int:
         try:
             cid = int(word)
         except ValueError:
             raise ValueError(f"connector must be a number, not {word!r}") from None
-        if cid not in self.controller.connectors:
-            raise ValueError(f"no connector {cid} (this charge point has {len(self.controller.connectors)})")
+        known = [c.id for c in self.api.snapshot().connectors]
+        if cid not in known:
+            raise ValueError(f"no connector {cid} (this charge point has {len(known)})")
         return cid
+
+    async def _api_command(self, cmd: str, args: list[str]) -> dict[str, Any] | None:
+        """The session commands: the simulator's operator is the owner (admin role)."""
+        api, admin = self.api, Role.ADMIN
+        try:
+            if cmd == "start" and len(args) in (1, 2):
+                result = await api.start_session(self._connector(args[0]), args[1] if len(args) == 2 else None,
+                                                 role=admin)
+            elif cmd == "stop" and len(args) == 1:
+                result = await api.stop_session(self._connector(args[0]), role=admin)
+            elif cmd == "limit" and len(args) == 2:
+                amps: float | None = None
+                if args[1].lower() != "none":
+                    try:
+                        amps = float(args[1])
+                    except ValueError:
+                        raise ValueError(f"limit must be a number of amps or none, not {args[1]!r}") from None
+                result = await api.set_local_limit(self._connector(args[0]), amps, role=admin)
+            elif cmd == "available" and len(args) == 2 and args[1].lower() in ("on", "off"):
+                result = await api.set_available(self._connector(args[0]), args[1].lower() == "on", role=admin)
+            elif cmd == "reset-fault" and len(args) == 1:
+                result = await api.clear_fault(self._connector(args[0]), role=admin)
+            else:
+                return None
+        except CommandError as exc:
+            return {"ok": False, "error": exc.message, "code": exc.code}
+        return {"ok": result.accepted, "message": result.message} if result.accepted else \
+            {"ok": False, "error": result.message}
 
     async def execute(self, line: str) -> dict[str, Any] | None:
         """Run one command. Returns what to print (as JSON) or None."""
@@ -57,7 +100,11 @@ class Simulator:
             return None
         cmd, args = words[0].lower(), words[1:]
         if cmd == "status":
-            return self.controller.snapshot()
+            return self.api.snapshot().as_dict()
+        if cmd in ("start", "stop", "limit", "available", "reset-fault"):
+            answer = await self._api_command(cmd, args)
+            if answer is not None:
+                return answer
         if cmd in ("plug", "unplug") and len(args) == 1:
             ev = self.bench.ev(self._connector(args[0]))
             ev.plug(32.0) if cmd == "plug" else ev.unplug()

@@ -9,6 +9,10 @@ connection:
   :attr:`StatusServer.request_wait_s` gets the status too, e.g. ``socat -
   UNIX-CONNECT:…``): one JSON snapshot and a newline. The snapshot shape is
   documented in :mod:`chargepoint.service`.
+* ``subscribe``: the application API's change stream (:meth:`chargepoint.api.StationApi.subscribe`): one
+  JSON snapshot line, then one JSON line per change (``{"kind", "connector", "data", "at"}``, id tags
+  masked) until the client closes; for ``chargepoint status --follow``. A client that does not read is
+  dropped after the write timeout; its bounded subscription never slows the controller.
 * ``store-copy``: a consistent copy of the state store, for ``chargepoint
   diagnostics`` (the store holds an exclusive SQLite lock, so no other process
   can read the file while the controller runs). The answer is a JSON header
@@ -33,7 +37,7 @@ import os
 import shutil
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +93,11 @@ class StatusServer:
         write_timeout: float = 5.0,
         store_copy: StoreCopier | None = None,
         request_wait_s: float = 0.5,
+        subscribe: Callable[[], Any] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.subscribe = subscribe
+        self._streams: set[Any] = set()
         self.snapshot = snapshot
         self.group = group
         self.mode = mode
@@ -210,9 +217,12 @@ class StatusServer:
             if request == "store-copy":
                 await self._send_store_copy(writer)
                 return
+            if request == "subscribe" and self.subscribe is not None:
+                await self._stream_changes(reader, writer)
+                return
             if request != "status":
-                await self._send_json(writer, {"error": f"unknown request {request[:40]!r}; "
-                                                        "requests: status, store-copy"})
+                known = "status, subscribe, store-copy" if self.subscribe is not None else "status, store-copy"
+                await self._send_json(writer, {"error": f"unknown request {request[:40]!r}; requests: {known}"})
                 return
             try:
                 snap: Any = await self._take_snapshot()
@@ -227,7 +237,34 @@ class StatusServer:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), self.write_timeout)
 
+    async def _stream_changes(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self.subscribe is not None
+        sub = self.subscribe()
+        self._streams.add(sub)
+        gone = asyncio.ensure_future(reader.read(1))  # EOF (or anything) from the client ends the stream
+        try:
+            await self._send_json(writer, await self._take_snapshot())
+            while True:
+                get = asyncio.ensure_future(sub.get())
+                await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    return  # the client went away
+                try:
+                    change = get.result()
+                except EOFError:
+                    return  # the server stops
+                line = {"kind": change.kind.value, "connector": change.connector_id,
+                        "data": dict(change.data), "at": round(change.at, 3)}
+                await self._send_json(writer, line)
+        finally:
+            gone.cancel()
+            self._streams.discard(sub)
+            sub.close()
+
     async def stop(self) -> None:
+        for sub in list(self._streams):
+            sub.close()  # every follower's stream ends
         server, self._server = self._server, None
         if server is None:
             return
@@ -385,6 +422,47 @@ def check_snapshot(snapshot: Any) -> list[str]:
     return problems
 
 
+async def follow_status(
+    path: str | os.PathLike[str] = DEFAULT_STATUS_SOCKET, timeout: float = 5.0
+) -> AsyncIterator[dict[str, Any]]:
+    """The snapshot, then every change as it happens (``subscribe``); ends when the service closes."""
+    where = str(path)
+    reader, writer = await _connect(where, timeout, "subscribe")
+    try:
+        first = True
+        while True:
+            try:
+                line = await (asyncio.wait_for(reader.readline(), timeout) if first else reader.readline())
+            except TimeoutError:
+                raise StatusUnavailable(f"the service did not answer on {where} within {timeout:g} s") from None
+            if not line:
+                return
+            if len(line) > MAX_SNAPSHOT_BYTES:
+                raise StatusUnavailable(f"a line from {where} is larger than {MAX_SNAPSHOT_BYTES} bytes")
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise StatusUnavailable(f"the service sent something that is not JSON: {exc}") from None
+            if first and isinstance(obj, dict) and "error" in obj and "connectors" not in obj:
+                raise StatusUnavailable(f"the service cannot stream changes: {obj['error']}")
+            first = False
+            yield obj
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def format_change(change: Mapping[str, Any]) -> str:
+    """One line per change for ``chargepoint status --follow``."""
+    data = dict(change.get("data") or {})
+    event = data.pop("event", change.get("kind"))
+    data.pop("connector", None)
+    where = f"connector {change['connector']}" if change.get("connector") is not None else "station"
+    detail = " ".join(f"{k}={v}" for k, v in data.items())
+    return f"{_cell(change.get('kind')):<13} {where:<12} {event} {detail}".rstrip()
+
+
 # ---------------------------------------------------------------- formatting
 
 
@@ -428,6 +506,7 @@ def format_status(snapshot: Snapshot) -> str:
                 _cell(c.get("id")),
                 _cell(c.get("status")),
                 _cell(c.get("pilot")),
+                _amps(c.get("cable_a")).replace(".0 A", " A"),
                 _amps(c.get("offered_a")),
                 _amps(c.get("measured_a")),
                 "-" if not isinstance(power, int | float) else f"{power / 1000:.2f} kW",
@@ -438,18 +517,26 @@ def format_status(snapshot: Snapshot) -> str:
                 "-" if error in (None, "", "NoError") else str(error),
             ])
         lines += _table(
-            ["ID", "STATUS", "PILOT", "OFFERED", "MEASURED", "POWER", "ENERGY", "CONTACTOR", "TX", "LIMIT",
-             "ERROR"],
+            ["ID", "STATUS", "PILOT", "CABLE", "OFFERED", "MEASURED", "POWER", "ENERGY", "CONTACTOR", "TX",
+             "LIMIT", "ERROR"],
             rows,
         )
-        claims = [(c.get("id"), c.get("limits")) for c in connectors if c.get("limits")]
+        # the claims on each connector's current: the API's "claims", the controller's "limit_claims", or an
+        # older release's "limits" ({limit_a, source})
+        claims = [(c.get("id"), c.get("claims") or c.get("limit_claims") or c.get("limits")) for c in connectors]
+        claims = [(cid, lims) for cid, lims in claims if lims]
         if claims:
-            lines += ["", "Active limits (lowest wins):"]
+            lines += ["", "Limit claims (the lowest wins; none = pause):"]
             for cid, limits in claims:
+                def amps(lim: Mapping[str, Any]) -> Any:
+                    return lim.get("amps", lim.get("limit_a"))
+
                 ordered = sorted(
                     (lim for lim in limits if isinstance(lim, Mapping)),
-                    key=lambda lim: (lim.get("limit_a") is None, lim.get("limit_a") or 0.0),
+                    key=lambda lim: (amps(lim) is not None, amps(lim) or 0.0),
                 )
-                text = ", ".join(f"{_amps(lim.get('limit_a'))} {_cell(lim.get('source'))}" for lim in ordered)
+                text = ", ".join(
+                    f"{_amps(amps(lim)) if amps(lim) is not None else 'none'} {_cell(lim.get('source'))}"
+                    for lim in ordered)
                 lines.append(f"  connector {cid}: {text}")
     return "\n".join(lines)

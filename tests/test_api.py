@@ -385,3 +385,37 @@ async def test_free_vend_refused_by_the_central_system_starts_nothing(e2e_rig: A
     await rig.settle(0.3)
     assert rig.cs.received("StartTransaction") == [] and not closed(rig)
     assert (await api_of(rig).start_session(1, TAG)).accepted is False  # Blocked for every tag here
+
+
+# ---------------------------------------------------------------------------------------- status socket
+
+
+async def test_status_socket_and_follow_are_clients_of_the_api(e2e_rig: Any, tmp_path: Any) -> None:
+    from chargepoint.status_socket import fetch_status, follow_status, format_change, format_status
+
+    path = tmp_path / "status.sock"
+    rig = await e2e_rig(config_overrides={"status_socket": str(path)})
+    await rig.wait(lambda: path.exists())
+    snap = await fetch_status(path)
+    assert snap["link"]["state"] == "connected" and "claims" in snap["connectors"][0]
+    assert "CABLE" in format_status(snap).splitlines()[3]
+    seen: list[dict[str, Any]] = []
+
+    async def follow() -> None:
+        async for obj in follow_status(path):
+            seen.append(obj)
+
+    task = asyncio.create_task(follow())
+    await rig.wait(lambda: len(seen) >= 1)
+    assert "connectors" in seen[0]  # the snapshot comes first
+    rig.bench.ev(1).plug()
+    rig.tap(TAG)
+    await rig.wait(lambda: any(o.get("kind") == "transaction" for o in seen[1:]))
+    lines = [format_change(o) for o in seen[1:]]
+    assert any(line.startswith("pilot") and "connector 1" in line for line in lines), lines
+    assert TAG not in repr(seen)
+    assert len(rig.controller.api._subs) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await rig.wait(lambda: not rig.controller.api._subs)  # the server noticed the client went away

@@ -107,3 +107,40 @@ async def test_end_of_input_quits_and_transaction_is_closed_with_reboot_next_sta
         finally:
             proc.kill()
             await proc.wait()
+
+
+async def test_session_commands_go_through_the_application_api(tmp_path: Path) -> None:
+    async with CentralSystem() as cs:
+        proc = await _start(cs, tmp_path)
+        try:
+            await cs.wait_for_message("BootNotification", timeout=15)
+            await _send(proc, "plug 1")
+            await _send(proc, "start 1 CARD7")
+            start = await cs.wait_for_message("StartTransaction", timeout=10)
+            assert start["idTag"] == "CARD7" and start["connectorId"] == 1
+            await _send(proc, "limit 1 10")
+            for _ in range(100):
+                c1 = (await _status(proc))["connectors"][0]
+                if c1["offered_a"] == 10.0:
+                    break
+                await asyncio.sleep(0.1)
+            assert c1["offered_a"] == 10.0 and c1["local_limit_a"] == 10.0 and "local" in c1["limit_source"]
+            await _send(proc, "limit 1 3")  # below the 6 A minimum and not 0 (pause): refused, nothing changes
+            assert proc.stdout is not None
+            err = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+            assert err == {"ok": False, "error": err["error"], "code": "bad_value"} and "6" in err["error"]
+            await _send(proc, "stop 1")
+            stop = await cs.wait_for_message("StopTransaction", timeout=10)
+            assert stop["reason"] == "Local"
+            await _send(proc, "available 1 off")
+            await cs.wait_for_message("StatusNotification", where=lambda p: p["status"] == "Unavailable")
+            await _send(proc, "reset-fault 1")
+            err = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+            assert err["ok"] is False and "no latched fault" in err["error"]
+            await _send(proc, "quit")
+            await asyncio.wait_for(proc.communicate(), 15)
+            assert proc.returncode == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -72,6 +72,7 @@ class SystemdService:
         problem: Callable[[], str | None],
         monotonic: Callable[[], float],
         store_copy: Callable[[], Path | None] | None,
+        subscribe: Callable[[], Any] | None = None,
     ) -> None:
         """``loop_ticks()`` counts the dispatcher's events; ``problem()`` is the supervisor's reason to restart."""
         self._connectors = connectors
@@ -83,6 +84,7 @@ class SystemdService:
         self._problem = problem
         self._monotonic = monotonic
         self._store_copy = store_copy
+        self._subscribe = subscribe
         self._notifier = ServiceNotifier()
         self._watchdog: Watchdog | None = None
         self._status_server: StatusServer | None = None
@@ -106,7 +108,7 @@ class SystemdService:
         path = status_socket_path(self._status_socket)
         if path is not None:
             # store-copy: `chargepoint diagnostics` cannot read the exclusively locked store itself.
-            server = StatusServer(path, self._snapshot, store_copy=self._store_copy)
+            server = StatusServer(path, self._snapshot, store_copy=self._store_copy, subscribe=self._subscribe)
             try:
                 await server.start()
                 self._status_server = server
