@@ -36,6 +36,7 @@ from hal.interfaces import (
     HardwareConfigError,
     PilotChanged,
 )
+from hal.pilot_duty import NO_CURRENT_DUTY, amps_to_duty, duty_to_amps
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +49,6 @@ BANDS: list[tuple[CpState, float, float]] = [
     (CpState.E, -6.0, 1.5),
     (CpState.F, -math.inf, -6.0),
 ]
-
-
-def duty_for_amps(amps: float | None) -> float | None:
-    """IEC 61851-1 Annex A duty cycle in percent for ``amps``; None = no PWM (constant +12 V).
-
-    Edge cases as EVerest implements them (HARDWARE-FACTS): below 5.9 A no current can be
-    signalled (None); 5.9-6 A -> 10 %; 51-52.5 A clamped to 51 A (85 %); above 80 A clamped to 96 %.
-    """
-    if amps is None or amps < 5.9:
-        return None
-    a = max(amps, 6.0)
-    if a <= 52.5:
-        return min(a, 51.0) / 0.6
-    return min(a / 2.5 + 64.0, 96.0)
-
-
-def amps_for_duty(duty: float) -> float:
-    """What an EV reads from ``duty`` percent (IEC 61851-1 Table A.7: the 85 % and 96 % edges are inclusive)."""
-    d = round(duty, 6)  # compare edges rounded: 51 / 0.6 is 85.00000000000001 in floating point
-    if d < 8.0:
-        return 0.0
-    if d <= 85.0:
-        return duty * 0.6
-    if d <= 96.0:
-        return (duty - 64.0) * 2.5
-    return 80.0 if d <= 97.0 else 0.0
 
 
 def classify(volts: float, current: CpState | None, hysteresis: float) -> CpState:
@@ -370,9 +345,11 @@ class PwmPilot:
             self._stop.wait(max(delay, 0.0))
 
     async def offer(self, amps: float | None) -> None:
-        duty = duty_for_amps(amps)
-        await asyncio.to_thread(self.pwm.set_percent, 100.0 if duty is None else duty)
-        self._offered = None if duty is None else amps_for_duty(duty)
+        # Rounded down (hal/pilot_duty.py): the EV never reads more than decided; offered_amps is what
+        # it reads (16 A -> 26.66 % -> 15.996 A).
+        duty = amps_to_duty(amps)
+        await asyncio.to_thread(self.pwm.set_percent, duty)
+        self._offered = None if duty == NO_CURRENT_DUTY else duty_to_amps(duty)
 
     async def set_unavailable(self) -> None:
         await asyncio.to_thread(self.pwm.set_percent, 0.0)
