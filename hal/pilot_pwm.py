@@ -1,16 +1,27 @@
-"""Control pilot generated directly by the Pi: kernel hardware PWM (sysfs) + MCP3008 behind a peak-hold.
+"""Control pilot generated directly by the Pi: kernel hardware PWM (sysfs) + MCP3008 behind peak holds.
 
-Generator: GPIO18 (PWM0, ``dtoverlay=pwm``) drives a ±12 V op-amp/comparator stage, non-inverting
-in the reference circuit (hardware-docs/wiring.svg): GPIO high -> +12 V, low -> -12 V. Hence
-duty 100 % = constant +12 V (X1, no current offered) and duty 0 % = constant -12 V = state F. A
-stopped or crashed process (PWM disabled, pin low) therefore also gives state F. A board with an
-inverting driver sets ``invert = true``.
+The circuit is the reference pilot / PP board (hardware-docs/pilot-circuit.md, schematic
+hardware-docs/pilot-board.svg, every value in hardware-docs/pilot/values.toml, simulated with ngspice by
+tests/test_pilot_circuit.py). The defaults below are that board's; tests/test_hardware_values.py checks
+they agree with values.toml.
 
-Sensing: Python cannot sample inside a 100 µs pulse, so the board holds the high-phase peak
-(BAT54 + 100 nF + 100 kΩ) for MCP3008 channel ``channel``; an optional second channel holds the
-negative peak for the EV diode check. volts = adc_fraction * scale + offset (per board calibration).
-States are classified at the midpoints 10.5/7.5/4.5/1.5 V (and -6 V between E and F) with
-hysteresis and debounce, in a polling thread.
+Generator: GPIO18 (``dtoverlay=pwm``; the chip and channel found from sysfs, see ``find_gpio18_pwm``) ->
+Schmitt buffer supplied from the 3.000 V reference (a clean 0 / 3 V) -> a non-inverting op-amp stage on
+±15 V working linearly (gain 8 around 1.714 V) -> +12.0 V / -12.0 V -> the 1 kΩ source resistor -> CP.
+GPIO high -> +12 V, low -> -12 V: duty 100 % = constant +12 V (X1, no current offered), duty 0 % =
+constant -12 V = state F. A stopped or crashed process (PWM disabled, pin low) and a Pi that is off (the
+100 kΩ pull-down on GPIO18) therefore also give state F. A board with an inverting driver sets
+``invert = true``. The duty for a current comes from hal/pilot_duty.py (rounded down: an EV never reads
+more than was decided).
+
+Sensing: Python cannot sample inside a 100 µs pulse, so the board holds the peaks. CP -> divider offset
+from the reference (-12..+12 V -> 0..VREF, hence the default calibration volts = fraction * 24 - 12) ->
+two active peak detectors (detector + follower): MCP3008 ``channel`` (CH0) holds the high phase, the
+optional ``negative_channel`` (CH1 on the reference board) the low phase for the EV diode check (below
+``diode_threshold_v`` = -10.5 V expected while PWM runs). Holds bleed with tau = 150 ms, so a state change
+is seen within a few milliseconds. volts = adc_fraction * scale + offset (per board calibration).
+States are classified at the midpoints of IEC 61851-1 Annex A's levels, 10.5/7.5/4.5/1.5 V (and -6 V
+between E and F), with hysteresis and debounce, in a polling thread.
 """
 
 from __future__ import annotations
