@@ -170,14 +170,17 @@ def _pilot_hints(pilot: Any) -> tuple[str, ...]:
     driver = _driver(pilot)
     if driver == "pwm":
         pwm = getattr(pilot, "pwm", None)
-        chip = getattr(pwm, "chip_dir", None)
+        describe = getattr(pwm, "describe", None)
+        # "auto" (the default) is resolved when the pilot starts: before that describe() says what sysfs
+        # reports, never "pwmNone".
+        output = describe() if callable(describe) else "?"
         return (
             "CP wiring from the socket to the pilot circuit (1 kΩ series resistor, PE as reference)",
-            f"pilot driver pwm: the PWM output ({chip.name if chip is not None else 'pwmchip'}/pwm"
-            f"{getattr(pwm, 'channel', '?')}, GPIO18 with the pwm overlay) and the MCP3008 channel "
+            f"pilot driver pwm: the PWM output ({output}; GPIO18 with the pwm overlay) and the MCP3008 channel "
             f"{getattr(pilot, 'channel', '?')} on SPI {getattr(pilot, 'spi_port', 0)}.{getattr(pilot, 'spi_device', 0)}"
             f"; scale/offset calibration (now {getattr(pilot, 'scale', '?')}/{getattr(pilot, 'offset', '?')})",
-            "the ±12 V supply of the pilot op-amp",
+            "the ±15 V supply of the pilot board (isolated DC-DC; its generator makes the ±12 V on CP, "
+            "hardware-docs/pilot-circuit.md)",
         )
     if driver == "rapi":
         board = getattr(pilot, "board", None)

@@ -146,6 +146,21 @@ class SysfsPwm:
         self.invert = invert
         self.duty_percent: float | None = None
         self._pending: float | None = None
+        self._what: str | None = None  # the controller find_gpio18_pwm named, once resolved
+
+    def describe(self) -> str:
+        """Which PWM output this is, for people (the commissioning hints): the chip and channel in use, or,
+        before open() resolved "auto", what sysfs reports now (or why nothing matches)."""
+        if self.chip_dir is not None and self.dir is not None:
+            how = self._what or ("configured" if self._want_chip is not None else "")
+            return f"{self.chip_dir.name}/{self.dir.name}" + (f", {how}" if how else "")
+        try:
+            chip, channel, what = find_gpio18_pwm(self.root, self._want_chip)
+        except OSError as exc:
+            return f'pwm_chip = "auto": not yet found ({exc})'
+        if self._want_channel is not None:
+            channel = self._want_channel
+        return f'pwm_chip = "auto": pwmchip{chip}/pwm{channel} would be used, {what} (not opened yet)'
 
     def _resolve(self) -> tuple[Path, Path]:
         if self.chip_dir is None or self.dir is None:
@@ -155,6 +170,7 @@ class SysfsPwm:
             self.chip_dir = self.root / f"pwmchip{chip}"
             self.dir = self.chip_dir / f"pwm{channel}"
             self.channel = channel
+            self._what = what
             log.info("pilot PWM: %s, %s", what, self.dir)
         return self.chip_dir, self.dir
 
