@@ -156,7 +156,8 @@ def _meter_hints(meter: Any) -> tuple[str, ...]:
         port = bus.settings.get("port") if bus is not None else "?"
         return (
             "RS-485 wiring: A to A, B to B (swap A/B if nothing answers), GND/shield, 120 Ω termination",
-            f"the port {port} exists (ls -l /dev/ttyUSB* /dev/chargepoint-meter /dev/serial0)",
+            f"the port {port} exists (ls -l /dev/ttyUSB* /dev/chargepoint-meter /dev/ttyAMA0; the header UART is "
+            "ttyAMA0 on every board, serial0 is the debug connector on a Pi 5)",
             f"{address}, baud rate and parity in its menu match the configuration ({bus.describe()})"
             if bus is not None else f"{address}, baud rate and parity in its menu",
             model_hint,
@@ -252,7 +253,7 @@ def _reader_hints(reader: Any) -> tuple[str, ...]:
     if driver == "rdm6300":
         return (
             f"RDM6300: port {getattr(reader, 'port', '?')} at {getattr(reader, 'baudrate', 9600)} baud, module "
-            "TX to the Pi's RX (GPIO15 for /dev/serial0), 5 V supply",
+            "TX to the Pi's RX (GPIO15 for /dev/ttyAMA0), 5 V supply",
             "the serial console is off on that UART (raspi-config), enable_uart=1",
             "hold the card flat on the reader for a second",
         )
