@@ -156,7 +156,8 @@ def _meter_hints(meter: Any) -> tuple[str, ...]:
         port = bus.settings.get("port") if bus is not None else "?"
         return (
             "RS-485 wiring: A to A, B to B (swap A/B if nothing answers), GND/shield, 120 Ω termination",
-            f"the port {port} exists (ls -l /dev/ttyUSB* /dev/chargepoint-meter /dev/serial0)",
+            f"the port {port} exists (ls -l /dev/ttyUSB* /dev/chargepoint-meter /dev/ttyAMA0; the header UART is "
+            "ttyAMA0 on every board, serial0 is the debug connector on a Pi 5)",
             f"{address}, baud rate and parity in its menu match the configuration ({bus.describe()})"
             if bus is not None else f"{address}, baud rate and parity in its menu",
             model_hint,
@@ -170,14 +171,17 @@ def _pilot_hints(pilot: Any) -> tuple[str, ...]:
     driver = _driver(pilot)
     if driver == "pwm":
         pwm = getattr(pilot, "pwm", None)
-        chip = getattr(pwm, "chip_dir", None)
+        describe = getattr(pwm, "describe", None)
+        # "auto" (the default) is resolved when the pilot starts: before that describe() says what sysfs
+        # reports, never "pwmNone".
+        output = describe() if callable(describe) else "?"
         return (
             "CP wiring from the socket to the pilot circuit (1 kΩ series resistor, PE as reference)",
-            f"pilot driver pwm: the PWM output ({chip.name if chip is not None else 'pwmchip'}/pwm"
-            f"{getattr(pwm, 'channel', '?')}, GPIO18 with the pwm overlay) and the MCP3008 channel "
+            f"pilot driver pwm: the PWM output ({output}; GPIO18 with the pwm overlay) and the MCP3008 channel "
             f"{getattr(pilot, 'channel', '?')} on SPI {getattr(pilot, 'spi_port', 0)}.{getattr(pilot, 'spi_device', 0)}"
             f"; scale/offset calibration (now {getattr(pilot, 'scale', '?')}/{getattr(pilot, 'offset', '?')})",
-            "the ±12 V supply of the pilot op-amp",
+            "the ±15 V supply of the pilot board (isolated DC-DC; its generator makes the ±12 V on CP, "
+            "hardware-docs/pilot-circuit.md)",
         )
     if driver == "rapi":
         board = getattr(pilot, "board", None)
@@ -249,7 +253,7 @@ def _reader_hints(reader: Any) -> tuple[str, ...]:
     if driver == "rdm6300":
         return (
             f"RDM6300: port {getattr(reader, 'port', '?')} at {getattr(reader, 'baudrate', 9600)} baud, module "
-            "TX to the Pi's RX (GPIO15 for /dev/serial0), 5 V supply",
+            "TX to the Pi's RX (GPIO15 for /dev/ttyAMA0), 5 V supply",
             "the serial console is off on that UART (raspi-config), enable_uart=1",
             "hold the card flat on the reader for a second",
         )

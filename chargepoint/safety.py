@@ -12,17 +12,27 @@ gives the car up to 6 s to go back to state B before it opens under load. During
 that grace period the contactor may stay closed; a *hard* reason (the car left
 C/D, a fault, unavailability) opens it at once. ``contactor_allowed`` is the
 invariant checked after every transition and by the property test.
+
+Dependencies (issue 13): the invariant depends on the state (chargepoint/connector_state.py), not the
+other way round; the state machine (chargepoint/connector.py) uses both. tests/test_import_layers.py
+keeps it so.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from chargepoint.connector_state import FAULT_STATE_F_MIN_S, FORCE_OPEN_AFTER_S, ConnectorState
 
-if TYPE_CHECKING:
-    from chargepoint.connector import ConnectorState
-
-FORCE_OPEN_AFTER_S = 6.0  # IEC 61851-1 sequence 10.2
-FAULT_STATE_F_MIN_S = 0.3  # IEC 61851-1 Table A.5: state F for at least 300 ms after a fault
+__all__ = [
+    "FAULT_STATE_F_MIN_S",
+    "FORCE_OPEN_AFTER_S",
+    "asks_for_power",
+    "cable_known",
+    "contactor_allowed",
+    "hard_conditions",
+    "may_close",
+    "offer_allowed",
+    "soft_conditions",
+]
 
 
 def asks_for_power(state: ConnectorState) -> bool:

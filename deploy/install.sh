@@ -445,8 +445,16 @@ configure_boot() {
     # the debug connector (ttyAMA10): its console stays; only one on ttyAMA0 (GPIO14/15) goes.
     local consoles=""
     case "$BOARD" in
-    pi5) consoles="ttyAMA0" ;;
-    pi3 | pi4 | zero2w) consoles="serial0|ttyAMA0|ttyS0" ;;
+    pi5)
+        consoles="ttyAMA0"
+        note "on-board UART (GPIO14/15) on this $BOARD: port = \"/dev/ttyAMA0\" in the configuration" \
+            "(/dev/serial0 is the debug connector on a Pi 5); USB adapters: /dev/chargepoint-meter, -evse, -rfid"
+        ;;
+    pi3 | pi4 | zero2w)
+        consoles="serial0|ttyAMA0|ttyS0"
+        note "on-board UART (GPIO14/15) on this $BOARD: port = \"/dev/ttyAMA0\" (or /dev/serial0, the same" \
+            "UART with disable-bt); USB adapters: /dev/chargepoint-meter, -evse, -rfid"
+        ;;
     esac
     local cmdline
     cmdline="$(dirname "$cfg")/cmdline.txt"

@@ -1,16 +1,27 @@
-"""Control pilot generated directly by the Pi: kernel hardware PWM (sysfs) + MCP3008 behind a peak-hold.
+"""Control pilot generated directly by the Pi: kernel hardware PWM (sysfs) + MCP3008 behind peak holds.
 
-Generator: GPIO18 (PWM0, ``dtoverlay=pwm``) drives a ±12 V op-amp/comparator stage, non-inverting
-in the reference circuit (hardware-docs/wiring.svg): GPIO high -> +12 V, low -> -12 V. Hence
-duty 100 % = constant +12 V (X1, no current offered) and duty 0 % = constant -12 V = state F. A
-stopped or crashed process (PWM disabled, pin low) therefore also gives state F. A board with an
-inverting driver sets ``invert = true``.
+The circuit is the reference pilot / PP board (hardware-docs/pilot-circuit.md, schematic
+hardware-docs/pilot-board.svg, every value in hardware-docs/pilot/values.toml, simulated with ngspice by
+tests/test_pilot_circuit.py). The defaults below are that board's; tests/test_hardware_values.py checks
+they agree with values.toml.
 
-Sensing: Python cannot sample inside a 100 µs pulse, so the board holds the high-phase peak
-(BAT54 + 100 nF + 100 kΩ) for MCP3008 channel ``channel``; an optional second channel holds the
-negative peak for the EV diode check. volts = adc_fraction * scale + offset (per board calibration).
-States are classified at the midpoints 10.5/7.5/4.5/1.5 V (and -6 V between E and F) with
-hysteresis and debounce, in a polling thread.
+Generator: GPIO18 (``dtoverlay=pwm``; the chip and channel found from sysfs, see ``find_gpio18_pwm``) ->
+Schmitt buffer supplied from the 3.000 V reference (a clean 0 / 3 V) -> a non-inverting op-amp stage on
+±15 V working linearly (gain 8 around 1.714 V) -> +12.0 V / -12.0 V -> the 1 kΩ source resistor -> CP.
+GPIO high -> +12 V, low -> -12 V: duty 100 % = constant +12 V (X1, no current offered), duty 0 % =
+constant -12 V = state F. A stopped or crashed process (PWM disabled, pin low) and a Pi that is off (the
+100 kΩ pull-down on GPIO18) therefore also give state F. A board with an inverting driver sets
+``invert = true``. The duty for a current comes from hal/pilot_duty.py (rounded down: an EV never reads
+more than was decided).
+
+Sensing: Python cannot sample inside a 100 µs pulse, so the board holds the peaks. CP -> divider offset
+from the reference (-12..+12 V -> 0..VREF, hence the default calibration volts = fraction * 24 - 12) ->
+two active peak detectors (detector + follower): MCP3008 ``channel`` (CH0) holds the high phase, the
+optional ``negative_channel`` (CH1 on the reference board) the low phase for the EV diode check (below
+``diode_threshold_v`` = -10.5 V expected while PWM runs). Holds bleed with tau = 150 ms, so a state change
+is seen within a few milliseconds. volts = adc_fraction * scale + offset (per board calibration).
+States are classified at the midpoints of IEC 61851-1 Annex A's levels, 10.5/7.5/4.5/1.5 V (and -6 V
+between E and F), with hysteresis and debounce, in a polling thread.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from hal.interfaces import (
     HardwareConfigError,
     PilotChanged,
 )
+from hal.pilot_duty import NO_CURRENT_DUTY, amps_to_duty, duty_to_amps
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +60,6 @@ BANDS: list[tuple[CpState, float, float]] = [
     (CpState.E, -6.0, 1.5),
     (CpState.F, -math.inf, -6.0),
 ]
-
-
-def duty_for_amps(amps: float | None) -> float | None:
-    """IEC 61851-1 Annex A duty cycle in percent for ``amps``; None = no PWM (constant +12 V).
-
-    Edge cases as EVerest implements them (HARDWARE-FACTS): below 5.9 A no current can be
-    signalled (None); 5.9-6 A -> 10 %; 51-52.5 A clamped to 51 A (85 %); above 80 A clamped to 96 %.
-    """
-    if amps is None or amps < 5.9:
-        return None
-    a = max(amps, 6.0)
-    if a <= 52.5:
-        return min(a, 51.0) / 0.6
-    return min(a / 2.5 + 64.0, 96.0)
-
-
-def amps_for_duty(duty: float) -> float:
-    """What an EV reads from ``duty`` percent (IEC 61851-1 Table A.7: the 85 % and 96 % edges are inclusive)."""
-    d = round(duty, 6)  # compare edges rounded: 51 / 0.6 is 85.00000000000001 in floating point
-    if d < 8.0:
-        return 0.0
-    if d <= 85.0:
-        return duty * 0.6
-    if d <= 96.0:
-        return (duty - 64.0) * 2.5
-    return 80.0 if d <= 97.0 else 0.0
 
 
 def classify(volts: float, current: CpState | None, hysteresis: float) -> CpState:
@@ -160,6 +146,21 @@ class SysfsPwm:
         self.invert = invert
         self.duty_percent: float | None = None
         self._pending: float | None = None
+        self._what: str | None = None  # the controller find_gpio18_pwm named, once resolved
+
+    def describe(self) -> str:
+        """Which PWM output this is, for people (the commissioning hints): the chip and channel in use, or,
+        before open() resolved "auto", what sysfs reports now (or why nothing matches)."""
+        if self.chip_dir is not None and self.dir is not None:
+            how = self._what or ("configured" if self._want_chip is not None else "")
+            return f"{self.chip_dir.name}/{self.dir.name}" + (f", {how}" if how else "")
+        try:
+            chip, channel, what = find_gpio18_pwm(self.root, self._want_chip)
+        except OSError as exc:
+            return f'pwm_chip = "auto": not yet found ({exc})'
+        if self._want_channel is not None:
+            channel = self._want_channel
+        return f'pwm_chip = "auto": pwmchip{chip}/pwm{channel} would be used, {what} (not opened yet)'
 
     def _resolve(self) -> tuple[Path, Path]:
         if self.chip_dir is None or self.dir is None:
@@ -169,6 +170,7 @@ class SysfsPwm:
             self.chip_dir = self.root / f"pwmchip{chip}"
             self.dir = self.chip_dir / f"pwm{channel}"
             self.channel = channel
+            self._what = what
             log.info("pilot PWM: %s, %s", what, self.dir)
         return self.chip_dir, self.dir
 
@@ -370,9 +372,11 @@ class PwmPilot:
             self._stop.wait(max(delay, 0.0))
 
     async def offer(self, amps: float | None) -> None:
-        duty = duty_for_amps(amps)
-        await asyncio.to_thread(self.pwm.set_percent, 100.0 if duty is None else duty)
-        self._offered = None if duty is None else amps_for_duty(duty)
+        # Rounded down (hal/pilot_duty.py): the EV never reads more than decided; offered_amps is what
+        # it reads (16 A -> 26.66 % -> 15.996 A).
+        duty = amps_to_duty(amps)
+        await asyncio.to_thread(self.pwm.set_percent, duty)
+        self._offered = None if duty == NO_CURRENT_DUTY else duty_to_amps(duty)
 
     async def set_unavailable(self) -> None:
         await asyncio.to_thread(self.pwm.set_percent, 0.0)

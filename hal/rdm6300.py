@@ -139,7 +139,7 @@ def build_reader(options: Mapping[str, Any], key: str, connector_id: int, ctx: A
     o = Options(options, key)
     port = o.raw("port", None)
     if not isinstance(port, str) or not port:
-        raise HardwareConfigError(key + ".port", port, "the UART device, e.g. /dev/serial0")
+        raise HardwareConfigError(key + ".port", port, "the UART device, e.g. /dev/ttyAMA0 (GPIO14/15) or /dev/chargepoint-rfid")
     dev = Rdm6300Reader(
         port,
         baudrate=o.int("baudrate", 9600, lo=1200, hi=115200),

@@ -43,6 +43,8 @@ VALID_RANGE_C = (-40.0, 150.0)  # outside: the sensor is open or shorted
 
 @dataclass(frozen=True)
 class NtcCircuit:
+    """Defaults = the reference board (hardware-docs/pilot/values.toml [ntc], schematic R20 / J6)."""
+
     r25_ohm: float = 10_000.0
     beta: float = 3950.0
     series_ohm: float = 10_000.0
@@ -72,6 +74,11 @@ class NtcCircuit:
         """What the ADC sees at ``celsius`` (for tests and the commissioning check)."""
         r = self.r25_ohm * math.exp(self.beta * (1.0 / (celsius + KELVIN) - 1.0 / T25_K))
         return r / (r + self.series_ohm) if self.ntc_low_side else self.series_ohm / (r + self.series_ohm)
+
+
+# The reference board's values (hardware-docs/pilot/values.toml [ntc]; tests/test_hardware_values.py keeps
+# the two equal): the driver's defaults.
+REFERENCE_NTC = NtcCircuit()
 
 
 class NtcMonitor:
@@ -155,10 +162,11 @@ class Mcp3008Ntc(PolledAdcChannel):
 
 def build_ntc(options: Mapping[str, Any], key: str, connector_id: int, ctx: Any) -> Mcp3008Ntc:
     o = Options(options, key)
+    d = REFERENCE_NTC
     circuit = NtcCircuit(
-        r25_ohm=o.float("r25_ohm", 10_000.0, lo=100.0, hi=1_000_000.0),
-        beta=o.float("beta", 3950.0, lo=1000.0, hi=10_000.0),
-        series_ohm=o.float("series_ohm", 10_000.0, lo=100.0, hi=1_000_000.0),
+        r25_ohm=o.float("r25_ohm", d.r25_ohm, lo=100.0, hi=1_000_000.0),
+        beta=o.float("beta", d.beta, lo=1000.0, hi=10_000.0),
+        series_ohm=o.float("series_ohm", d.series_ohm, lo=100.0, hi=1_000_000.0),
         ntc_low_side=o.str("ntc_position", "low", choices=("low", "high")) == "low",
     )
     channel = o.int("channel", None, lo=0, hi=7)

@@ -43,6 +43,9 @@ def labels(values: Mapping[str, Any]) -> dict[str, str]:
         "Rpu": f"R17 {fmt(pp['pullup_ohm'], 'Ω')} {pct(pp['resistor_tolerance'])}",
         "Rps": f"R18 {fmt(pp['series_ohm'], 'Ω')}",
         "Cpf": f"C3 {fmt(pp['filter_f'], 'F')}",
+        "Rntc": f"R20 {fmt(values['ntc']['series_ohm'], 'Ω')} {pct(values['ntc']['resistor_tolerance'])}",
+        "Ntc": f"NTC {fmt(values['ntc']['r25_ohm'], 'Ω')} B{values['ntc']['beta']:g}",
+        "Cntc": f"C4 {fmt(values['ntc']['filter_f'], 'F')}",
         "Rref": f"R19 {fmt(r['feed_ohm'], 'Ω')}",
         "Vref": f"U3 {r['v']:g} V {pct(r['tolerance'])} reference",
         "rails": f"±{s['rail_v']:g} V ± {pct(s['rail_tolerance'])}",
@@ -289,11 +292,29 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
     s.text(40, yp + 126, "ADC bands for the driver: values.toml [[pp.adc_band]] (accept = Rc ± 3 % over all tolerances).",
            "n")
 
+    # ---------------------------------------------------------------- NTC (bottom middle)
+    xn = 700
+    s.text(xn, yp - 20, "Temperature (optional): NTC at the socket terminals, ratiometric", "t")
+    s.text(xn + 20, yp + 14, "VREF", "s")
+    s.wire((xn + 60, yp + 10), (xn + 90, yp + 10))
+    s.res_h(xn + 90, yp + 10, lb["Rntc"], 110)
+    s.wire((xn + 200, yp + 10), (xn + 330, yp + 10))
+    s.dot(xn + 230, yp + 10)
+    s.wire((xn + 230, yp + 10), (xn + 230, yp + 60))
+    s.terminal(xn + 230, yp + 66, "J6: " + lb["Ntc"] + " to GND", left=True)
+    s.dot(xn + 300, yp + 10)
+    s.cap_v(xn + 300, yp + 10, lb["Cntc"], 60)
+    s.gnd(xn + 300, yp + 70)
+    s.text(xn + 336, yp + 15, f"→ MCP3008 CH{adc['ntc_channel']}", "t")
+    s.text(xn, yp + 110, "The NTC touches parts near mains: reinforced insulation (check datasheet).", "n")
+    s.text(xn, yp + 126, "Open NTC reads < −40 °C, shorted > 150 °C: sensor fault, charging stops.", "n")
+
     # ---------------------------------------------------------------- ADC and notes (right)
-    s.box(1230, 380, 390, 190, "U5 MCP3008 (SPI0 CE0)", [
+    s.box(1230, 380, 390, 200, "U5 MCP3008 (SPI0 CE0)", [
         f"CH{adc['cp_channel']} ← high-phase hold (state A–F)",
         f"CH{adc['cp_negative_channel']} ← low-phase hold (EV diode check)",
         f"CH{adc['pp_channel']} ← PP",
+        f"CH{adc['ntc_channel']} ← NTC (temperature, optional)",
         "VREF pin ← U3 " + f"{values['reference']['v']:g} V (ratiometric with the divider)",
         "VDD 3.3 V and GND from the Pi; 100 nF at VDD and VREF",
         "SCLK GPIO11 · MOSI GPIO10 · MISO GPIO9 · CS GPIO8",
@@ -311,8 +332,9 @@ def schematic_svg(values: Mapping[str, Any]) -> str:
         "GND = PE at J3 only; PP/CP return = PE of the socket.",
         "Supplies: PS1 input fuse; TVS D1/D6 at the connector.",
     ], "#b26a00", "#fff7e6")
-    s.box(1230, 75, 390, 120, "Connectors", [
+    s.box(1230, 75, 390, 136, "Connectors", [
         "J1 CP · J2 PP · J3 PE (the single PE–GND tie) → socket",
+        "J6 NTC (socket terminals, optional)",
         "J4 to the Pi: GPIO18, SPI0 (8–11), 3.3 V, GND",
         "J5 +12 V in (from the DIN-rail PSU, fused)",
         "Mount ≥ creepage from mains; no mains on this board",

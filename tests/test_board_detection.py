@@ -70,7 +70,7 @@ async def test_pilot_drives_the_board_s_gpio18_channel(tmp_path: Path, factory: 
         used = root / f"pwmchip{chip}" / f"pwm{channel}"
         assert (used / "enable").read_text().strip() == "1"
         assert (used / "period").read_text().strip() == "1000000"
-        assert (used / "duty_cycle").read_text().strip() == "266667"
+        assert (used / "duty_cycle").read_text().strip() == "266600"  # 26.66 %, rounded down (hal/pilot_duty.py)
         others = [p for p in root.glob("pwmchip*/pwm*") if p.resolve() != used.resolve()]
         assert others and all((p / "enable").read_text().strip() == "0" for p in others)
     finally:
@@ -119,3 +119,26 @@ def test_pwm_options_take_auto_or_a_number(factory: MockFactory) -> None:  # noq
         with pytest.raises(HardwareConfigError) as exc:
             build("pilot", {"driver": "pwm", **options}, "p", 1, ctx)
         assert exc.value.key == key
+
+
+def test_commissioning_hint_names_the_pwm_chip_found_not_pwm_none(tmp_path: Path) -> None:
+    """pwm_chip = "auto" before the pilot started: the hint says what sysfs reports (or why nothing matches),
+    never "pwmNone"; after open() it names the chip and channel in use."""
+    from chargepoint.commissioning import _pilot_hints
+
+    def hint(root: Path) -> str:
+        pilot = build("pilot", {"driver": "pwm", "sysfs_root": str(root)}, "p", 1, BuildContext())
+        [line] = [h for h in _pilot_hints(pilot) if h.startswith("pilot driver pwm")]
+        assert "None" not in line
+        return line
+
+    pi5 = fake_sys(tmp_path / "pi5", BOARDS["pi5"])
+    assert 'pwm_chip = "auto": pwmchip2/pwm2 would be used, Raspberry Pi 5, RP1 PWM0' in hint(pi5)
+    empty = tmp_path / "none" / "sys" / "class" / "pwm"
+    empty.mkdir(parents=True)
+    assert 'pwm_chip = "auto": not yet found (no PWM chip in' in hint(empty)
+    pilot = build("pilot", {"driver": "pwm", "sysfs_root": str(pi5)}, "p", 1, BuildContext())
+    export_channel(pi5 / "pwmchip2", 2)
+    pilot.pwm.open()
+    [line] = [h for h in _pilot_hints(pilot) if h.startswith("pilot driver pwm")]
+    assert "(pwmchip2/pwm2, Raspberry Pi 5, RP1 PWM0" in line

@@ -315,6 +315,9 @@ def test_boot_configuration_follows_the_board(root: Path, source: Path, model: s
     set_model(root, model)
     out = run(root, source, "--no-start")
     assert model in out.stdout
+    # which device the header's UART is on this board (on a Pi 5 serial0 is the debug connector)
+    assert 'port = "/dev/ttyAMA0"' in out.stdout
+    assert ("debug connector" in out.stdout) == model.startswith("Raspberry Pi 5")
     lines = active_lines((root / "boot/firmware/config.txt").read_text())
     for want in wanted:
         assert lines.count(want) == 1, (model, want)

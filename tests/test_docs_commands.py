@@ -91,7 +91,7 @@ def test_readme_check_config_example_is_what_check_config_prints(tmp_path: Path)
     bad = (
         good.replace('url = "wss://csms.example.com/ocpp"', 'url = "http://csms"')
         .replace("max_current_a = 32                # the installation", "max_curent_a = 16  # the installation")
-        .replace('pilot = { driver = "pwm" }', 'pilot = { driver = "laser" }')
+        .replace('pilot = { driver = "pwm", negative_channel = 1 }', 'pilot = { driver = "laser", negative_channel = 1 }')
         .replace("relay_pin = 17", "relay_pn = 17")
     )
     path = tmp_path / "bad.toml"

@@ -246,3 +246,15 @@ async def test_missing_serial_port_is_a_meter_error(tmp_path: Path) -> None:
     with pytest.raises(MeterError, match="cannot open"):
         await meter.read()
     assert [e.kind for e in events if isinstance(e, FaultRaised)] == [FaultKind.METER]
+
+
+def test_no_shipped_map_has_a_temperature_register_and_the_docs_say_so() -> None:
+    """Issue 12: the meter's temperature counts "where the register map has one". None of the shipped maps
+    has one (hardware-docs/drivers.md names the sources); a map that gains one must update that paragraph."""
+    import tomllib
+
+    maps = Path(__file__).resolve().parents[1] / "hal" / "meters"
+    with_temperature = [p.stem for p in sorted(maps.glob("*.toml"))
+                        if "temperature" in tomllib.loads(p.read_text(encoding="utf-8"))["registers"]]
+    docs = (Path(__file__).resolve().parents[1] / "hardware-docs" / "drivers.md").read_text(encoding="utf-8")
+    assert with_temperature == [] and "**None of the shipped maps has one**" in docs

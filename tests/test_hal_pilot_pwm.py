@@ -22,7 +22,8 @@ from hal.interfaces import (
     HardwareConfigError,
     PilotChanged,
 )
-from hal.pilot_pwm import PwmPilot, amps_for_duty, classify, duty_for_amps
+from hal.pilot_duty import NO_CURRENT_DUTY, amps_to_duty, duty_to_amps
+from hal.pilot_pwm import PwmPilot, classify
 from hal.registry import BuildContext, build
 from tests.fakes.mcp3008 import FakeMCP3008
 
@@ -77,14 +78,22 @@ def set_cp(adc: FakeMCP3008, volts: float, channel: int = 0) -> None:
      (51, 85.0), (52, 85.0), (60, 88.0), (80, 96.0), (100, 96.0)],
 )
 def test_duty_formula(amps: float | None, duty: float | None) -> None:
-    got = duty_for_amps(amps)
-    assert (got is None and duty is None) or got == pytest.approx(duty, abs=1e-3)
+    """The driver's duty is hal.pilot_duty's (issue 13: one conversion): None = no PWM = constant +12 V (100 %);
+    the exact formula rounded DOWN to the 0.01 % resolution, never above it."""
+    got = amps_to_duty(amps)
+    if duty is None:
+        assert got == NO_CURRENT_DUTY
+    else:
+        assert got == pytest.approx(duty, abs=0.01) and got <= duty + 1e-3
 
 
 @pytest.mark.parametrize("amps", [6, 6.5, 10, 13, 16, 20, 25, 32, 40, 51, 53, 63, 70, 80])
 def test_ev_reads_back_the_offered_current(amps: float) -> None:
-    duty = duty_for_amps(amps)
-    assert duty is not None and amps_for_duty(duty) == pytest.approx(amps, abs=1e-9)
+    """What the EV decodes is the offer within the 0.01 % duty resolution (0.006 A below 51 A, 0.025 A
+    above), and never more than the offer."""
+    duty = amps_to_duty(amps)
+    got = duty_to_amps(duty)
+    assert duty != NO_CURRENT_DUTY and got == pytest.approx(amps, abs=0.025) and got <= amps + 1e-9
 
 
 def test_classify_thresholds_and_hysteresis() -> None:
@@ -108,7 +117,9 @@ async def test_pwm_output_duty_and_safe_states(tmp_path: Path, factory: MockFact
     assert (sysfs(chip, "period"), sysfs(chip, "duty_cycle"), sysfs(chip, "enable")) == ("1000000", "0", "1")
     assert pilot.state == CpState.F and pilot.offered_amps is None
     await pilot.offer(16)
-    assert sysfs(chip, "duty_cycle") == "266667" and pilot.offered_amps == pytest.approx(16)
+    # 26.66 % (rounded down, hal/pilot_duty.py): the EV reads 15.996 A, never more than 16
+    assert sysfs(chip, "duty_cycle") == "266600" and pilot.offered_amps == pytest.approx(16, abs=0.01)
+    assert pilot.offered_amps <= 16
     await pilot.offer(None)
     assert sysfs(chip, "duty_cycle") == "1000000" and pilot.offered_amps is None  # constant +12 V
     await pilot.offer(3)
@@ -127,7 +138,7 @@ async def test_inverting_driver(tmp_path: Path, factory: MockFactory, adc: FakeM
     await pilot.start(lambda e: None)
     assert sysfs(chip, "duty_cycle") == "1000000"  # inverted: 100 % high time is -12 V
     await pilot.offer(16)
-    assert sysfs(chip, "duty_cycle") == "733333"
+    assert sysfs(chip, "duty_cycle") == "733400"  # 100 % - 26.66 % (rounded down, hal/pilot_duty.py)
     await pilot.stop()
 
 
@@ -206,8 +217,8 @@ async def test_levels_set_before_start_are_applied_at_open(tmp_path: Path, facto
     assert not (chip / "pwm0").exists()
     export_channel(chip, 0)
     await pilot.start(lambda e: None)
-    assert sysfs(chip, "enable") == "1" and sysfs(chip, "duty_cycle") == "266667"
-    assert pilot.offered_amps == pytest.approx(16)
+    assert sysfs(chip, "enable") == "1" and sysfs(chip, "duty_cycle") == "266600"
+    assert pilot.offered_amps == pytest.approx(16, abs=0.01)
     await pilot.stop()
     assert sysfs(chip, "duty_cycle") == "0"
 

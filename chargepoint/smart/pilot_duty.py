@@ -1,61 +1,26 @@
-"""Control-pilot duty cycle <-> current (IEC 61851-1 / SAE J1772) and the duty-change rate limit.
+"""The duty-change rate limit of the control pilot (at most one change per 5 s).
 
-Sources: /work/shared/HARDWARE-FACTS.md ("Duty <-> current", EVerest edge cases, "at most one change
-per 5 s"). Pure; `now` is passed in.
+The duty <-> current conversion itself is hal/pilot_duty.py (one module for the drivers and for this
+limiter; chargepoint depends on hal, never the reverse); it is re-exported here for the smart-charging
+code. Sources: /work/shared/HARDWARE-FACTS.md ("at most one change per 5 s"). Pure; `now` is passed in.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-NO_CURRENT_DUTY = 100.0  # constant +12 V (state X1): no current offered
-MIN_AMPS = 6.0
-MAX_AMPS = 80.0
+from hal.pilot_duty import MAX_AMPS, MIN_AMPS, NO_CURRENT_DUTY, amps_to_duty, duty_to_amps
 
-
-def amps_to_duty(amps: float | None) -> float:
-    """Duty cycle in percent for offering `amps`; 100 % (no PWM) for None or anything below 5.9 A.
-
-    6-51 A: A / 0.6 (10-85 %); 51-80 A: A / 2.5 + 64 (85-96 %). EVerest's edge cases: below 5.9 A
-    -> 100 % (no charging, there is no valid duty under 6 A); 5.9-6.1 A -> 10 %; 51-52.5 A clamped
-    to 51 A (85 %), because the upper formula would give less than 85 %, which an EV reads with the
-    lower formula as less than 51 A; above 80 A clamped to 80 A (96 %). The duty is rounded DOWN to
-    0.01 %, so the current an EV decodes is never above `amps` (apart from float noise and the
-    5.9-6 A band, which EVerest deliberately offers as 6 A).
-    """
-    if amps is None or math.isnan(amps) or amps < 5.9:
-        return NO_CURRENT_DUTY
-    if amps <= 6.1:
-        return 10.0
-    if amps <= 51.0:
-        duty = amps / 0.6
-    elif amps <= 52.5:
-        duty = 85.0
-    else:
-        duty = min(amps, MAX_AMPS) / 2.5 + 64.0
-    return math.floor(duty * 100 + 1e-6) / 100
-
-
-def duty_to_amps(duty: float) -> float:
-    """The current an EV reads from `duty` percent (0.0 = no current allowed).
-
-    SAE J1772 / IEC 61851-1 decoding: < 8 % -> 0 (3-7 % means digital communication, 5 % = ISO 15118,
-    no current is given by PWM); 8-10 % -> 6 A; 10-85 % (85 included) -> duty x 0.6;
-    85-96 % -> (duty - 64) x 2.5; 96-97 % -> 80 A; above 97 % (incl. 100 %) -> 0. HARDWARE-FACTS.md
-    states the bands with "<"; the 8-10 % band and the inclusive 85 % boundary follow J1772 (85 % is
-    51 A, consistent with amps_to_duty(51) == 85).
-    """
-    if math.isnan(duty) or duty < 8.0 or duty > 97.0:
-        return 0.0
-    if duty < 10.0:
-        return 6.0
-    if duty <= 85.0:
-        return duty * 0.6
-    if duty <= 96.0:
-        return (duty - 64.0) * 2.5
-    return 80.0
+__all__ = [
+    "MAX_AMPS",
+    "MIN_AMPS",
+    "NO_CURRENT_DUTY",
+    "DutyDecision",
+    "DutyRateLimiter",
+    "amps_to_duty",
+    "duty_to_amps",
+]
 
 
 class DutyDecision(NamedTuple):
