@@ -355,6 +355,8 @@ class ControllerApi:
         self._connected_since: str | None = None
         self._last_error: str | None = None
         self._pilot_before: dict[int, str] = {}
+        self._history: Any = None
+        self._history_store: Any = None
         self._policy_tasks: set[asyncio.Task[None]] = set()
         controller.listeners.append(self._on_timeline)
 
@@ -408,6 +410,20 @@ class ControllerApi:
 
     def _loop_time(self) -> float:
         return float(self._c.monotonic())
+
+    # ------------------------------------------------------------------ session history
+    @property
+    def history(self) -> Any:
+        """The session history (chargepoint.sessions.SessionHistory: ``query(...)``), or None without a store."""
+        store = getattr(self._c, "store", None)
+        if store is None:
+            return None
+        if self._history is None or self._history_store is not store:
+            from chargepoint.sessions import DEFAULT_RETENTION_DAYS, SessionHistory
+
+            days = getattr(self._config(), "session_history_days", DEFAULT_RETENTION_DAYS)
+            self._history, self._history_store = SessionHistory(store, retention_days=days), store
+        return self._history
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> StationView:
@@ -519,6 +535,12 @@ class ControllerApi:
             self._connected_since = None
         elif kind == "link_error":
             self._last_error = str(data.get("error", ""))[:200]
+        elif kind == "transaction_stopped":
+            try:
+                if self.history is not None:
+                    self.history.prune_if_due()
+            except Exception as exc:  # the store reports its own trouble; history pruning can wait
+                log.warning("session history not pruned: %s", exc)
         if not self._subs:
             return
         mapped = _TIMELINE.get(kind, ChangeKind.STATION)

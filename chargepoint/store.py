@@ -207,7 +207,28 @@ def _v1(conn: sqlite3.Connection) -> None:
 # (or CREATE TABLE ..., or a data fix-up with UPDATE) and append it below.  Never edit or
 # reorder an entry that has shipped: installed stores have already run it.  Each entry runs in
 # one transaction with its version bump, so a power cut mid-migration leaves the old version.
-MIGRATIONS: list[Migration] = [_v1]
+def _v2(conn: sqlite3.Connection) -> None:
+    """Session history (chargepoint.sessions): one row per finished transaction, the id tag masked."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE sessions (
+            local_id INTEGER PRIMARY KEY,
+            connector_id INTEGER NOT NULL,
+            id_tag_mask TEXT NOT NULL,
+            start_time TEXT NOT NULL,
+            stop_time TEXT NOT NULL,
+            meter_start_wh INTEGER NOT NULL,
+            meter_stop_wh INTEGER NOT NULL,
+            stop_reason TEXT,
+            transaction_id INTEGER
+        );
+        CREATE INDEX sessions_by_start ON sessions (start_time);
+        """,
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2]
 
 
 def _now_iso() -> str:
@@ -740,11 +761,12 @@ class Store:
 
     def set_transaction_id(self, local_id: int, transaction_id: int) -> None:
         """Record the CSMS transactionId (from StartTransaction.conf).  No-op if the row is gone."""
-        self.write(
-            "UPDATE transactions SET transaction_id = ? WHERE local_id = ?",
-            (int(transaction_id), local_id),
-            what=f"transactionId of local transaction {local_id}",
-        )
+        with self.batch(f"transactionId of local transaction {local_id}"):
+            self._conn.execute("UPDATE transactions SET transaction_id = ? WHERE local_id = ?",
+                               (int(transaction_id), local_id))
+            # a session that ended offline learns its id when the queued StartTransaction is answered
+            self._conn.execute("UPDATE sessions SET transaction_id = ? WHERE local_id = ?",
+                               (int(transaction_id), local_id))
 
     def update_meter(self, local_id: int, wh: int, ts: str) -> None:
         """Hot path: one row update of the last meter register (used as meterStop after a power loss).
@@ -770,12 +792,23 @@ class Store:
 
     def end_transaction(self, local_id: int) -> None:
         """Remove the open-transaction row (after its StopTransaction was queued in the outbox —
-        do both in one :meth:`batch` so a crash cannot lose or duplicate the stop)."""
-        self.write(
-            "DELETE FROM transactions WHERE local_id = ?",
-            (local_id,),
-            what=f"end of local transaction {local_id}",
-        )
+        do both in one :meth:`batch` so a crash cannot lose or duplicate the stop). In the same commit the
+        session goes into the history (``sessions``, id tag masked), so a finished session is never missing
+        from it nor counted twice."""
+        from chargepoint.privacy import mask_id_tag
+
+        with self.batch(f"end of local transaction {local_id}"):
+            row = self._conn.execute("SELECT id_tag FROM transactions WHERE local_id = ?", (local_id,)).fetchone()
+            if row is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO sessions (local_id, connector_id, id_tag_mask, start_time, stop_time, "
+                    "meter_start_wh, meter_stop_wh, stop_reason, transaction_id) "
+                    "SELECT local_id, connector_id, ?, start_time, COALESCE(stop_time, last_meter_time), "
+                    "meter_start_wh, COALESCE(stop_meter_wh, last_meter_wh), stop_reason, transaction_id "
+                    "FROM transactions WHERE local_id = ?",
+                    (mask_id_tag(row[0]), local_id),
+                )
+            self._conn.execute("DELETE FROM transactions WHERE local_id = ?", (local_id,))
 
     def open_transactions(self) -> list[TransactionRow]:
         rows = self.query(

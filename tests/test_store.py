@@ -42,7 +42,7 @@ def test_open_creates_missing_directory_and_uses_wal(tmp_path: Path) -> None:
     s = Store.open(d)
     try:
         assert (d / "state.db").is_file()
-        assert s.persistent and s.schema_version == len(store_mod.MIGRATIONS) == 1
+        assert s.persistent and s.schema_version == len(store_mod.MIGRATIONS) == 2
         assert s.query("PRAGMA journal_mode")[0][0] == "wal"
         assert s.query("PRAGMA page_size")[0][0] == store_mod.DEFAULT_PAGE_SIZE
         assert s.moved_aside is None
@@ -243,29 +243,40 @@ def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
 
 
 def test_migration_from_a_v1_file_to_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """How a v2 would be added: append a function to MIGRATIONS; existing v1 data is kept."""
+    """A store written by a release with schema v1 opens with today's v2 (the session history); its data is
+    kept, and the next migration is added the same way: append a function to MIGRATIONS."""
     d = tmp_path / "state"
+    current = list(store_mod.MIGRATIONS)
+    monkeypatch.setattr(store_mod, "MIGRATIONS", current[:1])  # the previous release
     s = Store.open(d)
     local = s.begin_transaction(1, "T", TS, 100)
     s.set_config("K", "V")
     s.close()
+    monkeypatch.setattr(store_mod, "MIGRATIONS", current)
+    s1 = Store.open(d)
+    try:
+        assert s1.schema_version == 2
+        assert s1.query("SELECT count(*) FROM sessions") == [(0,)]
+        assert [t.local_id for t in s1.open_transactions()] == [local]
+    finally:
+        s1.close()
 
-    def v2(conn: sqlite3.Connection) -> None:
+    def v3(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE transactions ADD COLUMN soc_percent INTEGER")
         conn.execute("UPDATE transactions SET soc_percent = -1")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, v2])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*current, v3])
     s2 = Store.open(d)
     try:
-        assert s2.schema_version == 2
+        assert s2.schema_version == 3
         assert s2.query("SELECT local_id, soc_percent FROM transactions") == [(local, -1)]
         assert s2.get_config() == {"K": "V"}
         assert [t.local_id for t in s2.open_transactions()] == [local]
     finally:
         s2.close()
-    s3 = Store.open(d)  # running again does not re-run v2
+    s3 = Store.open(d)  # running again does not re-run v3
     try:
-        assert s3.query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+        assert s3.query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
     finally:
         s3.close()
 
@@ -281,10 +292,10 @@ def test_failing_migration_leaves_previous_version(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, bad_v2])
     with pytest.raises(StoreUnavailable, match="migration bug"):
         Store.open(d)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:-1])
     s = Store.open(d)
     try:
-        assert s.schema_version == 1
+        assert s.schema_version == len(store_mod.MIGRATIONS)
         assert s.query("SELECT name FROM sqlite_master WHERE name = 'half_done'") == []
     finally:
         s.close()
@@ -488,7 +499,7 @@ def test_read_only_after_a_crash_still_sees_the_wal(small_fs: Path) -> None:
 def test_memory_store_without_seed() -> None:
     s = Store.memory()
     try:
-        assert s.schema_version == 1 and not s.persistent
+        assert s.schema_version == len(store_mod.MIGRATIONS) and not s.persistent
         a = s.begin_transaction(1, "T", TS, 0)
         assert s.open_transactions()[0].local_id == a
     finally:
@@ -500,7 +511,7 @@ def test_memory_seed_that_is_garbage_starts_empty(tmp_path: Path) -> None:
     bad.write_bytes(b"garbage" * 100)
     s = Store.memory(seed=bad)
     try:
-        assert s.open_transactions() == [] and s.schema_version == 1
+        assert s.open_transactions() == [] and s.schema_version == len(store_mod.MIGRATIONS)
     finally:
         s.close()
 

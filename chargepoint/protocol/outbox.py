@@ -370,6 +370,10 @@ class Outbox:
             "UPDATE transactions SET transaction_id = ? WHERE local_id = ?",
             (int(transaction_id), local_tx_id),
         )
+        self._store.execute_in_batch(  # a session that ended offline learns its id here (history)
+            "UPDATE sessions SET transaction_id = ? WHERE local_id = ?",
+            (int(transaction_id), local_tx_id),
+        )
 
     def transaction_id_for(self, local_tx_id: int) -> int | None:
         if local_tx_id in self._mem_txid:

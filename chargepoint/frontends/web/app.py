@@ -364,6 +364,9 @@ async def _check_post(ui: WebUi, request: web.Request) -> None:
 
 
 def make_app(api: StationApi, config: WebConfig, context: WebContext | None = None) -> web.Application:
+    context = context or WebContext()
+    if context.history is None:  # the API's session history, when the implementation keeps one
+        context = dataclasses.replace(context, history=getattr(api, "history", None))
     ui = WebUi(api, config, context)
     app = web.Application(middlewares=[_middleware], client_max_size=MAX_BODY)
     app[KEY] = ui
