@@ -309,8 +309,33 @@ def cmd_check_hardware(args: argparse.Namespace) -> int:
     def ask(question: str) -> str:
         return input(question + " ")
 
-    ok = asyncio.run(check_hardware(hardware, ask=ask, say=print, assume_yes=args.yes))
+    said: list[str] = []
+
+    def say(text: str) -> None:
+        print(text)
+        said.append(text)
+
+    ok = asyncio.run(check_hardware(hardware, ask=ask, say=say, assume_yes=args.yes))
+    _keep_check_hardware_results(config.state_dir, said, ok)
     return 0 if ok else 1
+
+
+def _keep_check_hardware_results(state_dir: Path, lines: list[str], ok: bool) -> None:
+    """The last run's report, for the web UI's installer page (``<state_dir>/check-hardware.txt``, masked)."""
+    from datetime import UTC, datetime
+
+    from chargepoint.logsetup import redact
+
+    stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    text = f"check-hardware {stamp}: {'all checks passed' if ok else 'FAILED'}\n" + "\n".join(
+        redact(line) for line in lines) + "\n"
+    target = Path(state_dir) / "check-hardware.txt"
+    try:
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    except OSError as exc:  # the report on the terminal is what counts; the copy is a convenience
+        print(f"check-hardware: results not kept in {target}: {exc.strerror or exc}", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -261,6 +261,17 @@ def test_check_hardware_cli_with_closed_stdin(tmp_path: Path) -> None:
     assert "standard input closed" in out.stdout and "Result:" in out.stdout
 
 
+def test_check_hardware_keeps_its_report_for_the_web_ui(tmp_path: Path) -> None:
+    cfg = tmp_path / "cp.toml"
+    cfg.write_text(SIM_CONFIG.format(state=tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    out = subprocess.run([sys.executable, "-m", "chargepoint", "check-hardware", "--config", str(cfg)],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    kept = (tmp_path / "state" / "check-hardware.txt").read_text()
+    assert kept.startswith("check-hardware ") and "FAILED" in kept.splitlines()[0]
+    assert "Result:" in kept and out.stdout.strip().splitlines()[-1] in kept
+
+
 async def test_check_hardware_refuses_while_the_service_runs(tmp_path: Path) -> None:
     import asyncio
     import shutil
