@@ -107,7 +107,8 @@ class SurplusController:
         """The phase switch finished (``phases`` is what the hardware has now; on a failed switch the old)."""
         self.phases = phases
         self.wanted_phases = phases
-        self._last_phase_change = now
+        if self.charging:  # a switch at rest costs the car and the contactor nothing: no interval from it
+            self._last_phase_change = now
         self._phase_since = None
         self._last_change = now
         if self.charging:
