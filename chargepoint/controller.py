@@ -30,6 +30,7 @@ from chargepoint.privacy import mask_id_tag, use_installation_salt
 from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
 from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
 from chargepoint.services.authorization import Authorization, AuthorizeResult
+from chargepoint.services.firmware import FirmwareService
 from chargepoint.services.hardware_limits import HardwareLimits
 from chargepoint.services.limits import (
     PRIORITY_AUTHORIZATION,
@@ -39,6 +40,7 @@ from chargepoint.services.limits import (
     LimitArbiter,
 )
 from chargepoint.services.reservations import ReservationService
+from chargepoint.services.security import SecurityService
 from chargepoint.services.smartcharging import SmartCharging
 from chargepoint.services.station import ActiveTransaction, ConnectorRuntime
 from chargepoint.services.systemd import SystemdService
@@ -103,8 +105,11 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
     return StationHardware(connectors=connectors, readers=readers, indicator=indicator), ctx
 
 
-class ControllerCore:
-    """Core profile behaviour. Feature mixins (chargepoint/features/) override its hooks."""
+class Controller:
+    """The charge point: the composition root that builds the services, and the event dispatcher.
+
+    No mixins and no hooks: every profile beyond Core is a service (chargepoint/services/) built in
+    :meth:`start` with what it needs, and the controller calls each where its concern begins."""
 
     def __init__(
         self,
@@ -147,6 +152,9 @@ class ControllerCore:
         self.loop_ticks = 0
         self.dropped_messages: list[dict[str, Any]] = []
         self._owns_store = False
+        # Built in start() (they need the store and the configuration keys).
+        self.firmware: FirmwareService | None = None
+        self.security: SecurityService | None = None
         from chargepoint.api import ControllerApi
 
         self.api = ControllerApi(self)  # the one door for front ends (chargepoint/api.py)
@@ -188,6 +196,16 @@ class ControllerCore:
         self.keys.subscribe(self._on_key_changed)
         # Before any tag is logged: masks are keyed with this installation's secret (chargepoint.privacy).
         use_installation_salt(cfg.state_dir)
+        self.firmware = FirmwareService(
+            cfg, self.connectors, store=store, link=lambda: self.link, registered=lambda: self.boot_accepted,
+            emit=self._emit_timeline, snapshot=self.snapshot, spawn=self._spawn, stop_controller=self.stop,
+            restart=self._restart,
+        )
+        self.security = SecurityService(
+            cfg, self.keys, firmware=self.firmware, now=self.now, link=lambda: self.link,
+            registered=lambda: self.boot_accepted, emit=self._emit_timeline, supervise=self.supervise,
+            spawn=self._spawn,
+        )
         self.authorization = Authorization(
             self.connectors, keys=self.keys, store=store, now=self.now, online=self._online,
             call=self._csms_call, response_timeout_s=cfg.csms.response_timeout_s,
@@ -198,7 +216,6 @@ class ControllerCore:
             emit=self._emit_timeline, station_status=lambda: self.station_status()[0],
             parent_of=self.authorization.parent_of,
         )
-        self.load_persisted_state()
         self.limits = LimitArbiter(self.connectors, apply=self.apply_limit, monotonic=self.monotonic)
         self.hardware_limits = HardwareLimits(
             self.connectors, cfg.connectors, post=self.post, emit=self._emit_timeline,
@@ -272,8 +289,8 @@ class ControllerCore:
             on_session=self._on_session,
             on_disconnect=self._on_disconnect,
             password=lambda: self.keys["AuthorizationKey"] or cfg.csms.password,  # type: ignore[index]
-            ca_file=self.csms_ca_file,
-            client_cert=self.csms_client_cert,
+            ca_file=self.security.csms_ca_file,
+            client_cert=self.security.csms_client_cert,
             on_connect_error=self.on_link_error,
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
@@ -295,12 +312,14 @@ class ControllerCore:
             self.connectors, status_socket=cfg.status_socket, snapshot=self.snapshot,
             loop_ticks=lambda: self.loop_ticks, post=self.post, supervise=self.supervise,
             problem=lambda: self.supervisor.problem, monotonic=self.monotonic,
-            store_copy=getattr(self, "_copy_store", None),  # the firmware profile's consistent store copy
+            store_copy=self.firmware.copy_store,  # a consistent store copy, as for GetDiagnostics
         )
         await self.systemd.start()
         self.ready.set()
         self._recompute_all_limits()
         self.reservations.start()
+        self.security.start()
+        await self.firmware.start()
 
     def supervise(
         self, name: str, factory: TaskFactory, *, critical: bool = False, transient: bool = False
@@ -308,8 +327,10 @@ class ControllerCore:
         """A long-lived task that must not die: restarted by the supervisor if it does (see its docstring)."""
         return self.supervisor.start(name, factory, critical=critical, transient=transient)
 
-    def security_event(self, kind: str, tech_info: str | None = None) -> None:
-        """Hook: a security event (security whitepaper edition 2); the security feature records and sends it."""
+    def _security_event(self, kind: str, tech_info: str | None = None) -> None:
+        """A security event (security whitepaper edition 2): the security service records and sends it."""
+        if self.security is not None:
+            self.security.security_event(kind, tech_info)
 
     def _on_task_crash(self, name: str, exc: BaseException | None, critical: bool) -> None:
         """A supervised task ended unasked; the supervisor restarts it after this.
@@ -320,7 +341,7 @@ class ControllerCore:
         state machines (``cm.OutputsForcedSafe``), which then re-derive the outputs from their inputs after
         the 300 ms in state F of IEC 61851-1 Table A.5."""
         if isinstance(exc, MemoryError):
-            self.security_event("MemoryExhaustion", f"task {name} ran out of memory")
+            self._security_event("MemoryExhaustion", f"task {name} ran out of memory")
         if critical:
             self._force_safe_outputs(f"task {name} died")
 
@@ -334,7 +355,7 @@ class ControllerCore:
         and queued security messages are kept."""
         if critical:
             self._force_safe_outputs(f"task {name} cannot be restarted")
-        self.security_event("ResetOrReboot", f"restarting the service: {reason}"[:255])
+        self._security_event("ResetOrReboot", f"restarting the service: {reason}"[:255])
         if self._restart is not None and not self._stopping:
             self._spawn(self._restart_service(), "supervisor-restart")
 
@@ -381,7 +402,21 @@ class ControllerCore:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def stop(self) -> None:
-        """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes)."""
+        """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes).
+
+        Firmware and security work ends first; what they could not deliver is written to the state
+        directory last, so the next start sends it."""
+        if self.firmware is not None:
+            self.firmware.cancel_tasks()
+        if self.security is not None:
+            self.security.cancel_tasks()
+        await self._stop_everything()
+        if self.security is not None:
+            self.security.save_pending()
+        if self.firmware is not None:
+            self.firmware.save_pending()
+
+    async def _stop_everything(self) -> None:
         if self._stopping:
             return
         if hasattr(self, "systemd"):
@@ -585,7 +620,6 @@ class ControllerCore:
             log.info("connector %d: status %s (%s)", cid, action.status, action.error_code, extra=extra)
             self._emit_timeline("status", connector=cid, status=action.status, error_code=action.error_code)
             self._show_indicator(rt)
-            self.on_status_changed(rt, action.status, action.error_code)
             self.smart.status_changed(rt, action.status)
             self.authorization.forget_ended()
             self.reservations.status_changed(rt, action.status)
@@ -1130,6 +1164,8 @@ class ControllerCore:
         A failure here would leave the link connected but never registered: it is logged and the connection
         closed, so that the link connects and tries again (with its back-off)."""
         assert self.keys is not None and self.sender is not None
+        assert self.security is not None and self.firmware is not None
+        self.security.session_starting()
         try:
             if not self.boot_accepted:
                 await self._boot(session)
@@ -1142,6 +1178,8 @@ class ControllerCore:
             log.exception("starting the OCPP session failed; reconnecting")
             with contextlib.suppress(Exception):
                 await session._connection.close()
+        self.security.session_started()
+        await self.firmware.on_session()
 
     def _boot_payload(self) -> dict[str, Any]:
         cfg = self.config
@@ -1185,21 +1223,19 @@ class ControllerCore:
             log.warning("BootNotification %s; trying again in %d s", conf["status"], wait)
             await asyncio.sleep(wait)
 
-    def csms_ca_file(self) -> str | None:
-        """Hook: the CA bundle that verifies a wss:// central system (security extension: installed roots)."""
-        return self.config.csms.ca_file
-
-    def csms_client_cert(self) -> tuple[Any, Any] | None:
-        """Hook: (certificate chain file, key file) presented to a wss:// central system (security profile 3)."""
-        return None
-
     def on_link_error(self, exc: BaseException) -> None:
-        """Hook: the link could not connect (e.g. the central system's certificate did not verify)."""
+        """The link could not connect (e.g. the central system's certificate did not verify)."""
         self._emit_timeline("link_error", error=f"{type(exc).__name__}: {exc}")
+        if self.security is not None:
+            self.security.link_error(exc)
 
     def _after_boot(self) -> None:
-        """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""
+        """Registered: what waited for the central system's clock and acceptance."""
         self.reservations.clock_set()
+        if self.security is not None:
+            self.security.after_boot()
+        if self.firmware is not None:
+            self.firmware.after_boot()  # a freshly installed release is confirmed healthy now
 
     def _on_disconnect(self) -> None:
         if self.sender:
@@ -1207,6 +1243,13 @@ class ControllerCore:
         self._emit_timeline("disconnected")
 
     def _set_clock(self, current_time: str | None) -> None:
+        """Take the central system's time; a jump is a security event (SettingSystemTime)."""
+        before = self.clock_offset
+        self._take_clock(current_time)
+        if self.security is not None:
+            self.security.clock_moved(abs((self.clock_offset - before).total_seconds()))
+
+    def _take_clock(self, current_time: str | None) -> None:
         if not current_time:
             return
         try:
@@ -1323,6 +1366,11 @@ class ControllerCore:
             event.set()
 
     def _on_key_changed(self, name: str, value: Any) -> None:
+        self._apply_key_change(name)
+        if self.security is not None:
+            self.security.key_changed(name, value)
+
+    def _apply_key_change(self, name: str) -> None:
         if name == "AuthorizationKey" and self.link is not None:
             # Security whitepaper (1.6 edition 2), security profile 1/2: reconnect with the new key.
             log.warning("AuthorizationKey changed by the central system: reconnecting with the new key")
@@ -1338,12 +1386,6 @@ class ControllerCore:
                 )
 
     # ================================================================== authorization (tap flow)
-    def load_persisted_state(self) -> None:
-        """Hook: features load what they persisted (store and keys are ready; connectors not yet built)."""
-
-    def on_status_changed(self, rt: ConnectorRuntime, status: str, error_code: str) -> None:
-        """Hook: a connector's OCPP status changed (e.g. reservations end on Faulted/Unavailable, §5.13)."""
-
     def remember_id_tag_info(self, id_tag: str, info: dict[str, Any]) -> None:
         """The authorization cache learns from every idTagInfo (Local Auth List profile)."""
         self.authorization.remember_id_tag_info(id_tag, info)
@@ -1494,6 +1536,8 @@ class ControllerCore:
     async def reset(self, kind: str) -> None:
         """Reset (OCPP 1.6 §5.14): stop transactions with SoftReset/HardReset, flush, then restart."""
         assert self.store is not None and self.sender is not None and self.outbox is not None
+        if self.security is not None:
+            await self.security.before_reset(kind)
         reason = "HardReset" if kind == "Hard" else "SoftReset"
         self._safe(self.store.set_pending_reset, None, kind)
         for rt in self.connectors.values():
@@ -1577,11 +1621,4 @@ def _default_session_class() -> type[OcppSession]:
     return ChargePointSession
 
 
-from chargepoint.features import FEATURES  # noqa: E402
-
-
-class Controller(*FEATURES, ControllerCore):  # type: ignore[misc]
-    """The charge point: the core plus every profile's feature mixin."""
-
-
-__all__ = ["Controller", "ControllerCore", "build_hardware", "CpState"]
+__all__ = ["Controller", "build_hardware", "CpState"]

@@ -85,10 +85,10 @@ class TriggerHandlers:
             if conf is not None:
                 c._set_clock(conf.get("currentTime"))
         elif requested_message == "FirmwareStatusNotification":
-            status = getattr(c, "firmware_status", lambda: "Idle")()
+            status = c.firmware.status()
             await self._send_triggered("FirmwareStatusNotification", {"status": status})
         elif requested_message == "DiagnosticsStatusNotification":
-            status = getattr(c, "diagnostics_status", lambda: "Idle")()
+            status = c.firmware.diagnostics_status()
             await self._send_triggered("DiagnosticsStatusNotification", {"status": status})
         elif requested_message == "StatusNotification":
             targets = [0, *c.connectors] if connector_id is None else [connector_id]
