@@ -1,10 +1,9 @@
-"""The controller: builds everything from the configuration and runs the loop.
+"""The controller: the composition root that builds the services from the configuration, and the dispatcher.
 
-One asyncio loop. Hardware events and OCPP requests become connector events, which
-one dispatcher task applies to the pure connector state machines in order; the
-resulting actions switch the hardware and produce OCPP messages. Transaction
-messages go through the persistent outbox; status and heartbeat are sent only
-while connected.
+One asyncio loop. Hardware events and OCPP requests become connector events, which one dispatcher task applies
+to the pure connector state machines in order; the resulting actions switch the hardware (here) and reach the
+services (transactions queue Start/StopTransaction in the persistent outbox). Status and heartbeat are sent only
+while connected. Every concern's state lives in its service (chargepoint/services/, docs/architecture.md).
 """
 
 from __future__ import annotations
