@@ -102,6 +102,23 @@ def test_retention_and_bad_filters(tmp_path: Path) -> None:
         store.close()
 
 
+async def test_the_web_ui_lists_and_exports_the_real_history(e2e_rig: Any) -> None:
+    from tests.web_helpers import client_for, login
+
+    rig = await e2e_rig()
+    await charge(rig, CARD_A)
+    await charge(rig, CARD_B)
+    async with client_for(rig.controller.api) as client:
+        await login(client)
+        page = await (await client.get("/sessions")).text()
+        assert mask_id_tag(CARD_A) in page and CARD_A not in page
+        resp = await client.get("/sessions.csv", params={"card": CARD_A})
+        assert resp.status == 200
+        rows = list(csv.DictReader(io.StringIO(await resp.text())))
+        assert len(rows) == 1 and rows[0]["id_tag"] == mask_id_tag(CARD_A) and rows[0]["stop_reason"] == "EVDisconnected"
+        assert (await client.get("/sessions.csv", params={"from": "2026-13-01"})).status == 400
+
+
 # ------------------------------------------------------------------------------------------------ store-fed
 BERLIN = ZoneInfo("Europe/Berlin")
 
