@@ -299,3 +299,16 @@ def test_sessions_config_section() -> None:
         assert key in [p.key for p in err.value.problems], str(err.value)
     with pytest.raises(ConfigError, match="chargepoint.session_history_days"):  # the old key is gone
         parse_config(tomllib.loads(CONFIG.replace('id = "CP-1"', 'id = "CP-1"\nsession_history_days = 30', 1)))
+
+
+async def test_a_filter_the_history_cannot_use_is_a_400_on_the_page(e2e_rig: Any) -> None:
+    from tests.web_helpers import client_for, login
+
+    rig = await e2e_rig()
+    async with client_for(rig.controller.api) as client:
+        await login(client)
+        for path in ("/sessions", "/sessions.csv"):
+            resp = await client.get(path, params={"from": "2026-02-01", "to": "2026-01-01"})
+            assert resp.status == 400, path
+        csv_text = await (await client.get("/sessions.csv")).text()
+        assert csv_text.splitlines()[0].startswith("transaction_id")
