@@ -120,7 +120,7 @@ async def test_huge_finite_limit_is_rejected_not_an_internal_error(station: Stat
         "GetCompositeSchedule", {"connectorId": 1, "duration": 60, "chargingRateUnit": "W"}
     )
     assert conf["status"] == "Accepted", conf  # the installed profile computes (1e308 overflowed)
-    assert (station.controller.connectors[1].limit_a or 0) <= 32.0
+    assert (station.controller.limits.limit(1) or 0) <= 32.0
 
 
 def test_profile_limit_bounds() -> None:

@@ -133,6 +133,15 @@ async def with_controller(args: argparse.Namespace) -> bool:
             await server.start()
             base = f"http://127.0.0.1:{server.port}"
             bench = c.build_context.shared["sim_bench"]
+            mqtt_cm = broker = None
+            if args.mqtt:  # MQTT publishing to a real mosquitto on loopback, as the setting asks
+                from tests.mqtt_helpers import Mosquitto, running_frontend
+
+                broker = Mosquitto(Path(state) / "mosquitto")
+                broker.start()
+                mqtt_cm = running_frontend(api, broker)
+                await mqtt_cm.__aenter__()
+                print("  (MQTT front end publishing to mosquitto on 127.0.0.1)")
             ev = bench.ev(1)
             print("web UI over the controller (simulated hardware, loopback central system):")
             await first_load(base, args.loads)
@@ -184,9 +193,32 @@ async def with_controller(args: argparse.Namespace) -> bool:
             await http.close()
             if driver_cm is not None:
                 driver_cm.__exit__(None, None, None)
-            line("reaction, live page open" + (" (chromium)" if args.browser else ""), samples,
-                 "goal p99 ≤ 2 ms; compare bench_core.py")
+            line("reaction, live page open" + (" (chromium)" if args.browser else "")
+                 + (" + MQTT" if args.mqtt else ""), samples, "goal p99 ≤ 2 ms; compare bench_core.py")
             print(f"  live snapshots the page received meanwhile: {len(seen)}")
+            ev.unplug()
+            if args.idle_s > 0:  # idle: a page following the live stream, MQTT connected, nothing happening
+                http2 = ClientSession(cookie_jar=CookieJar(unsafe=True))
+                await logged_in(http2, base)
+                follower = asyncio.create_task(sse_reader(http2, base, seen, asyncio.Event()))
+                await asyncio.sleep(1.0)
+                t_cpu, t_wall = time.process_time(), time.perf_counter()
+                await asyncio.sleep(args.idle_s)
+                cpu = time.process_time() - t_cpu
+                minutes = (time.perf_counter() - t_wall) / 60
+                follower.cancel()
+                await http2.close()
+                print(f"  idle CPU, page open{' + MQTT' if args.mqtt else ''}: {cpu / minutes:.2f} CPU-s/min "
+                      "(process incl. the embedded CSMS; goal ≤ 1 CPU-s/min)")
+            import resource
+
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"  peak RSS of this process (controller + CSMS + web{' + MQTT' if args.mqtt else ''}"
+                  f"{' + selenium client' if args.browser else ''}): {rss:.0f} MB (goal ≤ 70 MB)")
+            if mqtt_cm is not None:
+                await mqtt_cm.__aexit__(None, None, None)
+            if broker is not None:
+                broker.stop()
             await server.stop()
             await c.stop()
     return True
@@ -198,6 +230,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--events", type=int, default=400)
     parser.add_argument("--browser", action="store_true", help="also keep a headless chromium on the page")
+    parser.add_argument("--mqtt", action="store_true", help="also publish to a mosquitto on 127.0.0.1")
+    parser.add_argument("--idle-s", type=float, default=30.0, help="idle CPU measurement (0: skip)")
     args = parser.parse_args()
     if not asyncio.run(with_controller(args)):
         asyncio.run(with_fake(args))
