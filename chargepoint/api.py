@@ -276,6 +276,8 @@ FAULT_ACTIONS: dict[str, str] = {
     "pilot": "Control pilot fault: unplug the car; if it stays, check the pilot board.",
     "contactor": "The contactor did not switch as commanded: have the installer check it.",
     "lock": "The socket's lock did not engage: unplug and plug the cable in firmly.",
+    "phase_switch": "The 1p/3p switch did not end on the phases asked: unplug; if it repeats, have the relay "
+                    "and its wiring checked.",
 }
 
 

@@ -61,12 +61,14 @@ ERROR_CODES: dict[FaultKind, str] = {
     FaultKind.OTHER: "OtherError",
     FaultKind.CABLE: "OtherError",
     FaultKind.TEMP_SENSOR: "InternalError",
+    FaultKind.PHASE_SWITCH: "OtherError",
 }
 # Faults without an OCPP errorCode of their own carry a vendorErrorCode and the driver's detail as info
 # (OCPP 1.6 §7.44 StatusNotification.req: vendorErrorCode CiString50, info CiString50).
 VENDOR_ERROR_CODES: dict[FaultKind, str] = {
     FaultKind.CABLE: "InvalidCable",
     FaultKind.TEMP_SENSOR: "TemperatureSensor",
+    FaultKind.PHASE_SWITCH: "PhaseSwitchFailed",
 }
 # A reader fault or a meter fault does not make charging unsafe: they are reported (errorCode) but do not
 # open the contactor. Everything else does.
@@ -83,6 +85,7 @@ FAULT_PRIORITY = [
     FaultKind.PILOT_BOARD,
     FaultKind.TEMP_SENSOR,
     FaultKind.CABLE,
+    FaultKind.PHASE_SWITCH,
     FaultKind.LOCK,
     FaultKind.OTHER,
     FaultKind.METER,
@@ -327,8 +330,9 @@ def step(state: ConnectorState, event: Event, now: float) -> tuple[ConnectorStat
         elif FaultKind.CP_SHORT in s.faults:
             s = replace(s, faults=s.faults - {FaultKind.CP_SHORT})
         if event.state == CpState.A:
-            # Unplugging ends what a car caused: a diode or over-current fault does not outlive the car.
-            car_faults = {FaultKind.DIODE, FaultKind.OVERCURRENT} - s.latched
+            # Unplugging ends what a car caused: a diode or over-current fault does not outlive the car, nor
+            # a failed phase switch (the next session starts from the relay's known state).
+            car_faults = {FaultKind.DIODE, FaultKind.OVERCURRENT, FaultKind.PHASE_SWITCH} - s.latched
             s = replace(s, finishing=False, faults=s.faults - car_faults)
             if s.in_transaction and s.stop_on_ev_disconnect:
                 s, ended = _end_transaction(s, "EVDisconnected")

@@ -250,7 +250,8 @@ class Controller:
             self.energy = EnergyService(
                 cfg.energy, self.connectors, voltage_v=cfg.station.nominal_voltage_v,
                 recompute=self.limits.request_recompute, monotonic=self.monotonic, now=self.now,
-                emit=self._emit_timeline, profile_phases=self._profile_phases, on_dimming=self._on_dimming)
+                emit=self._emit_timeline, profile_phases=self._profile_phases, on_dimming=self._on_dimming,
+                report_fault=lambda cid, detail: self.post(cid, cm.Fault(FaultKind.PHASE_SWITCH, False, detail[:50])))
             self.energy.build(self.build_context)
             self.limits.register("energy", PRIORITY_ENERGY, self.energy.claims)
             if cfg.energy.phase_switch is not None:  # OCPP 1.6 §9.4: numberPhases 1 is honoured then

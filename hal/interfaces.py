@@ -55,6 +55,7 @@ class FaultKind(str, enum.Enum):
     OTHER = "other"
     CABLE = "cable"  # socket: the PP coding is no valid cable rating (IEC 61851-1 Annex B, IEC 62196-2)
     TEMP_SENSOR = "temp_sensor"  # NTC open or shorted: the temperature can no longer be watched
+    PHASE_SWITCH = "phase_switch"  # the 1p/3p switch did not end on the phases asked (meter, relay driver)
 
 
 class IndicatorPattern(str, enum.Enum):

@@ -183,3 +183,42 @@ async def test_dimming_claim_status_info_and_schedule(tmp_path: Path) -> None:
             await cs.wait_for(lambda: rt.hw.pilot.offered_amps == 32.0, 10)
         finally:
             await c.stop()
+
+
+async def test_a_failed_phase_switch_is_a_fault_the_central_system_sees(tmp_path: Path) -> None:
+    """A relay that does not move (welded, unwired): the meter still shows 3 phases after a switch to 1 —
+    a fault (OtherError / PhaseSwitchFailed), the contactor stays open, and unplugging clears it."""
+    grid = {"meter": {"driver": "sim", "house_a": 0.0}, "limit_a": 40.0, "margin_a": 1.0, "poll_s": 0.5}
+    async with CentralSystem() as cs:
+        cfg = simulated_config(charge_point_id="CP-PV", csms_url=cs.url, state_dir=tmp_path, ev_reaction_s=0.05,
+                               grid=grid, max_current_a=40.0)
+        cfg = replace(cfg, connectors=[replace(cfg.connectors[0], max_current_a=16.0)],
+                      energy=_energy(mode="surplus", start_delay_s=1.0, stop_delay_s=20.0, margin_w=0.0,
+                                     phase_switch=PhaseSwitchSettings({"driver": "sim"}, settle_s=5.0,
+                                                                      phase_delay_s=10.0,
+                                                                      phase_hysteresis_w=500.0)))
+        c = Controller(cfg)
+        await c.start()
+        try:
+            c.limits.set_duty_min_interval(0.5)
+            shared = c.build_context.shared  # type: ignore[union-attr]
+            bench, relay = shared["sim_bench"], shared["sim_phase_switches"][1]
+            rt = c.connectors[1]
+            await cs.wait_for(lambda: c.boot_accepted, 15)
+            bench.grid.pv_w = 9000.0
+            bench.ev(1).plug()
+            bench.readers[0].present("PV1")
+            await cs.wait_for(lambda: rt.hw.contactor.is_closed and relay.phases == 3
+                              and bench.ev(1).drawn_a > 0, 30)
+            relay.stuck = True  # from now on the relay ignores its coil
+            bench.grid.pv_w = 2500.0  # one phase would do: the switch is tried and fails
+            sn = await cs.wait_for_message("StatusNotification", where=lambda p: p["status"] == "Faulted",
+                                           timeout=40)
+            assert sn["errorCode"] == "OtherError" and sn.get("vendorErrorCode") == "PhaseSwitchFailed"
+            assert not rt.hw.contactor.is_closed and relay.switched_under_load == 0
+            bench.ev(1).unplug()
+            await cs.wait_for(lambda: not rt.state.faults and rt.state.status == "Available"
+                              and cs.received("StatusNotification")[-1]["status"] == "Available", 15)
+            assert cs.received("StatusNotification")[-1]["errorCode"] == "NoError"
+        finally:
+            await c.stop()

@@ -37,6 +37,7 @@ class EnergyService:
                  monotonic: Callable[[], float], now: Callable[[], datetime], emit: Callable[..., None],
                  profile_phases: Callable[[int], int | None] = lambda cid: None,
                  on_dimming: Callable[[bool], None] = lambda active: None,
+                 report_fault: Callable[[int, str], None] = lambda cid, detail: None,
                  rand: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
         self._connectors = connectors
@@ -47,6 +48,7 @@ class EnergyService:
         self._emit = emit
         self._profile_phases = profile_phases
         self._on_dimming_cb = on_dimming
+        self._report_fault = report_fault
         self._rand = rand or random.SystemRandom().random
         self.cid = cfg.connector
         self.phase_switch_dev: Any = None
@@ -247,5 +249,7 @@ class EnergyService:
             log.error("connector %d: phase switch failed: %s", self.cid, action.detail,
                       extra={"CONNECTOR_ID": self.cid})
             self._emit("phase_switch_fault", connector=self.cid, detail=action.detail)
+            if rt.state.pilot.vehicle_connected:  # a fault the central system sees; cleared on unplug
+                self._report_fault(self.cid, action.detail)
             if self.surplus is not None:
                 self.surplus.phases_changed(now, action.phases)
