@@ -199,17 +199,20 @@ class StatusServer:
             await self._send_json(writer, {"ok": False, "error": "the state store could not be copied "
                                                                  "(the service's journal says why)"})
             return
-        try:
-            files = sorted(f for f in Path(copy_dir).iterdir() if f.is_file())
-            await self._send_json(writer, {"ok": True, "files": [{"name": f.name, "size": f.stat().st_size}
-                                                                  for f in files]})
-            for f in files:
-                with f.open("rb") as fh:
-                    while chunk := await asyncio.to_thread(fh.read, 1 << 16):
-                        writer.write(chunk)
-                        await asyncio.wait_for(writer.drain(), self.write_timeout)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, copy_dir, True)
+        with contextlib.ExitStack() as files_open:
+            try:
+                files = sorted(f for f in Path(copy_dir).iterdir() if f.is_file())
+                header = [{"name": f.name, "size": f.stat().st_size} for f in files]
+                handles = [files_open.enter_context(f.open("rb")) for f in files]
+            finally:
+                # Removed before the first byte goes out (the open handles keep the data): once a client has
+                # read everything no copy of the store is left, nor when it goes away early.
+                await asyncio.to_thread(shutil.rmtree, copy_dir, True)
+            await self._send_json(writer, {"ok": True, "files": header})
+            for fh in handles:
+                while chunk := await asyncio.to_thread(fh.read, 1 << 16):
+                    writer.write(chunk)
+                    await asyncio.wait_for(writer.drain(), self.write_timeout)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
