@@ -141,11 +141,11 @@ class ChangeKind(enum.StrEnum):
     CONTACTOR = "contactor"
     OFFER = "offer"  # the pilot's offered current
     LIMIT = "limit"  # limit in force or its claims
-    METER = "meter"  # a new reading (at most the meter's poll rate)
+    METER = "meter"  # a new reading (compared once a second while subscribed) or a MeterValues sample
     TRANSACTION = "transaction"  # started / id assigned / ended (data["event"])
     AUTHORIZATION = "authorization"  # tap, authorized, refused (id tags masked)
-    FAULT = "fault"  # raised / cleared
-    LINK = "link"  # connected, disconnected, boot answer
+    FAULT = "fault"  # event "raised" / "cleared"; data: raised, cleared, faults (remaining), latched
+    LINK = "link"  # boot answer, disconnected, link_error
     FIRMWARE = "firmware"
     PROFILE = "profile"
     RESERVATION = "reservation"

@@ -376,14 +376,16 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.fl
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(connector=values, amps=values, tag=values)
+@given(connector=values, amps=values, tag=values, role=st.one_of(st.sampled_from(Role), values))
 async def test_fuzzed_arguments_never_raise_anything_but_command_error(
-    tmp_path: Any, connector: Any, amps: Any, tag: Any
+    tmp_path: Any, connector: Any, amps: Any, tag: Any, role: Any
 ) -> None:
     # a bare controller object is enough: every bad value is refused before anything is touched
     api = _OFFLINE_API
     for call in (lambda: api.set_local_limit(connector, amps), lambda: api.start_session(connector, tag),
-                 lambda: api.set_available(connector, amps), lambda: api.stop_session(connector)):
+                 lambda: api.set_available(connector, amps), lambda: api.stop_session(connector),
+                 lambda: api.clear_fault(connector, role=role), lambda: api.set_local_limit(connector, amps, role=role),
+                 lambda: api.start_session(connector, tag, role=role)):
         try:
             result = await call()
         except CommandError as exc:
