@@ -376,43 +376,33 @@ class ControllerApi:
         return self._c.connectors.get(connector_id)
 
     def _session_facts(self, connector_id: int) -> tuple[str | None, float | None]:
-        """(ISO start, Wh since start) of the running transaction, if any."""
-        rt = self._runtime(connector_id)
-        tx = getattr(rt, "tx", None)
-        if rt is None or tx is None:
-            return None, None
-        reading = getattr(rt, "reading", None)
-        energy = None if reading is None else max(0.0, round(reading.energy_wh - tx.meter_start_wh, 1))
-        start = tx.start.astimezone(UTC).isoformat().replace("+00:00", "Z") if tx.start else None
-        return start, energy
+        """(ISO start, Wh since start) of the running transaction, if any: the transactions service knows."""
+        return self._c.transactions.session_facts(connector_id)  # type: ignore[no-any-return]
+
+    def _has_transaction(self, connector_id: int) -> bool:
+        return self._c.transactions.session(connector_id) is not None
 
     def _local_limit(self, connector_id: int) -> float | None:
-        limits = getattr(self._c, "limits", None)
-        if limits is not None and hasattr(limits, "local_limit"):
-            return limits.local_limit(connector_id)  # type: ignore[no-any-return]
-        return None
+        return self._c.limits.local_limit(connector_id)  # type: ignore[no-any-return]
 
     def _apply_local_limit(self, connector_id: int | None, amps: float | None) -> None:
-        limits = getattr(self._c, "limits", None)
-        if limits is None or not hasattr(limits, "set_local_limit"):
-            raise CommandError(CommandError.NOT_POSSIBLE, "this controller has no limit arbiter")
-        limits.set_local_limit(connector_id, amps)
+        self._c.limits.set_local_limit(connector_id, amps)
 
     async def _authorize(self, id_tag: str) -> bool:
-        service = getattr(self._c, "authorization", None)
-        authorize = getattr(service, "authorize", None) or self._c.authorize
-        accepted, _info = await authorize(id_tag)
+        accepted, _info = await self._c.authorization.authorize(id_tag)
         return bool(accepted)
 
     def _post(self, connector_id: int, event: Any) -> None:
         self._c.post(connector_id, event)
 
     def _reservation_allows(self, connector_id: int, id_tag: str) -> bool:
-        allows = getattr(self._c, "reservation_allows", None)
-        return True if allows is None else bool(allows(connector_id, id_tag))
+        return bool(self._c.reservations.reservation_allows(connector_id, id_tag))
+
+    def _stop(self, connector_id: int, reason: str) -> bool:
+        return bool(self._c.transactions.stop(connector_id, reason))
 
     async def _change_availability(self, connector_id: int, operative: bool) -> str:
-        return str(await self._c.change_availability(connector_id, operative))
+        return str(await self._c.availability.change_availability(connector_id, operative))
 
     def _loop_time(self) -> float:
         return float(self._c.monotonic())
@@ -615,7 +605,7 @@ class ControllerApi:
         else:
             tag = self._check_tag(id_tag)
         s = rt.state
-        if getattr(rt, "tx", None) is not None or s.in_transaction or s.session_tag is not None:
+        if self._has_transaction(connector_id) or s.in_transaction or s.session_tag is not None:
             raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} already has a session")
         if not s.operative:
             raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} is unavailable")
@@ -636,11 +626,10 @@ class ControllerApi:
 
     async def stop_session(self, connector_id: int, *, role: Role = Role.USER) -> CommandResult:
         self._require(role, Role.USER, "stopping a session")
-        rt = self._connector(connector_id)
-        if getattr(rt, "tx", None) is None and not rt.state.in_transaction and rt.state.session_tag is None:
-            raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} has no session to stop")
+        self._connector(connector_id)
         # StopTransaction.reason Local: "stopped locally on request of the user at the charge point" (§7.44).
-        self._post(connector_id, cm.Stop("Local"))
+        if not self._stop(connector_id, "Local"):
+            raise CommandError(CommandError.NOT_POSSIBLE, f"connector {connector_id} has no session to stop")
         return CommandResult(True, "the session stops")
 
     async def set_local_limit(self, connector_id: int | None, amps: float | None, *,

@@ -49,9 +49,8 @@ class ConfigError(Exception):
 _MISSING = object()
 
 KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "mqtt",
-                  "web")
-CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket", "free_vend_id_tag",
-                    "session_history_days")
+                  "web", "sessions")
+CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket", "free_vend_id_tag")
 CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
 STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
 GRID_KEYS = ("enabled", "meter", "limit_a", "margin_a", "poll_s")
@@ -162,7 +161,8 @@ class Config:
     #: Free vend (local policy; OCPP 1.6 has no such notion): a car plugged in without a card starts a
     #: session with this id tag. None: off.
     free_vend_id_tag: str | None = None
-    #: How long the session history (chargepoint.sessions) keeps a session, in days.
+    #: How long the session history keeps a session, in days ([sessions] retention_days, parsed in
+    #: chargepoint.sessions).
     session_history_days: int = 730
     source: str = "<config>"
     web: Any = None  # chargepoint.frontends.web.config.WebConfig: [web], the local web UI
@@ -330,9 +330,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     state_dir = r.get(cp, "state_dir", "chargepoint.state_dir", str, "/var/lib/chargepoint")
     status_socket = r.get(cp, "status_socket", "chargepoint.status_socket", str, None)
     free_vend = r.get(cp, "free_vend_id_tag", "chargepoint.free_vend_id_tag", str, None)
-    history_days = r.get(cp, "session_history_days", "chargepoint.session_history_days", int, 730)
-    if isinstance(history_days, int) and not 1 <= history_days <= 3650:
-        r.problem("chargepoint.session_history_days", history_days, "1 to 3650 days")
+    from chargepoint.sessions import parse_sessions_config  # the session history owns [sessions]
+    history_days = parse_sessions_config(r, r.table(data, "sessions", "sessions")).retention_days
     if free_vend is not None and not (0 < len(free_vend) <= 20 and free_vend.isascii() and free_vend.isprintable()
                                       and free_vend.strip(" ") == free_vend):
         r.problem("chargepoint.free_vend_id_tag", free_vend,
@@ -506,7 +505,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         log_level=level,
         status_socket=status_socket,
         free_vend_id_tag=free_vend or None,
-        session_history_days=history_days if isinstance(history_days, int) else 730,
+        session_history_days=history_days,
         source=source,
         web=web,
         mqtt=mqtt,

@@ -1,10 +1,9 @@
-"""The controller: builds everything from the configuration and runs the loop.
+"""The controller: the composition root that builds the services from the configuration, and the dispatcher.
 
-One asyncio loop. Hardware events and OCPP requests become connector events, which
-one dispatcher task applies to the pure connector state machines in order; the
-resulting actions switch the hardware and produce OCPP messages. Transaction
-messages go through the persistent outbox; status and heartbeat are sent only
-while connected.
+One asyncio loop. Hardware events and OCPP requests become connector events, which one dispatcher task applies
+to the pure connector state machines in order; the resulting actions switch the hardware (here) and reach the
+services (transactions queue Start/StopTransaction in the persistent outbox). Status and heartbeat are sent only
+while connected. Every concern's state lives in its service (chargepoint/services/, docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -25,11 +24,13 @@ from chargepoint import connector as cm
 from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
 from chargepoint.logsetup import log_fields
-from chargepoint.metering import iso, measured_current, next_clock_boundary, sampled_values
+from chargepoint.metering import iso, measured_current
 from chargepoint.privacy import mask_id_tag, use_installation_salt
 from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
-from chargepoint.protocol.outbox import Outbox, OutboxSender, QueuedMessage
-from chargepoint.services.authorization import Authorization, AuthorizeResult
+from chargepoint.protocol.outbox import Outbox, OutboxSender
+from chargepoint.services.authorization import Authorization
+from chargepoint.services.availability import AvailabilityService
+from chargepoint.services.firmware import FirmwareService
 from chargepoint.services.hardware_limits import HardwareLimits
 from chargepoint.services.limits import (
     PRIORITY_AUTHORIZATION,
@@ -39,10 +40,12 @@ from chargepoint.services.limits import (
     LimitArbiter,
 )
 from chargepoint.services.reservations import ReservationService
+from chargepoint.services.security import SecurityService
 from chargepoint.services.smartcharging import SmartCharging
-from chargepoint.services.station import ActiveTransaction, ConnectorRuntime
+from chargepoint.services.station import ConnectorRuntime
 from chargepoint.services.systemd import SystemdService
-from chargepoint.store import Store, StoreError, StoreUnavailable, StoreWriteError
+from chargepoint.services.transactions import TransactionService
+from chargepoint.store import Store, StoreError, StoreUnavailable
 from chargepoint.supervisor import Supervisor, TaskFactory
 from hal import registry
 from hal.interfaces import (
@@ -53,18 +56,12 @@ from hal.interfaces import (
     FaultRaised,
     HalEvent,
     IndicatorPattern,
-    MeterError,
-    MeterReading,
     PilotChanged,
     StationHardware,
     TagPresented,
 )
 
 log = logging.getLogger(__name__)
-
-METER_POLL_CHARGING_S = 1.0
-METER_POLL_IDLE_S = 10.0
-STOP_DATA_LIMIT = 500  # sampled values kept for StopTransaction.transactionData
 
 
 def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> tuple[StationHardware, Any]:
@@ -103,8 +100,11 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
     return StationHardware(connectors=connectors, readers=readers, indicator=indicator), ctx
 
 
-class ControllerCore:
-    """Core profile behaviour. Feature mixins (chargepoint/features/) override its hooks."""
+class Controller:
+    """The charge point: the composition root that builds the services, and the event dispatcher.
+
+    No mixins and no hooks: every profile beyond Core is a service (chargepoint/services/) built in
+    :meth:`start` with what it needs, and the controller calls each where its concern begins."""
 
     def __init__(
         self,
@@ -142,11 +142,12 @@ class ControllerCore:
         self._stopping = False
         self.stopped = asyncio.Event()
         self.ready = asyncio.Event()
-        self.station_operative = True
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # timeline for demo/tests
         self.loop_ticks = 0
-        self.dropped_messages: list[dict[str, Any]] = []
         self._owns_store = False
+        # Built in start() (they need the store and the configuration keys).
+        self.firmware: FirmwareService | None = None
+        self.security: SecurityService | None = None
         from chargepoint.api import ControllerApi
 
         self.api = ControllerApi(self)  # the one door for front ends (chargepoint/api.py)
@@ -188,17 +189,30 @@ class ControllerCore:
         self.keys.subscribe(self._on_key_changed)
         # Before any tag is logged: masks are keyed with this installation's secret (chargepoint.privacy).
         use_installation_salt(cfg.state_dir)
+        self.firmware = FirmwareService(
+            cfg, self.connectors, store=store, link=lambda: self.link, registered=lambda: self.boot_accepted,
+            emit=self._emit_timeline, snapshot=self.snapshot, spawn=self._spawn, stop_controller=self.stop,
+            restart=self._restart,
+        )
+        self.security = SecurityService(
+            cfg, self.keys, firmware=self.firmware, now=self.now, link=lambda: self.link,
+            registered=lambda: self.boot_accepted, emit=self._emit_timeline, supervise=self.supervise,
+            spawn=self._spawn,
+        )
         self.authorization = Authorization(
             self.connectors, keys=self.keys, store=store, now=self.now, online=self._online,
             call=self._csms_call, response_timeout_s=cfg.csms.response_timeout_s,
             report_conflict=self._report_local_list_conflict,
         )
+        self.availability = AvailabilityService(
+            self.connectors, store=store, apply_now=self.apply_now, registered=lambda: self.boot_accepted,
+            queue_status=lambda cid, status, code: self._status_queue.put_nowait((cid, status, code, 0)),
+        )
         self.reservations = ReservationService(
             self.connectors, keys=self.keys, store=store, now=self.now, post=self.post,
-            emit=self._emit_timeline, station_status=lambda: self.station_status()[0],
+            emit=self._emit_timeline, station_status=lambda: self.availability.station_status()[0],
             parent_of=self.authorization.parent_of,
         )
-        self.load_persisted_state()
         self.limits = LimitArbiter(self.connectors, apply=self.apply_limit, monotonic=self.monotonic)
         self.hardware_limits = HardwareLimits(
             self.connectors, cfg.connectors, post=self.post, emit=self._emit_timeline,
@@ -206,7 +220,7 @@ class ControllerCore:
         )
         self.smart = SmartCharging(
             self.connectors, station=cfg.station, keys=self.keys, store=store, arbiter=self.limits,
-            now=self.now, monotonic=self.monotonic, emit=self._emit_timeline, read_meter=self._read_meter,
+            now=self.now, monotonic=self.monotonic, emit=self._emit_timeline, read_meter=lambda rt: self.transactions.read_meter(rt),
             supervise=self.supervise,
         )
         self.limits.register("smart charging", PRIORITY_SMART_CHARGING, self.smart.claims)
@@ -216,10 +230,8 @@ class ControllerCore:
         if self._hardware is None:
             self._hardware, self.build_context = build_hardware(cfg, self.build_context)
         self.station = self._hardware
-        availability = self._safe(store.get_availability, {})
-        self.station_operative = availability.get(0, "Operative") == "Operative"
         for cc, hw in zip(cfg.connectors, self.station.connectors, strict=True):
-            operative = availability.get(cc.id, "Operative") == "Operative" and self.station_operative
+            operative = self.availability.operative_at_start(cc.id)
             state = cm.ConnectorState(
                 connector_id=cc.id,
                 min_current_a=cc.min_current_a,
@@ -246,19 +258,28 @@ class ControllerCore:
             await self.station.indicator.start(self._on_hal_event)
 
         self.outbox = Outbox(store)
+        self.transactions = TransactionService(
+            self.connectors, keys=self.keys, store=store, outbox=self.outbox,
+            wake_sender=lambda: self.sender.wake(),  # type: ignore[union-attr]
+            now=self.now, monotonic=self.monotonic, emit=self._emit_timeline, post=self.post,
+            supervise=self.supervise, cancel_task=self.supervisor.cancel, spawn=self._spawn,
+            call_quietly=self._call_quietly, registered=lambda: self.boot_accepted, key_change=self._key_change,
+            limits=self.limits, smart=self.smart, authorization=self.authorization,
+            reservations=self.reservations, hardware_limits=self.hardware_limits,
+        )
         self.sender = OutboxSender(
             self.outbox,
             self._send_queued,
-            self._on_queued_result,
+            self.transactions.on_queued_result,
             attempts=lambda: int(self.keys["TransactionMessageAttempts"]),  # type: ignore[index]
             retry_interval_s=lambda: float(self.keys["TransactionMessageRetryInterval"]),  # type: ignore[index]
             clock=self.now,
             reconnect_poll_s=5.0,
-            on_drop=self._on_queued_drop,
+            on_drop=self.transactions.on_queued_drop,
         )
-        await self._recover_transactions()
+        await self.transactions.recover()
         for rt in self.connectors.values():
-            await self._read_meter(rt)
+            await self.transactions.read_meter(rt)
             self._recompute_limit(rt)
         self.limits.recompute_all()
 
@@ -272,8 +293,8 @@ class ControllerCore:
             on_session=self._on_session,
             on_disconnect=self._on_disconnect,
             password=lambda: self.keys["AuthorizationKey"] or cfg.csms.password,  # type: ignore[index]
-            ca_file=self.csms_ca_file,
-            client_cert=self.csms_client_cert,
+            ca_file=self.security.csms_ca_file,
+            client_cert=self.security.csms_client_cert,
             on_connect_error=self.on_link_error,
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
@@ -285,10 +306,10 @@ class ControllerCore:
         self.supervise("status", self._status_sender)
         self.supervise("outbox", self.sender.run)
         self.supervise("link", self.link.run)
-        self.supervise("clock-aligned", self._clock_aligned_loop)
+        self.supervise("clock-aligned", self.transactions.clock_aligned_loop)
         self.supervise("heartbeat", self._heartbeat_loop)
         for rt in self.connectors.values():
-            self.supervise(f"meter-{rt.id}", functools.partial(self._meter_poll_loop, rt))
+            self.supervise(f"meter-{rt.id}", functools.partial(self.transactions.meter_poll_loop, rt))
             self.post(rt.id, cm.Tick())
         self.smart.start(self.build_context.shared.get("grid_meter") if self.build_context else None)
         self.systemd = SystemdService(
@@ -296,12 +317,14 @@ class ControllerCore:
             subscribe=self.api.subscribe,  # the status socket is a client of the application API
             loop_ticks=lambda: self.loop_ticks, post=self.post, supervise=self.supervise,
             problem=lambda: self.supervisor.problem, monotonic=self.monotonic,
-            store_copy=getattr(self, "_copy_store", None),  # the firmware profile's consistent store copy
+            store_copy=self.firmware.copy_store,  # a consistent store copy, as for GetDiagnostics
         )
         await self.systemd.start()
         self.ready.set()
         self._recompute_all_limits()
         self.reservations.start()
+        self.security.start()
+        await self.firmware.start()
 
     def supervise(
         self, name: str, factory: TaskFactory, *, critical: bool = False, transient: bool = False
@@ -309,8 +332,10 @@ class ControllerCore:
         """A long-lived task that must not die: restarted by the supervisor if it does (see its docstring)."""
         return self.supervisor.start(name, factory, critical=critical, transient=transient)
 
-    def security_event(self, kind: str, tech_info: str | None = None) -> None:
-        """Hook: a security event (security whitepaper edition 2); the security feature records and sends it."""
+    def _security_event(self, kind: str, tech_info: str | None = None) -> None:
+        """A security event (security whitepaper edition 2): the security service records and sends it."""
+        if self.security is not None:
+            self.security.security_event(kind, tech_info)
 
     def _on_task_crash(self, name: str, exc: BaseException | None, critical: bool) -> None:
         """A supervised task ended unasked; the supervisor restarts it after this.
@@ -321,7 +346,7 @@ class ControllerCore:
         state machines (``cm.OutputsForcedSafe``), which then re-derive the outputs from their inputs after
         the 300 ms in state F of IEC 61851-1 Table A.5."""
         if isinstance(exc, MemoryError):
-            self.security_event("MemoryExhaustion", f"task {name} ran out of memory")
+            self._security_event("MemoryExhaustion", f"task {name} ran out of memory")
         if critical:
             self._force_safe_outputs(f"task {name} died")
 
@@ -335,7 +360,7 @@ class ControllerCore:
         and queued security messages are kept."""
         if critical:
             self._force_safe_outputs(f"task {name} cannot be restarted")
-        self.security_event("ResetOrReboot", f"restarting the service: {reason}"[:255])
+        self._security_event("ResetOrReboot", f"restarting the service: {reason}"[:255])
         if self._restart is not None and not self._stopping:
             self._spawn(self._restart_service(), "supervisor-restart")
 
@@ -382,7 +407,21 @@ class ControllerCore:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def stop(self) -> None:
-        """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes)."""
+        """Stop everything; outputs end de-energized. Open transactions stay open (a restart resumes).
+
+        Firmware and security work ends first; what they could not deliver is written to the state
+        directory last, so the next start sends it."""
+        if self.firmware is not None:
+            self.firmware.cancel_tasks()
+        if self.security is not None:
+            self.security.cancel_tasks()
+        await self._stop_everything()
+        if self.security is not None:
+            self.security.save_pending()
+        if self.firmware is not None:
+            self.firmware.save_pending()
+
+    async def _stop_everything(self) -> None:
         if self._stopping:
             return
         if hasattr(self, "systemd"):
@@ -598,7 +637,6 @@ class ControllerCore:
             log.info("connector %d: status %s (%s)", cid, action.status, action.error_code, extra=extra)
             self._emit_timeline("status", connector=cid, status=action.status, error_code=action.error_code)
             self._show_indicator(rt)
-            self.on_status_changed(rt, action.status, action.error_code)
             self.smart.status_changed(rt, action.status)
             self.authorization.forget_ended()
             self.reservations.status_changed(rt, action.status)
@@ -610,10 +648,10 @@ class ControllerCore:
         elif isinstance(action, cm.BeginTransaction):
             self._recompute_all_limits()  # the others' shares change now, before the next event is applied
             rt.tx_issued += 1
-            self._chain(rt, self._begin_transaction(rt, action.id_tag))
+            self._chain(rt, self.transactions.begin(rt, action.id_tag))
         elif isinstance(action, cm.EndTransaction):
             rt.tx_issued += 1
-            self._chain(rt, self._end_transaction(rt, action.reason))
+            self._chain(rt, self.transactions.end(rt, action.reason))
         elif isinstance(action, cm.SessionTimedOut):
             log.info(
                 "connector %d: no cable within ConnectionTimeOut; authorization dropped", cid, extra=extra
@@ -687,244 +725,6 @@ class ControllerCore:
         self.smart.offer_changed(rt, before, after, now)
 
     # ================================================================== transactions
-    async def _read_meter(self, rt: ConnectorRuntime, timeout: float = 3.0) -> MeterReading | None:
-        try:
-            reading = await asyncio.wait_for(rt.hw.meter.read(), timeout)
-        except (TimeoutError, MeterError, OSError) as exc:
-            if rt.meter_ok:
-                rt.meter_ok = False
-                log.error(
-                    "connector %d: meter does not answer (%s)", rt.id, exc, extra={"CONNECTOR_ID": rt.id}
-                )
-                self.post(rt.id, cm.Fault(FaultKind.METER))
-            return rt.reading
-        if not rt.meter_ok:
-            rt.meter_ok = True
-            log.warning("connector %d: meter answers again", rt.id, extra={"CONNECTOR_ID": rt.id})
-            self.post(rt.id, cm.FaultClear(FaultKind.METER))
-        before = rt.reading
-        rt.reading = reading
-        if reading is not before:
-            self.smart.meter_read(rt)
-        if reading.temperature_c is not None:
-            self.hardware_limits.meter_temperature(rt.id, reading.temperature_c)
-        return reading
-
-    def _register_wh(self, rt: ConnectorRuntime) -> int:
-        wh = int(round(rt.reading.energy_wh)) if rt.reading else 0
-        if rt.tx is not None:
-            wh = max(wh, rt.tx.last_meter_wh)
-        return wh
-
-    async def _begin_transaction(self, rt: ConnectorRuntime, id_tag: str) -> None:
-        self.smart.transaction_beginning(rt)
-        start = self.now()  # the event's time, not after a slow meter read
-        await self._read_meter(rt)
-        if rt.reading is None:
-            # No meter register since start: a meterStart of 0 would bill the meter's whole history.
-            log.error(
-                "connector %d: the meter has not answered since start; not starting a transaction "
-                "(check the meter's wiring, address and baud rate)",
-                rt.id,
-                extra={"CONNECTOR_ID": rt.id},
-            )
-            self._emit_timeline("refused", id_tag=id_tag, reason="no meter reading")
-            self.post(rt.id, cm.Stop("Other"))  # rt.tx stays None: nothing is queued
-            return
-        assert (
-            self.store is not None
-            and self.outbox is not None
-            and self.sender is not None
-            and self.keys is not None
-        )
-        meter_start = self._register_wh(rt)
-        reservation_id = self.take_reservation_for(rt.id, id_tag)
-        payload: dict[str, Any] = {
-            "connectorId": rt.id,
-            "idTag": id_tag,
-            "meterStart": meter_start,
-            "timestamp": iso(start),
-        }
-        if reservation_id is not None:
-            payload["reservationId"] = reservation_id
-        try:
-            if self.outbox.degraded:
-                # The outbox holds messages in memory: let it queue on its own (it writes its spill
-                # back first, in order).  Two commits are safe: a row whose StartTransaction is not
-                # queued gets one from _recover_transactions after a restart.
-                local_id = self.store.begin_transaction(
-                    rt.id, id_tag, iso(start), meter_start, reservation_id
-                )
-                rt.last_tx_seq = self.outbox.enqueue(
-                    "StartTransaction", payload, local_tx_id=local_id, created_at=start
-                )
-            else:
-                with self.store.batch("start of a transaction"):
-                    local_id = self.store.begin_transaction(
-                        rt.id, id_tag, iso(start), meter_start, reservation_id
-                    )
-                    rt.last_tx_seq = self.outbox.enqueue(
-                        "StartTransaction", payload, local_tx_id=local_id, created_at=start
-                    )
-        except StoreWriteError as exc:
-            log.error("connector %d: %s; the transaction runs without persistence", rt.id, exc)
-            local_id = self.store.volatile_local_id()
-            rt.last_tx_seq = self.outbox.enqueue(
-                "StartTransaction", payload, local_tx_id=local_id, created_at=start
-            )
-        rt.tx = ActiveTransaction(
-            local_id, id_tag, start, meter_start, reservation_id, last_meter_wh=meter_start
-        )
-        begin = self._stop_data_values(rt, "Transaction.Begin")
-        if begin:
-            rt.tx.stop_data.append({"timestamp": iso(start), "sampledValue": begin})
-        log.info(
-            "connector %d: transaction started for %s, meterStart %d Wh",
-            rt.id,
-            _mask(id_tag),
-            meter_start,
-            extra={"CONNECTOR_ID": rt.id, "OCPP_ACTION": "StartTransaction", "ID_TAG": _mask(id_tag)},
-        )
-        self._emit_timeline("transaction_started", connector=rt.id, id_tag=id_tag, meter_start=meter_start)
-        self.sender.wake()
-        self.supervisor.cancel(f"sampler-{rt.id}")  # a leftover of a transaction that ended oddly
-        self.supervise(f"sampler-{rt.id}", functools.partial(self._sample_loop, rt), transient=True)
-        self._recompute_all_limits()
-
-    def measured_values(
-        self, rt: ConnectorRuntime, reading: MeterReading | None, key: str, context: str
-    ) -> list[dict[str, Any]]:
-        """The sampledValues of ``reading`` for the measurands configuration key ``key`` lists."""
-        assert self.keys is not None
-        if reading is None:
-            return []
-        return sampled_values(
-            reading, self.keys.csl(key), context=context, offered_a=rt.hw.pilot.offered_amps, phases=rt.phases
-        )
-
-    def _stop_data_values(self, rt: ConnectorRuntime, context: str) -> list[dict[str, Any]]:
-        return self.measured_values(rt, rt.reading, "StopTxnSampledData", context)
-
-    async def _end_transaction(self, rt: ConnectorRuntime, reason: str) -> None:
-        tx = rt.tx
-        if tx is None:
-            return
-        stop = self.now()  # the event's time, not after a slow meter read
-        self.supervisor.cancel(f"sampler-{rt.id}")
-        await self._read_meter(rt)
-        assert self.store is not None and self.outbox is not None and self.sender is not None
-        meter_stop = self._register_wh(rt)
-        # No transactionId here: the outbox puts it in at send time (it may not be known yet).
-        payload: dict[str, Any] = {"meterStop": meter_stop, "timestamp": iso(stop), "reason": reason}
-        if rt.stop_tag:
-            payload["idTag"] = rt.stop_tag
-            rt.stop_tag = None
-        end = self._stop_data_values(rt, "Transaction.End")
-        if end:
-            tx.stop_data.append({"timestamp": iso(stop), "sampledValue": end})
-        if tx.stop_data:
-            payload["transactionData"] = tx.stop_data
-        rt.last_tx_seq = self._queue_stop(tx.local_id, payload, stop, reason, meter_stop)
-        rt.tx = None
-        log.info(
-            "connector %d: transaction stopped (%s), meterStop %d Wh, %.3f kWh",
-            rt.id,
-            reason,
-            meter_stop,
-            (meter_stop - tx.meter_start_wh) / 1000,
-            extra={
-                "CONNECTOR_ID": rt.id,
-                "OCPP_ACTION": "StopTransaction",
-                "TRANSACTION_ID": tx.transaction_id,
-            },
-        )
-        self._emit_timeline(
-            "transaction_stopped",
-            connector=rt.id,
-            reason=reason,
-            meter_stop=meter_stop,
-            energy_wh=meter_stop - tx.meter_start_wh,
-            transaction_id=tx.transaction_id,
-        )
-        self.sender.wake()
-        self._recompute_all_limits()
-        self.smart.transaction_ended(rt)
-        self._recompute_all_limits()
-
-    def _queue_stop(
-        self, local_id: int, payload: dict[str, Any], stop: datetime, reason: str, meter_stop: int
-    ) -> int:
-        """Queue StopTransaction and close the persisted transaction in one commit; returns the seq.
-
-        If that commit fails the outbox keeps the message (on disk or in memory) and runs the store
-        part alone: the stop is first marked pending, so a transaction row that could not be deleted
-        is stopped after a restart with the same reason, time and meterStop, never a second story.
-        """
-        assert self.store is not None and self.outbox is not None
-        store = self.store
-
-        def close_row() -> None:
-            if local_id > 0:  # a volatile (negative) id has no row
-                store.mark_stop_pending(local_id, reason, iso(stop), meter_stop, payload.get("idTag"))
-                store.end_transaction(local_id)
-
-        return self.outbox.enqueue(
-            "StopTransaction", payload, local_tx_id=local_id, created_at=stop, with_store=close_row
-        )
-
-    async def _recover_transactions(self) -> None:
-        """Close transactions left open by a crash or power loss (OCPP 1.6 §4.10: reason PowerLoss/Reboot)."""
-        assert self.store is not None and self.outbox is not None
-        # Read now, cleared only once every stop is queued: a crash in between still says Reboot.
-        pending_reset = self._safe(self.store.get_meta, None, "pending_reset")
-        rows = self._safe(self.store.open_transactions, [])
-        queued_starts = {m.local_tx_id for m in self.outbox.pending() if m.action == "StartTransaction"}
-        for row in rows:
-            if row.stop_pending:
-                reason = row.stop_reason or "Other"
-                meter_stop = row.stop_meter_wh if row.stop_meter_wh is not None else row.last_meter_wh
-                stop_time = row.stop_time or row.last_meter_time
-            else:
-                reason = "Reboot" if pending_reset else "PowerLoss"
-                meter_stop, stop_time = row.last_meter_wh, row.last_meter_time
-            if (
-                row.transaction_id is None
-                and row.local_id not in queued_starts
-                and self.outbox.transaction_id_for(row.local_id) is None
-            ):
-                start_payload = {
-                    "connectorId": row.connector_id,
-                    "idTag": row.id_tag,
-                    "meterStart": row.meter_start_wh,
-                    "timestamp": row.start_time,
-                }
-                if row.reservation_id is not None:
-                    start_payload["reservationId"] = row.reservation_id
-                self.outbox.enqueue("StartTransaction", start_payload, local_tx_id=row.local_id)
-            payload: dict[str, Any] = {"meterStop": meter_stop, "timestamp": stop_time, "reason": reason}
-            if row.transaction_id is not None:
-                payload["transactionId"] = row.transaction_id
-            if row.stop_id_tag:
-                payload["idTag"] = row.stop_id_tag
-            log.warning(
-                "connector %d: transaction (local %d) was open at start; stopping it with reason %s, "
-                "meterStop %d Wh",
-                row.connector_id,
-                row.local_id,
-                reason,
-                meter_stop,
-                extra={"CONNECTOR_ID": row.connector_id},
-            )
-            self._queue_stop(
-                row.local_id,
-                payload,
-                datetime.fromisoformat(stop_time.replace("Z", "+00:00")),
-                reason,
-                meter_stop,
-            )
-        if pending_reset is not None:
-            self._safe(self.store.set_pending_reset, None, None)
-
     async def _key_change(self, name: str, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: for ever) for configuration key ``name`` to change.
 
@@ -942,135 +742,6 @@ class ControllerCore:
             return False
         return True
 
-    async def _sample_loop(self, rt: ConnectorRuntime) -> None:
-        """Periodic MeterValues of a transaction (MeterValueSampleInterval, context Sample.Periodic).
-
-        A sample is due one interval after the previous one (or the start). A changed interval applies at
-        once: the next sample is due one *new* interval after the previous sample, at once if that moment
-        has already passed; 0 stops sampling until the key changes again."""
-        assert (
-            self.keys is not None
-            and self.outbox is not None
-            and self.sender is not None
-            and self.store is not None
-        )
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while rt.tx is not None:
-            interval = float(self.keys["MeterValueSampleInterval"])
-            if interval <= 0:
-                await self._key_change("MeterValueSampleInterval")
-                continue
-            if await self._key_change("MeterValueSampleInterval", last + interval - loop.time()):
-                continue
-            last = loop.time()
-            tx = rt.tx
-            if tx is None:
-                return
-            reading = await self._read_meter(rt)
-            if reading is None or not rt.meter_ok:
-                continue
-            ts = self.now()
-            values = self.measured_values(rt, reading, "MeterValuesSampledData", "Sample.Periodic")
-            tx.last_meter_wh = max(tx.last_meter_wh, int(round(reading.energy_wh)))
-            stop_values = self._stop_data_values(rt, "Sample.Periodic")
-            if stop_values and len(tx.stop_data) < STOP_DATA_LIMIT:
-                tx.stop_data.append({"timestamp": iso(ts), "sampledValue": stop_values})
-            payload: dict[str, Any] = {
-                "connectorId": rt.id,
-                "meterValue": [{"timestamp": iso(ts), "sampledValue": values}],
-            }
-            # No transactionId in the payload: the outbox puts it in at send time (offline start).
-            # The persisted register is meterStop if the power goes now (OCPP 1.6 §4.10 PowerLoss).
-            # A volatile (negative) local id has no row to update.
-            persist_register = (
-                functools.partial(self.store.update_meter, tx.local_id, tx.last_meter_wh, iso(ts))
-                if tx.local_id > 0
-                else None
-            )
-            if values:
-                # One commit: the message and the register, so neither survives a power cut alone.
-                self.outbox.enqueue(
-                    "MeterValues",
-                    payload,
-                    local_tx_id=tx.local_id,
-                    created_at=ts,
-                    with_store=persist_register,
-                )
-            elif persist_register is not None:
-                try:
-                    persist_register()
-                except StoreWriteError as exc:
-                    log.error("connector %d: %s", rt.id, exc)
-            self._emit_timeline(
-                "meter_values", connector=rt.id, energy_wh=reading.energy_wh, power_w=reading.power_w
-            )
-            self.sender.wake()
-
-    async def _clock_aligned_loop(self) -> None:
-        """Clock-aligned MeterValues (ClockAlignedDataInterval, context Sample.Clock, aligned to midnight).
-
-        OCPP 1.6 §9.1 ClockAlignedDataInterval: evenly spaced intervals per day starting at 00:00:00. A
-        changed interval applies at once: the next Sample.Clock is at the next boundary of the new interval
-        (0 → 5 s samples at the next 5 s boundary, 3600 → 5 does not wait out the hour). Each sample is
-        stamped with its boundary."""
-        assert self.keys is not None and self.outbox is not None and self.sender is not None
-        last_boundary: datetime | None = None
-        while True:
-            interval = int(self.keys["ClockAlignedDataInterval"])
-            if interval <= 0:
-                await self._key_change("ClockAlignedDataInterval")
-                continue
-            boundary = next_clock_boundary(self.now(), interval, after=last_boundary)
-            wait_s = (boundary - self.now()).total_seconds()
-            if await self._key_change("ClockAlignedDataInterval", wait_s):
-                continue
-            last_boundary = boundary
-            await self._send_clock_aligned(boundary)
-
-    async def _send_clock_aligned(self, ts: datetime) -> None:
-        assert self.outbox is not None and self.sender is not None
-        for rt in self.connectors.values():
-            reading = await self._read_meter(rt)
-            if reading is None or not rt.meter_ok:
-                continue
-            values = self.measured_values(rt, reading, "MeterValuesAlignedData", "Sample.Clock")
-            if not values:
-                continue
-            payload: dict[str, Any] = {
-                "connectorId": rt.id,
-                "meterValue": [{"timestamp": iso(ts), "sampledValue": values}],
-            }
-            tx = rt.tx
-            if tx is not None:
-                aligned_stop = self.measured_values(rt, reading, "StopTxnAlignedData", "Sample.Clock")
-                if aligned_stop and len(tx.stop_data) < STOP_DATA_LIMIT:
-                    tx.stop_data.append({"timestamp": iso(ts), "sampledValue": aligned_stop})
-                if tx.transaction_id is not None:
-                    payload["transactionId"] = tx.transaction_id
-                self.outbox.enqueue("MeterValues", payload, local_tx_id=tx.local_id, created_at=ts)
-                self.sender.wake()
-            elif self.boot_accepted:
-                self._spawn(self._call_quietly("MeterValues", payload), "aligned")
-
-    async def _meter_poll_loop(self, rt: ConnectorRuntime) -> None:
-        """Keeps the reading fresh for status, the balancer and the over-current check."""
-        while True:
-            closed = rt.hw.contactor.is_closed
-            waited = 0.0
-            while waited < (METER_POLL_CHARGING_S if closed else METER_POLL_IDLE_S):
-                await asyncio.sleep(METER_POLL_CHARGING_S)
-                waited += METER_POLL_CHARGING_S
-                if rt.hw.contactor.is_closed != closed:
-                    break  # charging started or stopped: read now, not up to 10 s later
-            reading = await self._read_meter(rt)
-            if reading is None or not rt.meter_ok:  # a stale reading must not trip (or clear) anything
-                continue
-            if rt.overcurrent.sample(self.monotonic(), measured_current(reading)):
-                if FaultKind.OVERCURRENT not in rt.state.faults:
-                    log.error("connector %d: the car draws more than offered for 7 s", rt.id)
-                    self.post(rt.id, cm.Fault(FaultKind.OVERCURRENT))
-
     # ================================================================== outbox hooks
     async def _send_queued(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send one outbox message. A link that is down or drops mid-call is a ConnectionError (the
@@ -1082,60 +753,6 @@ class ControllerCore:
         except websockets.ConnectionClosed as exc:
             raise ConnectionError(f"link closed while sending {action}") from exc
 
-    async def _on_queued_result(self, msg: QueuedMessage, response: dict[str, Any]) -> None:
-        if msg.action == "StartTransaction":
-            tx_id = response.get("transactionId")
-            info = response.get("idTagInfo", {})
-            for rt in self.connectors.values():
-                if rt.tx is not None and rt.tx.local_id == msg.local_tx_id:
-                    rt.tx.transaction_id = tx_id
-                    rt.tx.parent_id_tag = info.get("parentIdTag")
-                    self._emit_timeline("transaction_id", connector=rt.id, transaction_id=tx_id)
-                    await self.on_start_transaction_answer(rt, msg.payload.get("idTag", ""), info)
-                    if (info.get("status", "Accepted") != "Accepted" and rt.tx is not None
-                            and not self.keys["StopTransactionOnInvalidId"]):  # type: ignore[index]
-                        self.authorization.deauthorize(rt.tx)
-                        self._recompute_limit(rt)
-                    self.smart.transaction_id_known(rt)
-                    self._recompute_all_limits()
-                    break
-            else:
-                self.remember_id_tag_info(msg.payload.get("idTag", ""), info)
-        elif msg.action == "StopTransaction" and "idTagInfo" in response:
-            self.remember_id_tag_info(msg.payload.get("idTag", ""), response["idTagInfo"])
-
-    async def _on_queued_drop(self, msg: QueuedMessage, why: str) -> None:
-        """A transaction message the central system never accepted was dropped (the outbox logged it)."""
-        self.dropped_messages.append({"action": msg.action, "seq": msg.seq, "why": why})
-        del self.dropped_messages[:-20]
-        self._emit_timeline("dropped", action=msg.action, seq=msg.seq, why=why)
-
-    async def on_start_transaction_answer(
-        self, rt: ConnectorRuntime, id_tag: str, info: dict[str, Any]
-    ) -> None:
-        """StartTransaction.conf with a non-Accepted idTagInfo (OCPP 1.6 §5.11 / §9.1.28 StopTransactionOnInvalidId)."""
-        self.remember_id_tag_info(id_tag, info)
-        status = info.get("status", "Accepted")
-        if status == "Accepted":
-            return
-        assert self.keys is not None
-        if self.keys["StopTransactionOnInvalidId"]:
-            log.warning(
-                "connector %d: central system says %s is %s: stopping the transaction",
-                rt.id,
-                _mask(id_tag),
-                status,
-            )
-            self.post(rt.id, cm.Stop("DeAuthorized"))
-        else:
-            log.warning(
-                "connector %d: %s is %s: suspending energy (StopTransactionOnInvalidId=false)",
-                rt.id,
-                _mask(id_tag),
-                status,
-            )
-            self.limits.withdraw(rt.id, "idTag not accepted")
-
     # ================================================================== OCPP session
     async def _on_session(self, session: OcppSession) -> None:
         """A websocket is up: boot once per process, then (on every reconnect) every status once.
@@ -1143,6 +760,8 @@ class ControllerCore:
         A failure here would leave the link connected but never registered: it is logged and the connection
         closed, so that the link connects and tries again (with its back-off)."""
         assert self.keys is not None and self.sender is not None
+        assert self.security is not None and self.firmware is not None
+        self.security.session_starting()
         try:
             if not self.boot_accepted:
                 await self._boot(session)
@@ -1155,6 +774,8 @@ class ControllerCore:
             log.exception("starting the OCPP session failed; reconnecting")
             with contextlib.suppress(Exception):
                 await session._connection.close()
+        self.security.session_started()
+        await self.firmware.on_session()
 
     def _boot_payload(self) -> dict[str, Any]:
         cfg = self.config
@@ -1198,21 +819,19 @@ class ControllerCore:
             log.warning("BootNotification %s; trying again in %d s", conf["status"], wait)
             await asyncio.sleep(wait)
 
-    def csms_ca_file(self) -> str | None:
-        """Hook: the CA bundle that verifies a wss:// central system (security extension: installed roots)."""
-        return self.config.csms.ca_file
-
-    def csms_client_cert(self) -> tuple[Any, Any] | None:
-        """Hook: (certificate chain file, key file) presented to a wss:// central system (security profile 3)."""
-        return None
-
     def on_link_error(self, exc: BaseException) -> None:
-        """Hook: the link could not connect (e.g. the central system's certificate did not verify)."""
+        """The link could not connect (e.g. the central system's certificate did not verify)."""
         self._emit_timeline("link_error", error=f"{type(exc).__name__}: {exc}")
+        if self.security is not None:
+            self.security.link_error(exc)
 
     def _after_boot(self) -> None:
-        """Hook for profiles that act once registered (e.g. a firmware update's health confirmation)."""
+        """Registered: what waited for the central system's clock and acceptance."""
         self.reservations.clock_set()
+        if self.security is not None:
+            self.security.after_boot()
+        if self.firmware is not None:
+            self.firmware.after_boot()  # a freshly installed release is confirmed healthy now
 
     def _on_disconnect(self) -> None:
         if self.sender:
@@ -1220,6 +839,13 @@ class ControllerCore:
         self._emit_timeline("disconnected")
 
     def _set_clock(self, current_time: str | None) -> None:
+        """Take the central system's time; a jump is a security event (SettingSystemTime)."""
+        before = self.clock_offset
+        self._take_clock(current_time)
+        if self.security is not None:
+            self.security.clock_moved(abs((self.clock_offset - before).total_seconds()))
+
+    def _take_clock(self, current_time: str | None) -> None:
         if not current_time:
             return
         try:
@@ -1308,10 +934,8 @@ class ControllerCore:
         await self._call_quietly("StatusNotification", payload)
 
     def station_status(self) -> tuple[str, str]:
-        """Connector 0: the charge point as a whole (OCPP 1.6 §4.9)."""
-        if not self.station_operative:
-            return "Unavailable", "NoError"
-        return "Available", "NoError"
+        """Connector 0: the charge point as a whole (OCPP 1.6 §4.9); the availability service knows."""
+        return self.availability.station_status()
 
     def _send_all_statuses(self) -> None:
         """After BootNotification.conf Accepted and after every reconnect: connector 0 and every connector,
@@ -1336,6 +960,11 @@ class ControllerCore:
             event.set()
 
     def _on_key_changed(self, name: str, value: Any) -> None:
+        self._apply_key_change(name)
+        if self.security is not None:
+            self.security.key_changed(name, value)
+
+    def _apply_key_change(self, name: str) -> None:
         if name == "AuthorizationKey" and self.link is not None:
             # Security whitepaper (1.6 edition 2), security profile 1/2: reconnect with the new key.
             log.warning("AuthorizationKey changed by the central system: reconnecting with the new key")
@@ -1351,24 +980,6 @@ class ControllerCore:
                 )
 
     # ================================================================== authorization (tap flow)
-    def load_persisted_state(self) -> None:
-        """Hook: features load what they persisted (store and keys are ready; connectors not yet built)."""
-
-    def on_status_changed(self, rt: ConnectorRuntime, status: str, error_code: str) -> None:
-        """Hook: a connector's OCPP status changed (e.g. reservations end on Faulted/Unavailable, §5.13)."""
-
-    def remember_id_tag_info(self, id_tag: str, info: dict[str, Any]) -> None:
-        """The authorization cache learns from every idTagInfo (Local Auth List profile)."""
-        self.authorization.remember_id_tag_info(id_tag, info)
-
-    def take_reservation_for(self, connector_id: int, id_tag: str) -> int | None:
-        """The reservation used by a starting transaction (Reservation profile)."""
-        return self.reservations.take_reservation_for(connector_id, id_tag)
-
-    async def authorize(self, id_tag: str) -> AuthorizeResult:
-        """Is ``id_tag`` allowed to charge? (Accepted, idTagInfo): the authorization service decides."""
-        return await self.authorization.authorize(id_tag)
-
     def _online(self) -> bool:
         return bool(self.link is not None and self.link.session is not None and self.boot_accepted)
 
@@ -1381,10 +992,6 @@ class ControllerCore:
         if self.boot_accepted:
             status, _code = self.station_status()
             self._spawn(self._send_status(0, status, "LocalListConflict"), "local-list-conflict")
-
-    def connector_for_tag(self, id_tag: str) -> ConnectorRuntime | None:
-        """Which connector a tap starts (a reserved one for this tag, a plugged one, a free one)."""
-        return self.reservations.connector_for_tag(id_tag)
 
     async def on_tag(self, id_tag: str) -> None:
         """A tap: stop what it stops, otherwise ask the authorization service and start a session."""
@@ -1415,7 +1022,7 @@ class ControllerCore:
             if rt.state.session_tag == id_tag and not rt.state.in_transaction:
                 self.post(rt.id, cm.Stop("Local"))  # second tap before plugging in: cancel
                 return
-        answer = await self.authorize(id_tag)
+        answer = await self.authorization.authorize(id_tag)
         accepted, info = answer
         parent = (info or {}).get("parentIdTag")
         if accepted and parent:
@@ -1424,7 +1031,7 @@ class ControllerCore:
                     rt.stop_tag = id_tag
                     self.post(rt.id, cm.Stop("Local"))
                     return
-        target = self.reserved_connector_for(id_tag, parent) or self.connector_for_tag(id_tag)
+        target = self.reservations.reserved_connector_for(id_tag, parent) or self.reservations.connector_for_tag(id_tag)
         if not accepted or target is None:
             why = "no free connector" if accepted else getattr(answer, "reason", "") or "not authorized"
             log.info("tag %s refused (%s)", _mask(id_tag), why, extra={"ID_TAG": _mask(id_tag)})
@@ -1435,20 +1042,12 @@ class ControllerCore:
         self.flash(target.id, IndicatorPattern.ACCEPTED)
         self.post(target.id, cm.Authorize(id_tag))
 
-    def reservation_allows(self, connector_id: int, id_tag: str) -> bool:
-        """May ``id_tag`` use the (possibly reserved) connector?"""
-        return self.reservations.reservation_allows(connector_id, id_tag)
-
-    def accept_remote_start_profile(self, connector_id: int, profile: dict[str, Any]) -> bool:
-        """Is the chargingProfile of a RemoteStartTransaction acceptable (Smart Charging)?"""
-        return self.smart.accept_remote_start_profile(connector_id, profile)
-
     async def remote_start(
         self, id_tag: str, connector_id: int | None, profile: dict[str, Any] | None
     ) -> None:
         """After RemoteStartTransaction was accepted (§5.11): authorize if AuthorizeRemoteTxRequests, then start."""
         assert self.keys is not None
-        if connector_id in self.connectors and not self.reservation_allows(connector_id, id_tag):  # type: ignore[operator]
+        if connector_id in self.connectors and not self.reservations.reservation_allows(connector_id, id_tag):  # type: ignore[operator]
             # Defence in depth: the ``@after`` of RemoteStartTransaction runs whatever the answer was.
             log.warning(
                 "remote start for %s on reserved connector %d not done",
@@ -1457,56 +1056,27 @@ class ControllerCore:
                 extra=log_fields(connector_id=connector_id, id_tag=id_tag),
             )
             return
-        rt = self.connectors.get(connector_id) if connector_id is not None else self.connector_for_tag(id_tag)
+        rt = self.connectors.get(connector_id) if connector_id is not None else self.reservations.connector_for_tag(id_tag)
         if profile is not None and (rt is None or not self.smart.remote_profile_usable(rt.id, profile)):
             return
         if rt is None:
             return
         if self.keys["AuthorizeRemoteTxRequests"]:
-            accepted, info = await self.authorize(id_tag)
+            accepted, info = await self.authorization.authorize(id_tag)
             if not accepted:
                 log.info("remote start for %s refused by authorization", _mask(id_tag))
                 self._emit_timeline("refused", id_tag=id_tag)
                 return
-        self.remote_start_profile(rt.id, profile)
+        self.smart.remote_start_profile(rt.id, profile)
         self._emit_timeline("authorized", connector=rt.id, id_tag=id_tag, remote=True)
         self.post(rt.id, cm.Authorize(id_tag))
-
-    def remote_start_profile(self, connector_id: int, profile: dict[str, Any] | None) -> None:
-        """Remember the TxProfile of a remote start until the transaction begins."""
-        self.smart.remote_start_profile(connector_id, profile)
-
-    def reserved_connector_for(self, id_tag: str, parent_id_tag: str | None) -> ConnectorRuntime | None:
-        """A free connector reserved for this tag (Reservation profile)."""
-        return self.reservations.reserved_connector_for(id_tag, parent_id_tag)
-
-    # ================================================================== availability
-    async def change_availability(self, connector_id: int, operative: bool) -> str:
-        """ChangeAvailability (OCPP 1.6 §5.2): Scheduled while a transaction runs on a target connector.
-
-        The state machine keeps a scheduled change and applies it in the same step that ends the
-        transaction, so no new session can slip in between."""
-        assert self.store is not None
-        targets = list(self.connectors.values()) if connector_id == 0 else [self.connectors[connector_id]]
-        if connector_id == 0:
-            self.station_operative = operative
-        value = "Operative" if operative else "Inoperative"
-        self._safe(self.store.set_availability, None, connector_id, value)
-        scheduled = False
-        for rt in targets:
-            if connector_id == 0:
-                self._safe(self.store.set_availability, None, rt.id, value)
-            scheduled = scheduled or (rt.state.in_transaction and not operative)
-            await self.apply_now(rt.id, cm.Availability(operative))
-        if connector_id == 0 and self.boot_accepted:
-            status, code = self.station_status()
-            self._status_queue.put_nowait((0, status, code, 0))
-        return "Scheduled" if scheduled else "Accepted"
 
     # ================================================================== reset
     async def reset(self, kind: str) -> None:
         """Reset (OCPP 1.6 §5.14): stop transactions with SoftReset/HardReset, flush, then restart."""
         assert self.store is not None and self.sender is not None and self.outbox is not None
+        if self.security is not None:
+            await self.security.before_reset(kind)
         reason = "HardReset" if kind == "Hard" else "SoftReset"
         self._safe(self.store.set_pending_reset, None, kind)
         for rt in self.connectors.values():
@@ -1567,7 +1137,7 @@ class ControllerCore:
             "csms": "connected" if link_up and self.boot_accepted else "connecting" if link_up else "offline",
             "registration": self.registration,
             "queued": len(self.outbox) if self.outbox is not None else 0,
-            "dropped": list(self.dropped_messages),
+            "dropped": self.transactions.dropped(),
             "connectors": connectors,
             "smart_charging": self.smart.snapshot(),
         }
@@ -1590,11 +1160,4 @@ def _default_session_class() -> type[OcppSession]:
     return ChargePointSession
 
 
-from chargepoint.features import FEATURES  # noqa: E402
-
-
-class Controller(*FEATURES, ControllerCore):  # type: ignore[misc]
-    """The charge point: the core plus every profile's feature mixin."""
-
-
-__all__ = ["Controller", "ControllerCore", "build_hardware", "CpState"]
+__all__ = ["Controller", "build_hardware", "CpState"]

@@ -411,20 +411,37 @@ class _FakeRuntime:
             vehicle_connected = False
 
 
+class _FakeServices:
+    """The services the API's commands reach (authorization, availability, transactions, limits, reservations)."""
+
+    async def authorize(self, id_tag: str) -> tuple[bool, None]:
+        return False, None
+
+    async def change_availability(self, cid: int, operative: bool) -> str:
+        return "Accepted"
+
+    def session(self, cid: int) -> None:
+        return None
+
+    def stop(self, cid: int, reason: str) -> bool:
+        return False
+
+    def set_local_limit(self, cid: int | None, amps: float | None) -> None:
+        pass
+
+    def reservation_allows(self, cid: int, id_tag: str) -> bool:
+        return True
+
+
 class _FakeController:
     def __init__(self) -> None:
         self.listeners: list[Any] = []
         self.connectors = {1: _FakeRuntime()}
         self.posted: list[Any] = []
-
-    async def authorize(self, id_tag: str) -> tuple[bool, None]:
-        return False, None
+        self.authorization = self.availability = self.transactions = self.limits = self.reservations = _FakeServices()
 
     def post(self, cid: int, event: Any) -> None:
         self.posted.append(event)
-
-    async def change_availability(self, cid: int, operative: bool) -> str:
-        return "Accepted"
 
     @staticmethod
     def monotonic() -> float:

@@ -22,8 +22,8 @@ from fakes_firmware import HttpServer, extract_installer, make_wheel
 from chargepoint.config import simulated_config
 from chargepoint.controller import Controller
 from chargepoint.csms import CentralSystem
-from chargepoint.features.firmware import FirmwareFeature
 from chargepoint.firmware.update import ReleaseManager
+from chargepoint.services.firmware import FirmwareService
 
 FW_FLOW = ["Downloading", "Downloaded", "Installing", "Installed"]
 
@@ -51,7 +51,7 @@ def release_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     mgr = ReleaseManager(root, installer=extract_installer)
     mgr.switch_to(mgr.install(make_wheel(tmp_path / "seed", "0.1.0")))
     monkeypatch.setenv("CHARGEPOINT_RELEASE_ROOT", str(root))
-    monkeypatch.setattr(FirmwareFeature, "firmware_idle_poll_s", 0.05)
+    monkeypatch.setattr(FirmwareService, "firmware_idle_poll_s", 0.05)
     return root
 
 
@@ -101,7 +101,7 @@ async def test_update_firmware_installs_switches_and_restarts(tmp_path: Path, re
 async def test_installation_waits_for_the_transaction_to_end(tmp_path: Path, release_root: Path,
                                                              http: HttpServer,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(FirmwareFeature, "firmware_installer", extract_installer)
+    monkeypatch.setattr(FirmwareService, "firmware_installer", extract_installer)
     wheel = make_wheel(tmp_path / "dist", "0.3.0")
     http.files["/" + wheel.name] = wheel.read_bytes()
     restarts: list[str] = []
@@ -112,7 +112,7 @@ async def test_installation_waits_for_the_transaction_to_end(tmp_path: Path, rel
         await wait_statuses(st.csms, "FirmwareStatusNotification", ["Downloading", "Downloaded"])
         await asyncio.sleep(0.5)
         assert statuses(st.csms, "FirmwareStatusNotification") == ["Downloading", "Downloaded"]
-        assert st.controller.firmware_status() == "Downloaded"  # what a TriggerMessage would report
+        assert st.controller.firmware.status() == "Downloaded"  # what a TriggerMessage would report
         assert ReleaseManager(release_root).current_version() == "0.1.0"
         st.bench.ev(1).unplug()
         await st.csms.wait_for_message("StopTransaction")
@@ -136,7 +136,7 @@ async def test_bad_downloads_and_bad_files_are_reported_and_change_nothing(tmp_p
                                          "retries": 1, "retrieveDate": iso(datetime.now(UTC))})
         await wait_statuses(st.csms, "FirmwareStatusNotification",
                             ["Downloading", "DownloadFailed", "Downloading", "Downloaded", "InstallationFailed"])
-        assert st.controller.firmware_status() == "Idle"
+        assert st.controller.firmware.status() == "Idle"
         assert st.controller.connectors[1].state.status == "Available"  # still charging-capable
     assert restarts == []
     assert ReleaseManager(release_root).current_version() == "0.1.0"
@@ -145,7 +145,7 @@ async def test_bad_downloads_and_bad_files_are_reported_and_change_nothing(tmp_p
 async def test_firmware_served_under_a_url_without_a_file_name(tmp_path: Path, release_root: Path,
                                                                http: HttpServer,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(FirmwareFeature, "firmware_installer", extract_installer)
+    monkeypatch.setattr(FirmwareService, "firmware_installer", extract_installer)
     http.files["/api/firmware/download"] = make_wheel(tmp_path / "dist", "0.6.0").read_bytes()
     restarts: list[str] = []
     async with running_station(tmp_path, restart=restarts.append) as st:
@@ -224,7 +224,7 @@ async def test_pending_release_confirms_when_boot_is_accepted(tmp_path: Path, re
     mgr.switch_to(mgr.install(make_wheel(tmp_path / "dist", "0.2.0")))
     mgr.mark_pending_confirmation("0.2.0", datetime.now(UTC) + timedelta(minutes=10))
     async with running_station(tmp_path) as st:
-        assert st.controller.firmware_boot_outcome == "pending"
+        assert st.controller.firmware.boot_outcome == "pending"
         await st.csms.wait_for(lambda: ReleaseManager(release_root).pending() is None, 10)
     assert json.loads((release_root / "firmware-state.json").read_text())["last_confirmed"] == "0.2.0"
     assert mgr.current_version() == "0.2.0"
@@ -236,7 +236,7 @@ async def test_status_undelivered_at_stop_is_sent_by_the_next_start(tmp_path: Pa
     async with CentralSystem() as csms:
         csms.behaviour.silent_actions.add("BootNotification")  # never registered
         async with station_with_csms(tmp_path, csms, []) as controller:
-            await controller._queue_notice("FirmwareStatusNotification", "Installed")
+            await controller.firmware._queue_notice("FirmwareStatusNotification", "Installed")
             await asyncio.sleep(0.2)
         assert statuses(csms, "FirmwareStatusNotification") == []
     assert (tmp_path / "state/pending-status-notifications.json").exists()
@@ -244,7 +244,7 @@ async def test_status_undelivered_at_stop_is_sent_by_the_next_start(tmp_path: Pa
         await wait_statuses(st.csms, "FirmwareStatusNotification", ["Installed"], timeout=10)
         # received is not yet answered: wait until the charge point has the answer (at-least-once delivery
         # keeps a message whose answer was cut off by the stop)
-        await st.csms.wait_for(lambda: not st.controller._notices, 5)
+        await st.csms.wait_for(lambda: not st.controller.firmware.pending_notices(), 5)
     assert not (tmp_path / "state/pending-status-notifications.json").exists()
 
 
@@ -265,7 +265,7 @@ async def test_get_diagnostics_uploads_the_archive(tmp_path: Path, http: HttpSer
         name = conf["fileName"]
         assert re.fullmatch(r"diagnostics-CP-DIAG-\d{8}T\d{6}Z\.tar\.gz", name)
         await wait_statuses(st.csms, "DiagnosticsStatusNotification", ["Uploading", "Uploaded"])
-        assert st.controller.diagnostics_status() == "Idle"
+        assert st.controller.firmware.diagnostics_status() == "Idle"
         # The conf went out before the first status (the fileName must be known first).
         outs = [(r.direction, r.action) for r in st.csms.records
                 if r.action in ("GetDiagnostics", "DiagnosticsStatusNotification")]
@@ -291,7 +291,7 @@ async def test_get_diagnostics_upload_refused_reports_upload_failed(tmp_path: Pa
                                                 "retryInterval": 0})
         assert conf["fileName"].endswith(".tar.gz")
         await wait_statuses(st.csms, "DiagnosticsStatusNotification", ["Uploading", "UploadFailed"])
-        assert st.controller.diagnostics_status() == "Idle"
+        assert st.controller.firmware.diagnostics_status() == "Idle"
     assert http.received == {}
 
 
@@ -300,7 +300,7 @@ async def test_diagnostics_statuses_survive_a_dropped_link(tmp_path: Path, http:
         station: Station = st
         conf = await station.call("GetDiagnostics", {"location": f"{http.base}/d/", "retries": 1})
         await station.csms.drop_connections()
-        await station.csms.wait_for(lambda: station.controller.diagnostics.task.done(), 20)  # type: ignore[union-attr]
+        await station.csms.wait_for(lambda: not station.controller.firmware.diagnostics_running(), 20)
         await station.csms.wait_for(
             lambda: statuses(station.csms, "DiagnosticsStatusNotification")[-1:] == ["Uploaded"], 20)
         # At least once, in order: a status whose answer was lost with the link is sent again.

@@ -26,8 +26,8 @@ from fakes_firmware import HttpServer, extract_installer, make_wheel
 from chargepoint.config import simulated_config
 from chargepoint.controller import Controller
 from chargepoint.csms import CentralSystem, poll_until
-from chargepoint.features.firmware import FirmwareFeature
 from chargepoint.firmware.update import ReleaseManager
+from chargepoint.services.firmware import FirmwareService
 
 NOW = datetime.now(UTC)
 
@@ -153,7 +153,7 @@ async def test_install_list_delete_certificates(tmp_path: Path) -> None:
         assert (
             await st.call("GetInstalledCertificateIds", {"certificateType": "ManufacturerRootCertificate"})
         )["status"] == "NotFound"
-        bundle = st.controller.csms_ca_file()
+        bundle = st.controller.security.csms_ca_file()
         assert bundle is not None and root.pem in Path(bundle).read_text()
         wrong = dict(expected_hash(root.cert), serialNumber="1234")
         assert (await st.call("DeleteCertificate", {"certificateHashData": wrong}))["status"] == "NotFound"
@@ -163,7 +163,7 @@ async def test_install_list_delete_certificates(tmp_path: Path) -> None:
         assert (
             await st.call("GetInstalledCertificateIds", {"certificateType": "CentralSystemRootCertificate"})
         )["status"] == "NotFound"
-        assert st.controller.csms_ca_file() is None
+        assert st.controller.security.csms_ca_file() is None
 
 
 async def test_wss_verified_by_installed_root(tmp_path: Path) -> None:
@@ -187,7 +187,7 @@ async def test_wss_verified_by_installed_root(tmp_path: Path) -> None:
             assert r == {"status": "Accepted"}
             # this start's StartupOfTheDevice is delivered and answered before the stop (else, kept for the
             # next start, it would come first there: at-least-once, in order)
-            await cs.wait_for(lambda: not c.security_queue, 10)
+            await cs.wait_for(lambda: not c.security.pending_messages(), 10)
         finally:
             await c.stop()
     # 2. a wss:// central system whose certificate the installed root did not issue: refused, event kept
@@ -196,7 +196,7 @@ async def test_wss_verified_by_installed_root(tmp_path: Path) -> None:
         await c.start()
         try:
             await cs.wait_for(
-                lambda: any(p["type"] == "InvalidCentralSystemCertificate" for a, p in c.security_queue), 10
+                lambda: any(p["type"] == "InvalidCentralSystemCertificate" for a, p in c.security.pending_messages()), 10
             )
             assert not c.boot_accepted and cs.received("BootNotification") == []
         finally:
@@ -247,9 +247,9 @@ async def test_sign_certificate_round_trip(tmp_path: Path) -> None:
         leaf = sub.issue(csr.public_key(), st.cp_id)
         r = await st.call("CertificateSigned", {"certificateChain": pem(leaf) + sub.pem})
         assert r == {"status": "Accepted"}
-        stored = st.controller.certificate_store().client_certificate()
+        stored = st.controller.security.certificate_store().client_certificate()
         assert stored is not None and stored.serial_number == leaf.serial_number
-        cert_file, key_file = st.controller.certificate_store().client_cert_files()  # type: ignore[misc]
+        cert_file, key_file = st.controller.security.certificate_store().client_cert_files()  # type: ignore[misc]
         assert oct(key_file.stat().st_mode & 0o777) == "0o600"
         # and TLS can load it as a client certificate
         ssl.create_default_context().load_cert_chain(cert_file, key_file)
@@ -288,7 +288,7 @@ async def test_routine_security_events_are_info_and_the_others_warnings(
     is INFO; an event to look at, such as a refused client certificate, stays a WARNING."""
     import logging
 
-    caplog.set_level(logging.INFO, logger="chargepoint.features.security")
+    caplog.set_level(logging.INFO, logger="chargepoint.services.security")
 
     def level(kind: str) -> int:
         [record] = [r for r in caplog.records if r.getMessage().startswith(f"security event {kind}")]
@@ -391,8 +391,8 @@ def release_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     mgr = ReleaseManager(root, installer=extract_installer)
     mgr.switch_to(mgr.install(make_wheel(tmp_path / "seed", "0.1.0")))
     monkeypatch.setenv("CHARGEPOINT_RELEASE_ROOT", str(root))
-    monkeypatch.setattr(FirmwareFeature, "firmware_installer", extract_installer)
-    monkeypatch.setattr(FirmwareFeature, "firmware_idle_poll_s", 0.05)
+    monkeypatch.setattr(FirmwareService, "firmware_installer", extract_installer)
+    monkeypatch.setattr(FirmwareService, "firmware_idle_poll_s", 0.05)
     return root
 
 
@@ -578,7 +578,7 @@ async def test_security_profile_raise_reconnects_over_tls_and_never_falls_back(t
                 r = await tls.call("CP-SP", "DeleteCertificate",
                                    {"certificateHashData": expected_hash(root.cert)})
                 assert r == {"status": "Failed"}
-                await tls.wait_for(lambda: not c.security_queue, 10)
+                await tls.wait_for(lambda: not c.security.pending_messages(), 10)
         finally:
             await c.stop()
     # after a restart (what a Reset does) the persisted profile holds: the ws:// configuration is connected

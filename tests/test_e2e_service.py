@@ -139,7 +139,7 @@ async def test_watchdog_pings_stop_when_the_pilot_board_stays_silent(tmp_path: P
         bench = controller.build_context.shared["sim_bench"]  # type: ignore[union-attr]
         # a silent meter is reported but is no reason for a restart: charging goes on without it
         controller.connectors[1].hw.meter.failing = True  # type: ignore[attr-defined]
-        await controller._read_meter(controller.connectors[1])
+        await controller.transactions.read_meter(controller.connectors[1])
         assert not controller.connectors[1].meter_ok
         await asyncio.sleep(0.5)
         assert controller.systemd.hardware_healthy()

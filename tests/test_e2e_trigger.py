@@ -78,10 +78,10 @@ async def test_firmware_and_diagnostics_status(e2e_rig: Any) -> None:
     c = rig.controller
     status, sent = await trigger(rig, frames, "FirmwareStatusNotification")
     assert status == "Accepted"
-    assert sent == [{"status": getattr(c, "firmware_status", lambda: "Idle")()}]
+    assert sent == [{"status": c.firmware.status()}]
     status, sent = await trigger(rig, frames, "DiagnosticsStatusNotification")
     assert status == "Accepted"
-    assert sent == [{"status": getattr(c, "diagnostics_status", lambda: "Idle")()}]
+    assert sent == [{"status": c.firmware.diagnostics_status()}]
 
 
 async def test_status_notification_per_connector_and_all(e2e_rig: Any) -> None:

@@ -187,7 +187,7 @@ async def test_an_offline_refusal_logs_the_real_reason(e2e_rig: Any, caplog: pyt
 
 async def test_no_free_connector_is_said_only_when_true(e2e_rig: Any, caplog: pytest.LogCaptureFixture) -> None:
     rig = await e2e_rig(csms=False, ocpp_keys={"AllowOfflineTxForUnknownId": "true"})
-    await rig.controller.change_availability(1, False)
+    await rig.controller.availability.change_availability(1, False)
     with caplog.at_level(logging.INFO):
         rig.tap(TAG)
         await rig.wait_event("refused")

@@ -223,7 +223,7 @@ async def test_meter_temperature_counts_and_fault_overtemp_keeps_working(tmp_pat
             return replace(await original(), temperature_c=hot["c"])
 
         meter.read = read_with_temperature  # type: ignore[method-assign]
-        await st.controller._read_meter(rt)
+        await st.controller.transactions.read_meter(rt)
         await st.wait_status("Faulted")
         assert any("over-temperature stop (meter 75.0 °C" in c["source"] for c in _c(st)["limit_claims"])
         # the simulator's own over-temperature fault: its clear does not end the meter's stop ...
@@ -235,7 +235,7 @@ async def test_meter_temperature_counts_and_fault_overtemp_keeps_working(tmp_pat
         # ... and cooling down does not end the simulator's fault
         await sim.execute("fault 1 overtemp")
         hot["c"] = 30.0
-        await st.controller._read_meter(rt)
+        await st.controller.transactions.read_meter(rt)
         await asyncio.sleep(0.2)
         assert st.status() == "Faulted" and _c(st)["temperature"]["level"] == "normal"
         await sim.execute("clear 1 overtemp")

@@ -1,4 +1,9 @@
-"""Core profile handlers (OCPP 1.6 §5): each one small, calling into the controller's models."""
+"""Core profile handlers (OCPP 1.6 §5): each one small, calling one service of the controller.
+
+ChangeAvailability → availability; ChangeConfiguration / GetConfiguration → the configuration keys; ClearCache →
+authorization; RemoteStartTransaction → reservations / smart charging for the decision, then the controller's tap
+flow (authorization → state machine); RemoteStopTransaction → transactions; Reset and UnlockConnector → the
+controller (they stop transactions and switch hardware through the dispatcher)."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ class CoreHandlers:
     async def on_change_availability(self, connector_id: int, type: str, **_: Any) -> Any:
         if connector_id != 0 and connector_id not in self.controller.connectors:
             return call_result.ChangeAvailability(status="Rejected")
-        status = await self.controller.change_availability(connector_id, type == "Operative")
+        status = await self.controller.availability.change_availability(connector_id, type == "Operative")
         return call_result.ChangeAvailability(status=status)
 
     # -------------------------------------------------------------- ChangeConfiguration §5.3
@@ -91,7 +96,7 @@ class CoreHandlers:
         if c.registration != "Accepted":
             return call_result.RemoteStartTransaction(status="Rejected")  # not allowed while Pending (§4.2)
         if connector_id is None:
-            rt = c.connector_for_tag(id_tag)
+            rt = c.reservations.connector_for_tag(id_tag)
         else:
             rt = self._connector(connector_id)
         if (
@@ -102,9 +107,9 @@ class CoreHandlers:
             or rt.state.faults
         ):
             return call_result.RemoteStartTransaction(status="Rejected")
-        if rt.state.reserved and not c.reservation_allows(rt.id, id_tag):
+        if rt.state.reserved and not c.reservations.reservation_allows(rt.id, id_tag):
             return call_result.RemoteStartTransaction(status="Rejected")
-        if charging_profile is not None and not c.accept_remote_start_profile(rt.id, charging_profile):
+        if charging_profile is not None and not c.smart.accept_remote_start_profile(rt.id, charging_profile):
             return call_result.RemoteStartTransaction(status="Rejected")
         return call_result.RemoteStartTransaction(status="Accepted")
 
@@ -129,11 +134,11 @@ class CoreHandlers:
         c = self.controller
         if c.registration != "Accepted":
             return call_result.RemoteStopTransaction(status="Rejected")
-        for rt in c.connectors.values():
-            if rt.tx is not None and rt.tx.transaction_id == transaction_id:
-                c.post(rt.id, cm.Stop("Remote"))
-                return call_result.RemoteStopTransaction(status="Accepted")
-        return call_result.RemoteStopTransaction(status="Rejected")
+        connector_id = c.transactions.transaction_on(transaction_id)
+        if connector_id is None:
+            return call_result.RemoteStopTransaction(status="Rejected")
+        c.post(connector_id, cm.Stop("Remote"))
+        return call_result.RemoteStopTransaction(status="Accepted")
 
     # -------------------------------------------------------------- Reset §5.14
     @on("Reset")

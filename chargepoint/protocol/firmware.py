@@ -1,5 +1,7 @@
 """Firmware Management profile handlers: UpdateFirmware (OCPP 1.6 §5.19) and GetDiagnostics (§5.9).
 
+Both call the firmware service (:class:`chargepoint.services.firmware.FirmwareService`, ``controller.firmware``).
+
 Readings:
 
 * UpdateFirmware.conf has no payload; the update starts only after the answer was sent (``@after``), so the
@@ -52,7 +54,7 @@ class FirmwareHandlers:
     ) -> None:
         when = _parse_time(retrieve_date, "retrieveDate")
         assert when is not None
-        self.controller.update_firmware(location, when, retries,
+        self.controller.firmware.update_firmware(location, when, retries,
                                         float(retry_interval) if retry_interval is not None else None)
 
     # -------------------------------------------------------------- GetDiagnostics §5.9
@@ -63,7 +65,7 @@ class FirmwareHandlers:
     ) -> Any:
         since = _parse_time(start_time, "startTime")
         until = _parse_time(stop_time, "stopTime")
-        c = self.controller
+        c = self.controller.firmware
         c.hold_status_notifications()
         try:
             name = c.get_diagnostics(location, retries,
@@ -75,4 +77,4 @@ class FirmwareHandlers:
 
     @after("GetDiagnostics")
     def after_get_diagnostics(self, **_: Any) -> None:
-        self.controller.release_status_notifications()
+        self.controller.firmware.release_status_notifications()

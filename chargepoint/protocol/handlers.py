@@ -1,31 +1,30 @@
-"""The charge point's OCPP session: the link plus every profile's handlers, one mixin per profile.
+"""The charge point's OCPP session: the link plus every profile's handlers.
 
-Profile handler modules are optional here so that each can land on its own; every
-one that exists is mixed in. The ``ocpp`` library routes by their ``@on`` decorators.
+One handler class per profile (chargepoint/protocol/<profile>.py), one method per message; the ``ocpp`` library
+routes by their ``@on`` decorators. Every profile is imported here: a missing module is an install error
+(ImportError), never a silently missing profile.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from chargepoint.protocol.core import CoreHandlers
+from chargepoint.protocol.firmware import FirmwareHandlers
 from chargepoint.protocol.link import OcppSession
+from chargepoint.protocol.localauth import LocalAuthHandlers
+from chargepoint.protocol.reservation import ReservationHandlers
+from chargepoint.protocol.security import SecurityHandlers
+from chargepoint.protocol.smartcharging import SmartChargingHandlers
+from chargepoint.protocol.trigger import TriggerHandlers
 
-_MIXINS: list[type] = []
-for _module, _cls in (
-    ("chargepoint.protocol.smartcharging", "SmartChargingHandlers"),
-    ("chargepoint.protocol.localauth", "LocalAuthHandlers"),
-    ("chargepoint.protocol.reservation", "ReservationHandlers"),
-    ("chargepoint.protocol.trigger", "TriggerHandlers"),
-    ("chargepoint.protocol.firmware", "FirmwareHandlers"),
-    ("chargepoint.protocol.security", "SecurityHandlers"),
+
+class ChargePointSession(
+    SmartChargingHandlers,
+    LocalAuthHandlers,
+    ReservationHandlers,
+    TriggerHandlers,
+    FirmwareHandlers,
+    SecurityHandlers,
+    CoreHandlers,
+    OcppSession,
 ):
-    try:
-        _MIXINS.append(getattr(importlib.import_module(_module), _cls))
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
-
-
-class ChargePointSession(*_MIXINS, CoreHandlers, OcppSession):  # type: ignore[misc]
-    """All handlers of every profile present."""
+    """All handlers of every profile; each handler calls one service of ``controller``."""

@@ -1,5 +1,6 @@
 """Security extension handlers ("Improved security for OCPP 1.6-J", edition 2): certificates, GetLog,
-SignedUpdateFirmware, ExtendedTriggerMessage. Each calls into :class:`chargepoint.features.security.SecurityFeature`.
+SignedUpdateFirmware, ExtendedTriggerMessage. Each calls the security service
+(:class:`chargepoint.services.security.SecurityService`, ``controller.security``).
 
 Readings:
 
@@ -19,8 +20,8 @@ from typing import Any
 from ocpp.routing import after, on
 from ocpp.v16 import call_result
 
-from chargepoint.features.security import parse_window
 from chargepoint.protocol.firmware import _parse_time
+from chargepoint.services.security import parse_window
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +44,23 @@ class SecurityHandlers:
     @on("InstallCertificate")
     def on_install_certificate(self, certificate_type: str, certificate: str, **_: Any) -> Any:
         return call_result.InstallCertificate(
-            status=self.controller.install_certificate(certificate_type, certificate))
+            status=self.controller.security.install_certificate(certificate_type, certificate))
 
     @on("DeleteCertificate")
     def on_delete_certificate(self, certificate_hash_data: dict[str, Any], **_: Any) -> Any:
         return call_result.DeleteCertificate(
-            status=self.controller.delete_certificate(_camel_hash(certificate_hash_data)))
+            status=self.controller.security.delete_certificate(_camel_hash(certificate_hash_data)))
 
     @on("GetInstalledCertificateIds")
     def on_get_installed_certificate_ids(self, certificate_type: str, **_: Any) -> Any:
-        ids = self.controller.installed_certificate_ids(certificate_type)
+        ids = self.controller.security.installed_certificate_ids(certificate_type)
         if not ids:
             return call_result.GetInstalledCertificateIds(status="NotFound")
         return call_result.GetInstalledCertificateIds(status="Accepted", certificate_hash_data=ids)
 
     @on("CertificateSigned")
     def on_certificate_signed(self, certificate_chain: str, **_: Any) -> Any:
-        return call_result.CertificateSigned(status=self.controller.certificate_signed(certificate_chain))
+        return call_result.CertificateSigned(status=self.controller.security.certificate_signed(certificate_chain))
 
     # -------------------------------------------------------------- GetLog
     @on("GetLog")
@@ -68,7 +69,7 @@ class SecurityHandlers:
         since = _parse_time(log.get("oldest_timestamp"), "oldestTimestamp")
         until = _parse_time(log.get("latest_timestamp"), "latestTimestamp")
         since, until = parse_window(since, until)
-        c = self.controller
+        c = self.controller.security
         c.hold_security_messages()
         try:
             status, name = c.get_log(log_type, request_id, log["remote_location"], retries,
@@ -82,7 +83,7 @@ class SecurityHandlers:
 
     @after("GetLog")
     def after_get_log(self, **_: Any) -> None:
-        self.controller.release_security_messages()
+        self.controller.security.release_security_messages()
 
     # -------------------------------------------------------------- SignedUpdateFirmware
     @on("SignedUpdateFirmware")
@@ -91,7 +92,7 @@ class SecurityHandlers:
         retrieve = _parse_time(firmware["retrieve_date_time"], "retrieveDateTime")
         install = _parse_time(firmware.get("install_date_time"), "installDateTime")
         assert retrieve is not None
-        c = self.controller
+        c = self.controller.security
         c.hold_security_messages()
         try:
             status = c.signed_update_firmware(
@@ -104,17 +105,14 @@ class SecurityHandlers:
 
     @after("SignedUpdateFirmware")
     def after_signed_update_firmware(self, **_: Any) -> None:
-        self.controller.release_security_messages()
+        self.controller.security.release_security_messages()
 
     # -------------------------------------------------------------- ExtendedTriggerMessage
     def _extended_status(self, requested_message: str, connector_id: int | None) -> str:
         if requested_message not in EXTENDED:
             return "NotImplemented"
         if requested_message in _VIA_TRIGGER:
-            trigger_status = getattr(self, "_trigger_status", None)
-            if trigger_status is None:
-                return "NotImplemented"
-            return str(trigger_status(requested_message, connector_id))
+            return str(self._trigger_status(requested_message, connector_id))  # type: ignore[attr-defined]
         return "Accepted"
 
     @on("ExtendedTriggerMessage")
@@ -129,19 +127,19 @@ class SecurityHandlers:
                                              **_: Any) -> None:
         if self._extended_status(requested_message, connector_id) != "Accepted":
             return
-        c = self.controller
+        security = self.controller.security
         if requested_message in _VIA_TRIGGER:
             await self.after_trigger_message(requested_message=requested_message,  # type: ignore[attr-defined]
                                              connector_id=connector_id)
         elif requested_message == "LogStatusNotification":
-            await self._send_triggered("LogStatusNotification", c.log_status_now())  # type: ignore[attr-defined]
+            await self._send_triggered(  # type: ignore[attr-defined]
+                "LogStatusNotification", security.log_status_now())
         elif requested_message == "FirmwareStatusNotification":
-            if c.signed_firmware_request is not None:
+            if security.signed_firmware_requested():
                 await self._send_triggered(  # type: ignore[attr-defined]
-                    "SignedFirmwareStatusNotification", c.signed_firmware_status_now())
+                    "SignedFirmwareStatusNotification", security.signed_firmware_status_now())
             else:
-                status = getattr(c, "firmware_status", lambda: "Idle")()
                 await self._send_triggered(  # type: ignore[attr-defined]
-                    "FirmwareStatusNotification", {"status": status})
+                    "FirmwareStatusNotification", {"status": self.controller.firmware.status()})
         elif requested_message == "SignChargePointCertificate":
-            await c.sign_charge_point_certificate()
+            await security.sign_charge_point_certificate()

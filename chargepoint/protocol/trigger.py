@@ -85,16 +85,16 @@ class TriggerHandlers:
             if conf is not None:
                 c._set_clock(conf.get("currentTime"))
         elif requested_message == "FirmwareStatusNotification":
-            status = getattr(c, "firmware_status", lambda: "Idle")()
+            status = c.firmware.status()
             await self._send_triggered("FirmwareStatusNotification", {"status": status})
         elif requested_message == "DiagnosticsStatusNotification":
-            status = getattr(c, "diagnostics_status", lambda: "Idle")()
+            status = c.firmware.diagnostics_status()
             await self._send_triggered("DiagnosticsStatusNotification", {"status": status})
         elif requested_message == "StatusNotification":
             targets = [0, *c.connectors] if connector_id is None else [connector_id]
             for cid in targets:
                 if cid == 0:
-                    status, code = c.station_status()
+                    status, code = c.availability.station_status()
                 else:
                     rt = c.connectors[cid]
                     status, code = rt.state.status or "Available", rt.state.error_code
@@ -112,11 +112,11 @@ class TriggerHandlers:
 
     async def _send_meter_values(self, rt: Any) -> None:
         c = self.controller
-        reading = await c._read_meter(rt)
+        reading = await c.transactions.read_meter(rt)
         if reading is None or not rt.meter_ok:
             log.warning("triggered MeterValues for connector %d: no meter reading", rt.id)
             return
-        values = c.measured_values(rt, reading, "MeterValuesSampledData", "Trigger")
+        values = c.transactions.measured_values(rt, reading, "MeterValuesSampledData", "Trigger")
         if not values:
             log.warning("triggered MeterValues for connector %d: no measurand configured", rt.id)
             return

@@ -42,7 +42,7 @@ class SessionHistory(Protocol):
     def query(self, *, connector_id: int | None = None, id_tag: str | None = None, since: date | None = None,
               until: date | None = None, limit: int = MAX_ROWS) -> Sequence[SessionRecord]:
         """Sessions, newest first; ``id_tag`` is a card's number (the history compares masks);
-        ``since``/``until`` are inclusive UTC dates."""
+        ``since``/``until`` are inclusive dates (the station's local days)."""
         ...
 
 
@@ -74,6 +74,13 @@ def to_csv(records: Sequence[SessionRecord]) -> str:
     return out.getvalue()
 
 
+def _query(history: SessionHistory, request: web.Request) -> Sequence[SessionRecord]:
+    try:
+        return history.query(**_filters(request), limit=MAX_ROWS)
+    except ValueError as exc:  # the history's HistoryQueryError: a filter it cannot use (from after to …)
+        raise FormError(400, str(exc)) from None
+
+
 def add_routes(app: web.Application, ui: Any) -> None:
     async def page(request: web.Request) -> web.Response:
         role = ui.need(request, Role.USER)
@@ -89,8 +96,7 @@ def add_routes(app: web.Application, ui: Any) -> None:
         if history is None:
             body = '<section class="card"><h1>Sessions</h1><p>Session history is not available here.</p></section>'
             return ui.html(pages.layout("Sessions", body, role=role, csrf=ui.csrf(request), active="/sessions"))
-        filters = _filters(request)
-        records = history.query(**filters, limit=MAX_ROWS)
+        records = _query(history, request)
         total_kwh = sum((r.energy_wh or 0) for r in records) / 1000
         csv_link = "/sessions.csv" + (("?" + request.query_string) if request.query_string else "")
         body = (f'<section class="card"><h1>Sessions</h1>{form}'
@@ -105,9 +111,11 @@ def add_routes(app: web.Application, ui: Any) -> None:
         history: SessionHistory | None = ui.context.history
         if history is None:
             raise FormError(404, "session history is not available here")
-        records = history.query(**_filters(request), limit=MAX_ROWS)
+        records = _query(history, request)
+        # the history's own export when it has one (formula-safe cells, local-time columns)
+        text = history.to_csv(records) if hasattr(history, "to_csv") else to_csv(records)
         name = f"sessions-{date.today().isoformat()}.csv"
-        return web.Response(text=to_csv(records), content_type="text/csv", charset="utf-8",
+        return web.Response(text=text, content_type="text/csv", charset="utf-8",
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     app.router.add_get("/sessions", page)

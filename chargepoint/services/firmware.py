@@ -1,7 +1,10 @@
-"""Firmware Management profile in the controller: UpdateFirmware (§5.19) and GetDiagnostics (§5.9).
+"""The firmware service: Firmware Management profile, UpdateFirmware (§5.19) and GetDiagnostics (§5.9).
 
 The work is done by :mod:`chargepoint.firmware` (download, verify, install beside the running release, switch,
-confirm or roll back; diagnostics archive and upload). This mixin binds it to the controller:
+confirm or roll back; diagnostics archive and upload). This service binds it to the station; it is built by the
+controller with what it needs (configuration, store, connectors, the link, the registration state, a way to
+stop the controller) and called by the OCPP handlers (chargepoint/protocol/firmware.py, trigger.py) and by the
+security service (SignedUpdateFirmware installs through it, GetLog's DiagnosticsLog reuses its archive):
 
 * Release tree: ``$CHARGEPOINT_RELEASE_ROOT`` or /opt/chargepoint. When that directory does not exist this is a
   development run: UpdateFirmware is still answered and downloads/verifies the file, but installing reports
@@ -17,7 +20,7 @@ confirm or roll back; diagnostics archive and upload). This mixin binds it to th
 * Restart into the new release: stop the controller (outputs safe), then the controller's restart callback
   with kind "Firmware" (the CLI ends the process so that systemd starts the new ``current`` link), or
   ``systemctl restart`` when no callback was given.
-* The health confirmation of a freshly installed release is "BootNotification accepted" (``_after_boot``).
+* The health confirmation of a freshly installed release is "BootNotification accepted" (:meth:`after_boot`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import os
 import shutil
 from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,15 +47,13 @@ from chargepoint.firmware.update import (
 from chargepoint.logsetup import under_systemd
 from chargepoint.pending import save_pending, take_pending
 from chargepoint.protocol.outbox import CallErrorReceived
-from chargepoint.store import StoreError
+from chargepoint.services.station import Connectors, Emit
+from chargepoint.store import Store, StoreError
 
 if TYPE_CHECKING:
-    from chargepoint.controller import ControllerCore
-    from chargepoint.protocol.link import OcppSession
-
-    _Base = ControllerCore
-else:
-    _Base = object
+    from chargepoint.config import Config
+    from chargepoint.firmware.update import Artifact
+    from chargepoint.protocol.link import OcppLink
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class _DevReleaseManager(ReleaseManager):
         )
 
 
-class FirmwareFeature(_Base):
+class FirmwareService:
     """UpdateFirmware / GetDiagnostics, release health confirmation and their status notifications."""
 
     #: How releases are installed (None: pip into a venv); a plain function. Tests set a fast one.
@@ -89,12 +91,34 @@ class FirmwareFeature(_Base):
     #: How often to look whether the connectors became idle while an update waits to install.
     firmware_idle_poll_s: float = 5.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.releases: ReleaseManager | None = None
-        self.firmware: FirmwareUpdater | None = None
-        self.diagnostics: DiagnosticsUploader | None = None
-        self.firmware_boot_outcome: str | None = None
+    def __init__(
+        self,
+        config: Config,
+        connectors: Connectors,
+        *,
+        store: Store | None,
+        link: Callable[[], OcppLink | None],
+        registered: Callable[[], bool],
+        emit: Emit,
+        snapshot: Callable[[], dict[str, Any]],
+        spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
+        stop_controller: Callable[[], Awaitable[None]],
+        restart: Callable[[str], None] | None,
+    ) -> None:
+        self._config = config
+        self._connectors = connectors
+        self._store = store
+        self._link = link
+        self._registered = registered
+        self._emit = emit
+        self._snapshot = snapshot
+        self._spawn = spawn
+        self._stop_controller = stop_controller
+        self._restart_process = restart
+        self._releases: ReleaseManager | None = None
+        self._updater: FirmwareUpdater | None = None
+        self._diagnostics: DiagnosticsUploader | None = None
+        self._boot_outcome: str | None = None
         self._diag_snapshot: dict[str, Any] | None = None
         self._diag_config: Path | None = None
         self._diag_state: Path | None = None
@@ -105,51 +129,58 @@ class FirmwareFeature(_Base):
 
     # ------------------------------------------------------------------ start / stop
     async def start(self) -> None:
-        await super().start()
-        cfg = self.config
+        """After the rest of the station started: the release tree, the updater, the boot check."""
+        cfg = self._config
         self._load_pending_notices()
         root = release_root()
         dev = not root.is_dir()
         if dev:
             log.info("no release tree at %s: firmware updates are answered but not installed", root)
-            self.releases = _DevReleaseManager(root)
+            self._releases = _DevReleaseManager(root)
         else:
-            self.releases = ReleaseManager(root, installer=type(self).firmware_installer)
-        self.firmware = FirmwareUpdater(
-            self.releases,
+            self._releases = ReleaseManager(root, installer=type(self).firmware_installer)
+        self._updater = FirmwareUpdater(
+            self._releases,
             notify=lambda status: self._queue_notice("FirmwareStatusNotification", status),
             connectors_idle=self.connectors_idle,
-            restart=self._firmware_restart,
+            restart=self.restart,
             download_dir=cfg.state_dir / "firmware",
             confirm_timeout_s=self.firmware_confirm_timeout_s,
             idle_poll_s=self.firmware_idle_poll_s,
             # Under systemd the previous release's ExecStartPre check-boot already counted this start.
             count_boots=not under_systemd(),
             # only a release that reached the central system and still was not accepted is judged unhealthy
-            can_judge_health=lambda: self.link is not None and self.link.ever_connected,
+            can_judge_health=self._link_ever_connected,
         )
         config_path = Path(cfg.source)
         self._diag_config = config_path if config_path.is_file() else None
-        self.diagnostics = DiagnosticsUploader(
+        self._diagnostics = DiagnosticsUploader(
             notify=lambda status: self._queue_notice("DiagnosticsStatusNotification", status),
             build=self._build_diagnostics,
             work_dir=cfg.state_dir / "diagnostics",
             charge_point_id=cfg.charge_point_id,
         )
         if not dev:
-            self.firmware_boot_outcome = await self.firmware.boot()
-            log.info("firmware release check at start: %s", self.firmware_boot_outcome)
+            self._boot_outcome = await self._updater.boot()
+            log.info("firmware release check at start: %s", self._boot_outcome)
 
-    async def stop(self) -> None:
+    def _link_ever_connected(self) -> bool:
+        link = self._link()
+        return link is not None and link.ever_connected
+
+    def cancel_tasks(self) -> None:
+        """The controller stops: end the background work (not the task that is stopping us)."""
         me = asyncio.current_task()
         for task in (
-            self.firmware.task if self.firmware else None,
-            self.firmware.watchdog if self.firmware else None,
-            self.diagnostics.task if self.diagnostics else None,
+            self._updater.task if self._updater else None,
+            self._updater.watchdog if self._updater else None,
+            self._diagnostics.task if self._diagnostics else None,
         ):
             if task is not None and task is not me and not task.done():
                 task.cancel()
-        await super().stop()
+
+    def save_pending(self) -> None:
+        """At stop: undelivered statuses go to the state directory; the next start delivers them."""
         self._save_pending_notices()
 
     # ------------------------------------------------------------------ OCPP entry points
@@ -157,8 +188,8 @@ class FirmwareFeature(_Base):
         self, location: str, retrieve_date: datetime, retries: int | None, retry_interval: float | None
     ) -> None:
         """UpdateFirmware.req accepted (its .conf has no status): run it in the background."""
-        assert self.firmware is not None
-        self.firmware.schedule(location, retrieve_date, retries, retry_interval)
+        assert self._updater is not None
+        self._updater.schedule(location, retrieve_date, retries, retry_interval)
 
     def get_diagnostics(
         self,
@@ -169,16 +200,16 @@ class FirmwareFeature(_Base):
         stop_time: datetime | None,
     ) -> str:
         """GetDiagnostics.req: returns the fileName for the .conf; building + uploading runs in the background."""
-        assert self.diagnostics is not None
+        assert self._diagnostics is not None
         # The archive is built in a worker thread; the snapshot and the store copy are taken here, on the loop
         # that owns the store's connection (the store holds an exclusive lock: nobody else can read the file).
         with contextlib.suppress(Exception):
-            self._diag_snapshot = self.snapshot()
-        self._diag_state = self._copy_store()
-        name = self.diagnostics.get_diagnostics(location, retries, retry_interval, start_time, stop_time)
+            self._diag_snapshot = self._snapshot()
+        self._diag_state = self.copy_store()
+        name = self._diagnostics.get_diagnostics(location, retries, retry_interval, start_time, stop_time)
         copy = self._diag_state
-        if copy is not None and self.diagnostics.task is not None:
-            self.diagnostics.task.add_done_callback(lambda _t: shutil.rmtree(copy, ignore_errors=True))
+        if copy is not None and self._diagnostics.task is not None:
+            self._diagnostics.task.add_done_callback(lambda _t: shutil.rmtree(copy, ignore_errors=True))
         return name
 
     def hold_status_notifications(self) -> None:
@@ -188,52 +219,103 @@ class FirmwareFeature(_Base):
     def release_status_notifications(self) -> None:
         self._answer_sent.set()
 
-    def firmware_status(self) -> str:
+    def status(self) -> str:
         """For TriggerMessage(FirmwareStatusNotification) (§4.5)."""
-        return self.firmware.last_status if self.firmware is not None else "Idle"
+        return self._updater.last_status if self._updater is not None else "Idle"
 
     def diagnostics_status(self) -> str:
         """For TriggerMessage(DiagnosticsStatusNotification) (§4.4)."""
-        return self.diagnostics.last_status if self.diagnostics is not None else "Idle"
+        return self._diagnostics.last_status if self._diagnostics is not None else "Idle"
+
+    def pending_notices(self) -> list[tuple[str, dict[str, Any]]]:
+        """The status notifications not yet delivered, oldest first (a copy)."""
+        return list(self._notices)
+
+    def diagnostics_running(self) -> bool:
+        """Whether a GetDiagnostics upload is still in progress."""
+        task = self._diagnostics.task if self._diagnostics is not None else None
+        return task is not None and not task.done()
+
+    @property
+    def boot_outcome(self) -> str | None:
+        """The release check at start ("pending": this is the first boot of a newly installed release)."""
+        return self._boot_outcome
 
     def connectors_idle(self) -> bool:
         return all(
             not rt.state.in_transaction and rt.state.session_tag is None and not rt.hw.contactor.is_closed
-            for rt in self.connectors.values()
+            for rt in self._connectors.values()
         )
 
-    # ------------------------------------------------------------------ boot / session hooks
-    def _after_boot(self) -> None:
-        super()._after_boot()
-        if self.firmware is not None:
+    # ------------------------------------------------------------------ for SignedUpdateFirmware (security)
+    def ready(self) -> bool:
+        """Whether updates can be taken on (the service has started)."""
+        return self._updater is not None
+
+    def download_settings(self) -> tuple[int, int, float]:
+        """(max_bytes, default retries, default retry interval in s) of a firmware download."""
+        assert self._updater is not None
+        return self._updater.max_bytes, self._updater.default_retries, self._updater.default_retry_interval_s
+
+    def installing(self) -> bool:
+        """An UpdateFirmware is installing right now (a second install must wait)."""
+        return bool(self._updater is not None and self._updater._installing)
+
+    async def wait_idle(self) -> None:
+        """§5.19: the charge point may wait for transactions to end before installing."""
+        assert self._updater is not None
+        await self._updater._wait_idle()
+
+    async def install_release(self, artifact: Artifact) -> str | None:
+        """Install a verified release artifact beside the running one and switch to it at the next start.
+
+        Returns the new version, or None when it is the running one (nothing to do). Raises InstallFailed,
+        InvalidRelease or OSError."""
+        assert self._updater is not None and self._releases is not None
+        releases = self._releases
+        current = await asyncio.to_thread(releases.current_version)
+        if artifact.version == current:
+            return None
+        version = await asyncio.to_thread(releases.install, artifact.path)
+        await asyncio.to_thread(self._updater._switch_and_mark, version, current)
+        return version
+
+    def running_version(self) -> str | None:
+        return self._releases.current_version() if self._releases is not None else None
+
+    # ------------------------------------------------------------------ boot / session
+    def after_boot(self) -> None:
+        """BootNotification accepted: that is the health confirmation of a freshly installed release."""
+        if self._updater is not None:
             self._spawn(self._confirm_release(), "firmware-confirm")
 
     async def _confirm_release(self) -> None:
-        assert self.firmware is not None
-        if isinstance(self.releases, _DevReleaseManager):
+        assert self._updater is not None
+        if isinstance(self._releases, _DevReleaseManager):
             return
         try:
-            if await self.firmware.confirm_healthy():
+            if await self._updater.confirm_healthy():
                 log.info("BootNotification accepted: this release is confirmed healthy")
         except (OSError, InstallFailed) as exc:
             log.error("could not confirm this release's health: %s", exc)
 
-    async def _on_session(self, session: OcppSession) -> None:
-        await super()._on_session(session)
+    async def on_session(self) -> None:
+        """A (re)connected, registered session: deliver what is queued."""
         await self._flush_notices()
 
-    async def _firmware_restart(self) -> None:
+    async def restart(self) -> None:
+        """Restart into the newly installed release: stop the controller (outputs safe), then the process."""
         log.warning("restarting into the newly installed firmware")
-        await self.stop()
-        if self._restart is not None:
-            self._restart("Firmware")
+        await self._stop_controller()
+        if self._restart_process is not None:
+            self._restart_process("Firmware")
         else:
             await systemd_restart()
 
     # ------------------------------------------------------------------ status notifications
     async def _queue_notice(self, action: str, status: str) -> None:
         log.info("%s: %s", action, status, extra={"OCPP_ACTION": action})
-        self._emit_timeline("firmware" if action.startswith("Firmware") else "diagnostics", status=status)
+        self._emit("firmware" if action.startswith("Firmware") else "diagnostics", status=status)
         self._notices.append((action, {"status": status}))
         await self._flush_notices()
 
@@ -242,10 +324,13 @@ class FirmwareFeature(_Base):
         async with self._notice_lock:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answer_sent.wait(), 5.0)
-            while self._notices and self.boot_accepted and self.link is not None and self.link.session:
+            while self._notices and self._registered():
+                link = self._link()
+                if link is None or not link.session:
+                    break
                 action, payload = self._notices[0]
                 try:
-                    await self.link.call(action, payload)
+                    await link.call(action, payload)
                 except CallErrorReceived as exc:
                     log.warning("%s %s refused by the central system: %s", action, payload["status"], exc)
                 except (TimeoutError, ConnectionError) as exc:
@@ -255,7 +340,7 @@ class FirmwareFeature(_Base):
                 self._notices.popleft()
 
     def _pending_path(self) -> Path:
-        return self.config.state_dir / PENDING_FILE
+        return self._config.state_dir / PENDING_FILE
 
     def _save_pending_notices(self) -> None:
         save_pending(self._pending_path(), self._notices, "status notifications")
@@ -268,32 +353,35 @@ class FirmwareFeature(_Base):
                 self._notices.append((action, {"status": payload["status"]}))
 
     # ------------------------------------------------------------------ diagnostics contents
-    def _copy_store(self) -> Path | None:
+    def copy_store(self) -> Path | None:
         """A consistent copy of the state store, taken on the loop that owns its connection (Store.copy_to)."""
-        if self.store is None:
+        if self._store is None:
             return None
-        target = self.config.state_dir / "diagnostics" / f"store-{os.getpid()}-{id(object())}"
+        target = self._config.state_dir / "diagnostics" / f"store-{os.getpid()}-{id(object())}"
         try:
             target.mkdir(parents=True, exist_ok=True)
-            self.store.copy_to(target / "state.db")
+            self._store.copy_to(target / "state.db")
         except (OSError, StoreError) as exc:
             log.error("diagnostics: the state store could not be copied: %s", exc)
             shutil.rmtree(target, ignore_errors=True)
             return None
         return target
 
+    def archive_builder(self, state_copy: Path | None) -> Callable[[Path, datetime | None, datetime | None], Path]:
+        """The diagnostics archive (logs, configuration, versions, hardware, a copy of ``state_copy``)."""
+        return archive_builder(state_dir=state_copy, config_path=self._diag_config,
+                               versions=self._versions, hardware_summary=self._hardware_summary)
+
     def _build_diagnostics(self, out_path: Path, since: datetime | None, until: datetime | None) -> Path:
-        build = archive_builder(state_dir=self._diag_state, config_path=self._diag_config,
-                                versions=self._versions, hardware_summary=self._hardware_summary)
-        return build(out_path, since, until)
+        return self.archive_builder(self._diag_state)(out_path, since, until)
 
     def _versions(self) -> dict[str, Any]:
         from chargepoint import __version__
 
-        out: dict[str, Any] = {"chargepoint": __version__, "firmware_version": self.config.firmware_version}
-        if self.releases is not None and not isinstance(self.releases, _DevReleaseManager):
+        out: dict[str, Any] = {"chargepoint": __version__, "firmware_version": self._config.firmware_version}
+        if self._releases is not None and not isinstance(self._releases, _DevReleaseManager):
             try:
-                out["releases"] = self.releases.status()
+                out["releases"] = self._releases.status()
             except OSError as exc:
                 out["releases"] = f"unreadable: {exc}"
         return out
@@ -302,7 +390,7 @@ class FirmwareFeature(_Base):
         summary: dict[str, Any] = {
             "connectors": {
                 str(cc.id): {kind: opts.get("driver", "sim") for kind, opts in cc.devices.items()}
-                for cc in self.config.connectors
+                for cc in self._config.connectors
             },
         }
         if self._diag_snapshot is not None:

@@ -1,6 +1,9 @@
-"""Security extension of OCPP 1.6 ("Improved security for OCPP 1.6-J", edition 2) in the controller.
+"""The security service: the security extension of OCPP 1.6 ("Improved security for OCPP 1.6-J", edition 2).
 
-What this mixin does:
+Built by the controller with what it needs (configuration, configuration keys, the clock, the link, the
+registration state, the firmware service for SignedUpdateFirmware and the DiagnosticsLog) and called by the OCPP
+handlers (chargepoint/protocol/security.py) and by the controller where a security event happens (start, reset,
+a key change, a clock jump, a TLS failure, a task that ran out of memory). What it does:
 
 * Certificate management: InstallCertificate / DeleteCertificate / GetInstalledCertificateIds over the store in
   ``state_dir/certs`` (:mod:`chargepoint.security.certs`). Installed CentralSystemRootCertificates (plus a
@@ -48,12 +51,13 @@ import logging
 import shutil
 import ssl
 from collections import deque
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from chargepoint.firmware.diagnostics import DiagnosticsUploader, archive_builder
+from chargepoint.firmware.diagnostics import DiagnosticsUploader
 from chargepoint.firmware.download import SUPPORTED_SCHEMES, DownloadFailed, download
 from chargepoint.firmware.update import InstallFailed, InvalidRelease, verify_artifact
 from chargepoint.metering import iso
@@ -67,14 +71,14 @@ from chargepoint.security.certs import (
     verify_signature,
 )
 from chargepoint.security.seclog import SecurityLog
+from chargepoint.services.firmware import FirmwareService
+from chargepoint.services.station import Emit
+from chargepoint.supervisor import TaskFactory
 
 if TYPE_CHECKING:
-    from chargepoint.controller import ControllerCore
-    from chargepoint.protocol.link import OcppSession
-
-    _Base = ControllerCore
-else:
-    _Base = object
+    from chargepoint.config import Config
+    from chargepoint.keys import ConfigurationKeys
+    from chargepoint.protocol.link import OcppLink
 
 log = logging.getLogger(__name__)
 
@@ -92,68 +96,86 @@ _BUSY_FIRMWARE = frozenset({"Downloading", "Downloaded", "SignatureVerified", "I
 ROUTINE_EVENTS = frozenset({"StartupOfTheDevice", "ResetOrReboot", "FirmwareUpdated"})
 
 
-class SecurityFeature(_Base):
+class SecurityService:
     """Certificates, security events, GetLog, SignedUpdateFirmware, SignCertificate."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.certs: CertificateStore | None = None
-        self.security_log: SecurityLog | None = None
-        self.security_queue: deque[tuple[str, dict[str, Any]]] = deque()
-        self._sec_wake = asyncio.Event()
-        self._sec_answer_sent = asyncio.Event()
-        self._sec_answer_sent.set()
+    def __init__(
+        self,
+        config: Config,
+        keys: ConfigurationKeys,
+        *,
+        firmware: FirmwareService,
+        now: Callable[[], datetime],
+        link: Callable[[], OcppLink | None],
+        registered: Callable[[], bool],
+        emit: Emit,
+        supervise: Callable[[str, TaskFactory], Any],
+        spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
+    ) -> None:
+        self._config = config
+        self._keys = keys
+        self._firmware = firmware
+        self._now = now
+        self._link = link
+        self._registered = registered
+        self._emit = emit
+        self._supervise = supervise
+        self._spawn = spawn
+        self._certs: CertificateStore | None = None
+        self._security_log = SecurityLog(config.state_dir / "security.log")
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._wake = asyncio.Event()
+        self._answer_sent = asyncio.Event()
+        self._answer_sent.set()
         self._tls_failing = False
         self._firmware_reported = False
-        self.log_uploaders: dict[str, DiagnosticsUploader] = {}
-        self.log_request_id: int | None = None
-        self.log_status = "Idle"
-        self.signed_firmware_task: asyncio.Task[None] | None = None
-        self.signed_firmware_status = "Idle"
-        self.signed_firmware_request: int | None = None
+        self._log_uploaders: dict[str, DiagnosticsUploader] = {}
+        self._log_request_id: int | None = None
+        self._log_status = "Idle"
+        self._log_copy: Path | None = None
+        self._signed_task: asyncio.Task[None] | None = None
+        self._signed_status = "Idle"
+        self._signed_request: int | None = None
         self._signed_installing = False
-        self._security_profile_in_use: int | None = None
+        self._profile_in_use = int(keys["SecurityProfile"])
+        self._load_pending()
+        keys.add_veto(self._refuse_profile_raise)
 
     # ------------------------------------------------------------------ helpers
     def security_key(self, name: str) -> Any:
         """A security key's value; keys chargepoint/keys.py does not define fall back to KEY_DEFAULTS."""
-        keys = self.keys
-        if keys is not None and name in keys.specs:
-            return keys[name]
+        if name in self._keys.specs:
+            return self._keys[name]
         return KEY_DEFAULTS.get(name)
 
     def certificate_store(self) -> CertificateStore:
-        if self.certs is None:
-            self.certs = CertificateStore(self.config.state_dir / "certs", self.config.csms.ca_file)
-        return self.certs
+        if self._certs is None:
+            self._certs = CertificateStore(self._config.state_dir / "certs", self._config.csms.ca_file)
+        return self._certs
 
-    # ------------------------------------------------------------------ hooks of the core
+    def pending_messages(self) -> list[tuple[str, dict[str, Any]]]:
+        """The security messages not yet delivered, oldest first (a copy)."""
+        return list(self._queue)
+
+    # ------------------------------------------------------------------ what the link asks at every connect
     def csms_ca_file(self) -> str | None:
-        """Installed CentralSystemRootCertificates (with the configured ca_file) verify a wss:// central system."""
+        """Installed CentralSystemRootCertificates (with the configured ca_file) verify a wss:// central system.
+
+        Nothing is pushed to the link when the roots change: it asks this at every connect, so the next
+        connection uses the new bundle."""
         try:
             bundle = self.certificate_store().write_bundle()
         except OSError as exc:
             log.error("certificate store: %s", exc)
             bundle = None
-        return bundle or super().csms_ca_file()
-
-    def _refresh_link_ca(self) -> None:
-        """Nothing to push: the link asks ``csms_ca_file`` at every connect, so the next connection uses the
-        new bundle."""
+        return bundle or self._config.csms.ca_file
 
     def csms_client_cert(self) -> tuple[Any, Any] | None:
         """Security profile 3: the client certificate from CertificateSigned, once installed."""
-        return self.certificate_store().client_cert_files() or super().csms_client_cert()
-
-    def load_persisted_state(self) -> None:
-        super().load_persisted_state()
-        assert self.keys is not None
-        self._security_profile_in_use = int(self.keys["SecurityProfile"])
-        self.keys.add_veto(self._refuse_profile_raise)
+        return self.certificate_store().client_cert_files()
 
     def _password_configured(self) -> bool:
-        assert self.keys is not None
-        return bool(self.keys["AuthorizationKey"] or self.config.csms.password)
+        return bool(self._keys["AuthorizationKey"] or self._config.csms.password)
 
     def _refuse_profile_raise(self, name: str, value: Any) -> str | None:
         """Why a SecurityProfile raise cannot be honoured, or None (whitepaper ed. 2 §1.3).
@@ -163,11 +185,11 @@ class SecurityFeature(_Base):
         CentralSystemRootCertificate (or the ``[csms] ca_file`` the installer put in the configuration, which
         joins the same bundle); 3 authenticates with the client certificate from CertificateSigned; 1 and 2
         send the AuthorizationKey (or ``[csms] password``) as HTTP Basic password."""
-        if name != "SecurityProfile" or self.keys is None or int(value) <= int(self.keys["SecurityProfile"]):
+        if name != "SecurityProfile" or int(value) <= int(self._keys["SecurityProfile"]):
             return None
         store = self.certificate_store()
         reason = None
-        if value >= 2 and not (store.roots("CentralSystemRootCertificate") or self.config.csms.ca_file):
+        if value >= 2 and not (store.roots("CentralSystemRootCertificate") or self._config.csms.ca_file):
             reason = "no CentralSystemRootCertificate installed to verify the central system over TLS"
         elif value >= 3 and store.client_cert_files() is None:
             reason = "no client certificate installed (SignCertificate / CertificateSigned first)"
@@ -179,12 +201,14 @@ class SecurityFeature(_Base):
 
     def _uses_tls(self) -> bool:
         """Whether the connection to the central system is (or will next be) wss://."""
-        if self.link is not None:
-            return self.link.url.lower().startswith("wss://")
-        return self.config.csms.url.lower().startswith("wss://")
+        link = self._link()
+        if link is not None:
+            return link.url.lower().startswith("wss://")
+        return self._config.csms.url.lower().startswith("wss://")
 
-    def on_link_error(self, exc: BaseException) -> None:
-        super().on_link_error(exc)
+    # ------------------------------------------------------------------ what the controller tells it
+    def link_error(self, exc: BaseException) -> None:
+        """The link could not connect: a failed certificate verification is a security event."""
         cause: BaseException | None = exc
         while cause is not None:
             if isinstance(cause, ssl.SSLCertVerificationError):
@@ -192,69 +216,67 @@ class SecurityFeature(_Base):
                 return
             cause = cause.__cause__ or cause.__context__
 
-    async def start(self) -> None:
-        self.security_log = SecurityLog(self.config.state_dir / "security.log")
-        self._sec_load_pending()
-        await super().start()
-        self.supervise("security-messages", self._security_sender)
+    def start(self) -> None:
+        """The station is up: the sender runs, StartupOfTheDevice is recorded, GetLog can upload."""
+        self._supervise("security-messages", self._sender)
         from chargepoint import __version__
 
-        self.security_event("StartupOfTheDevice", f"firmware {self.config.firmware_version or __version__}")
-        work = self.config.state_dir / "logs"
-        cp_id = self.config.charge_point_id
-        self.log_uploaders = {
+        self.security_event("StartupOfTheDevice", f"firmware {self._config.firmware_version or __version__}")
+        work = self._config.state_dir / "logs"
+        cp_id = self._config.charge_point_id
+        self._log_uploaders = {
             "DiagnosticsLog": DiagnosticsUploader(notify=self._log_notify, build=self._build_diagnostics_log,
                                                   work_dir=work, charge_point_id=cp_id),
             "SecurityLog": DiagnosticsUploader(notify=self._log_notify, build=self._build_security_log,
                                                work_dir=work, charge_point_id=f"{cp_id}-securitylog"),
         }
 
-    async def stop(self) -> None:
+    def cancel_tasks(self) -> None:
+        """The controller stops: end the background work (not the task that is stopping us)."""
         me = asyncio.current_task()
-        tasks = [u.task for u in self.log_uploaders.values()] + [self.signed_firmware_task]
+        tasks = [u.task for u in self._log_uploaders.values()] + [self._signed_task]
         for task in tasks:
             if task is not None and task is not me and not task.done():
                 task.cancel()
-        await super().stop()
-        self._sec_save_pending()
 
-    def _after_boot(self) -> None:
-        super()._after_boot()
-        if not self._firmware_reported and getattr(self, "firmware_boot_outcome", None) == "pending":
+    def save_pending(self) -> None:
+        """At stop: undelivered messages go to the state directory; the next start sends them."""
+        save_pending(self._pending_path(), self._queue, "security messages")
+
+    def after_boot(self) -> None:
+        if not self._firmware_reported and self._firmware.boot_outcome == "pending":
             self._firmware_reported = True
-            releases = getattr(self, "releases", None)
-            version = releases.current_version() if releases is not None else None
+            version = self._firmware.running_version()
             self.security_event("FirmwareUpdated", f"now running release {version}")
 
-    async def _on_session(self, session: OcppSession) -> None:
+    def session_starting(self) -> None:
+        """A websocket is up (TLS verified, if any)."""
         self._tls_failing = False
-        await super()._on_session(session)
-        self._sec_wake.set()
 
-    def _on_key_changed(self, name: str, value: Any) -> None:
-        super()._on_key_changed(name, value)
+    def session_started(self) -> None:
+        self._wake.set()
+
+    def key_changed(self, name: str, value: Any) -> None:
         if name in SECURITY_KEYS:
             self.security_event("ReconfigurationOfSecurityParameters", f"{name} changed")
-        if name == "SecurityProfile" and int(value) != self._security_profile_in_use:
-            self._security_profile_in_use = int(value)
-            link = self.link
+        if name == "SecurityProfile" and int(value) != self._profile_in_use:
+            self._profile_in_use = int(value)
+            link = self._link()
             if link is not None:
                 # Whitepaper ed. 2 §1.3: after accepting a new profile the charge point disconnects and
                 # reconnects with it. Closed shortly after the answer is on the wire, as for AuthorizationKey.
                 log.warning("SecurityProfile raised to %s: reconnecting to %s with it", value, link.url)
                 asyncio.get_running_loop().call_later(0.5, lambda: self._spawn(link.close(), "reconnect"))
 
-    def _set_clock(self, current_time: str | None) -> None:
-        before = self.clock_offset
-        super()._set_clock(current_time)
-        jump = abs((self.clock_offset - before).total_seconds())
-        if jump > CLOCK_JUMP_S and self.boot_accepted:
-            self.security_event("SettingSystemTime", f"clock moved by {jump:.0f} s")
+    def clock_moved(self, jump_s: float) -> None:
+        """The central system's time moved our clock by ``jump_s`` seconds."""
+        if jump_s > CLOCK_JUMP_S and self._registered():
+            self.security_event("SettingSystemTime", f"clock moved by {jump_s:.0f} s")
 
-    async def reset(self, kind: str) -> None:
+    async def before_reset(self, kind: str) -> None:
+        """Reset.req: ResetOrReboot, given a moment to reach the central system before the restart."""
         self.security_event("ResetOrReboot", f"{kind} reset requested by the central system")
         await self.drain_security_messages(2.0)
-        await super().reset(kind)
 
     def _on_tls_failure(self, exc: ssl.SSLCertVerificationError) -> None:
         if self._tls_failing:
@@ -265,12 +287,12 @@ class SecurityFeature(_Base):
     # ------------------------------------------------------------------ security events
     def security_event(self, kind: str, tech_info: str | None = None) -> None:
         """Record a security event in the security log and queue its SecurityEventNotification."""
-        timestamp = iso(self.now())
+        timestamp = iso(self._now())
         log.log(logging.INFO if kind in ROUTINE_EVENTS else logging.WARNING,
                 "security event %s%s", kind, f": {tech_info}" if tech_info else "",
                 extra={"OCPP_ACTION": "SecurityEventNotification"})
-        self._emit_timeline("security_event", type=kind, tech_info=tech_info)
-        if self.security_log is not None and self.security_log.append(kind, timestamp, tech_info):
+        self._emit("security_event", type=kind, tech_info=tech_info)
+        if self._security_log.append(kind, timestamp, tech_info):
             self._queue_message("SecurityEventNotification",
                                 {"type": "SecurityLogWasCleared", "timestamp": timestamp})
         payload: dict[str, Any] = {"type": kind, "timestamp": timestamp}
@@ -279,62 +301,62 @@ class SecurityFeature(_Base):
         self._queue_message("SecurityEventNotification", payload)
 
     def _queue_message(self, action: str, payload: dict[str, Any]) -> None:
-        if len(self.security_queue) >= MAX_PENDING:
+        if len(self._queue) >= MAX_PENDING:
             dropped = 0
-            while len(self.security_queue) >= MAX_PENDING - 1:
-                self.security_queue.popleft()
+            while len(self._queue) >= MAX_PENDING - 1:
+                self._queue.popleft()
                 dropped += 1
             log.error("%d undelivered security messages dropped: buffer full", dropped)
-            self.security_queue.append(("SecurityEventNotification", {
-                "type": "MemoryExhaustion", "timestamp": iso(self.now()),
+            self._queue.append(("SecurityEventNotification", {
+                "type": "MemoryExhaustion", "timestamp": iso(self._now()),
                 "techInfo": f"{dropped} undelivered security messages dropped"}))
-        self.security_queue.append((action, payload))
-        self._sec_wake.set()
+        self._queue.append((action, payload))
+        self._wake.set()
 
     async def drain_security_messages(self, timeout: float) -> bool:
         """Wait (up to ``timeout``) until every queued message was delivered; True if the queue is empty."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.security_queue and loop.time() < deadline and self.boot_accepted:
+        while self._queue and loop.time() < deadline and self._registered():
             await asyncio.sleep(0.02)
-        return not self.security_queue
+        return not self._queue
 
     def hold_security_messages(self) -> None:
         """A request whose answer is not yet sent started work that reports statuses: hold them."""
-        self._sec_answer_sent.clear()
+        self._answer_sent.clear()
 
     def release_security_messages(self) -> None:
-        self._sec_answer_sent.set()
-        self._sec_wake.set()
+        self._answer_sent.set()
+        self._wake.set()
 
-    async def _security_sender(self) -> None:
+    async def _sender(self) -> None:
         """Send queued messages in order while registered and connected; retry every 30 s otherwise."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sec_wake.wait(), 30.0)
-            self._sec_wake.clear()
-            while self.security_queue and self.boot_accepted and self.link is not None and self.link.session:
+                await asyncio.wait_for(self._wake.wait(), 30.0)
+            self._wake.clear()
+            while self._queue and self._registered():
+                link = self._link()
+                if link is None or not link.session:
+                    break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._sec_answer_sent.wait(), 5.0)
-                action, payload = self.security_queue[0]
+                    await asyncio.wait_for(self._answer_sent.wait(), 5.0)
+                action, payload = self._queue[0]
                 try:
-                    await self.link.call(action, payload)
+                    await link.call(action, payload)
                 except CallErrorReceived as exc:
                     log.warning("%s refused by the central system: %s", action, exc)
                 except (TimeoutError, ConnectionError) as exc:
                     log.warning("%s not delivered (%s); kept for later", action, exc or type(exc).__name__)
                     break
-                if self.security_queue and self.security_queue[0] == (action, payload):
-                    self.security_queue.popleft()
+                if self._queue and self._queue[0] == (action, payload):
+                    self._queue.popleft()
 
-    def _sec_pending_path(self) -> Path:
-        return self.config.state_dir / PENDING_FILE
+    def _pending_path(self) -> Path:
+        return self._config.state_dir / PENDING_FILE
 
-    def _sec_save_pending(self) -> None:
-        save_pending(self._sec_pending_path(), self.security_queue, "security messages")
-
-    def _sec_load_pending(self) -> None:
-        self.security_queue.extend(take_pending(self._sec_pending_path(), _QUEUED_ACTIONS))
+    def _load_pending(self) -> None:
+        self._queue.extend(take_pending(self._pending_path(), _QUEUED_ACTIONS))
 
     # ------------------------------------------------------------------ certificates
     def install_certificate(self, kind: str, pem: str) -> str:
@@ -348,8 +370,6 @@ class SecurityFeature(_Base):
                 self.security_event("MemoryExhaustion", "disk full while storing a certificate")
             return "Failed"
         log.info("InstallCertificate %s: %s%s", kind, status, f" ({why})" if why else "")
-        if status == "Accepted" and kind == "CentralSystemRootCertificate":
-            self._refresh_link_ca()
         return status
 
     def delete_certificate(self, hash_data: dict[str, Any]) -> str:
@@ -366,8 +386,6 @@ class SecurityFeature(_Base):
         except OSError as exc:
             log.error("DeleteCertificate: %s", exc)
             return "Failed"
-        if entry.type == "CentralSystemRootCertificate":
-            self._refresh_link_ca()
         return "Accepted"
 
     def installed_certificate_ids(self, kind: str) -> list[dict[str, str]]:
@@ -378,14 +396,15 @@ class SecurityFeature(_Base):
         store = self.certificate_store()
         cpo = str(self.security_key("CpoName") or "")
         try:
-            csr = await asyncio.to_thread(store.new_csr, self.config.charge_point_id, cpo)
+            csr = await asyncio.to_thread(store.new_csr, self._config.charge_point_id, cpo)
         except OSError as exc:
             log.error("SignCertificate: the key could not be stored: %s", exc)
             return None
-        if self.link is None or not self.boot_accepted:
+        link = self._link()
+        if link is None or not self._registered():
             return None
         try:
-            conf = await self.link.call("SignCertificate", {"csr": csr})
+            conf = await link.call("SignCertificate", {"csr": csr})
         except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
             log.warning("SignCertificate not delivered: %s", exc)
             return None
@@ -413,18 +432,17 @@ class SecurityFeature(_Base):
                 retry_interval: float | None, since: datetime | None, until: datetime | None
                 ) -> tuple[str, str | None]:
         """GetLog.req: (status, filename). Building + uploading runs in the background."""
-        if urlsplit(location).scheme.lower() not in SUPPORTED_SCHEMES or log_type not in self.log_uploaders:
+        if urlsplit(location).scheme.lower() not in SUPPORTED_SCHEMES or log_type not in self._log_uploaders:
             return "Rejected", None
-        canceled = any(u.task is not None and not u.task.done() for u in self.log_uploaders.values())
-        for u in self.log_uploaders.values():
+        canceled = any(u.task is not None and not u.task.done() for u in self._log_uploaders.values())
+        for u in self._log_uploaders.values():
             if u.task is not None and not u.task.done():
                 u.task.cancel()
-        self.log_request_id = request_id
-        self._log_copy: Path | None = None
+        self._log_request_id = request_id
+        self._log_copy = None
         if log_type == "DiagnosticsLog":
-            copy = getattr(self, "_copy_store", lambda: None)()
-            self._log_copy = copy
-        uploader = self.log_uploaders[log_type]
+            self._log_copy = self._firmware.copy_store()
+        uploader = self._log_uploaders[log_type]
         name = uploader.get_diagnostics(location, retries, retry_interval, since, until)
         if log_type == "DiagnosticsLog" and self._log_copy is not None and uploader.task is not None:
             copy_dir = self._log_copy
@@ -433,38 +451,31 @@ class SecurityFeature(_Base):
 
     async def _log_notify(self, status: str) -> None:
         mapped = {"UploadFailed": "UploadFailure"}.get(status, status)
-        self.log_status = mapped
+        self._log_status = mapped
         payload: dict[str, Any] = {"status": mapped}
-        if self.log_request_id is not None:
-            payload["requestId"] = self.log_request_id
+        if self._log_request_id is not None:
+            payload["requestId"] = self._log_request_id
         self._queue_message("LogStatusNotification", payload)
 
     def log_status_now(self) -> dict[str, Any]:
         """For ExtendedTriggerMessage(LogStatusNotification): Uploading (with requestId) or Idle."""
-        if self.log_status == "Uploading":
-            return {"status": "Uploading", "requestId": self.log_request_id}
+        if self._log_status == "Uploading":
+            return {"status": "Uploading", "requestId": self._log_request_id}
         return {"status": "Idle"}
 
     def _build_diagnostics_log(self, out: Path, since: datetime | None, until: datetime | None) -> Path:
-        build = archive_builder(
-            state_dir=getattr(self, "_log_copy", None),
-            config_path=getattr(self, "_diag_config", None),
-            versions=getattr(self, "_versions", dict),
-            hardware_summary=getattr(self, "_hardware_summary", dict),
-        )
-        return build(out, since, until)
+        return self._firmware.archive_builder(self._log_copy)(out, since, until)
 
     def _build_security_log(self, out: Path, since: datetime | None, until: datetime | None) -> Path:
-        assert self.security_log is not None
-        return self.security_log.archive(out, since, until)
+        return self._security_log.archive(out, since, until)
 
     # ------------------------------------------------------------------ SignedUpdateFirmware
     def signed_update_firmware(self, request_id: int, location: str, retrieve: datetime, install: datetime | None,
                                signing_certificate: str, signature: str, retries: int | None,
                                retry_interval: float | None) -> str:
         """SignedUpdateFirmware.req: the .conf status; the update runs in the background."""
-        firmware = getattr(self, "firmware", None)
-        if firmware is None:
+        firmware = self._firmware
+        if not firmware.ready():
             return "Rejected"
         try:
             cert = self.certificate_store().check_signing_certificate(signing_certificate, now=utc_now())
@@ -472,40 +483,44 @@ class SecurityFeature(_Base):
             log.warning("SignedUpdateFirmware: invalid signing certificate: %s", exc)
             self.security_event("InvalidFirmwareSigningCertificate", str(exc))
             return "InvalidCertificate"
-        if self._signed_installing or getattr(firmware, "_installing", False):
+        if self._signed_installing or firmware.installing():
             return "Rejected"
         canceled = False
-        if self.signed_firmware_task is not None and not self.signed_firmware_task.done():
-            self.signed_firmware_task.cancel()
+        if self._signed_task is not None and not self._signed_task.done():
+            self._signed_task.cancel()
             canceled = True
-        self.signed_firmware_request = request_id
-        # not in the core's task set: this task may itself stop the controller (restart into the release)
-        self.signed_firmware_task = asyncio.create_task(
+        self._signed_request = request_id
+        max_bytes, default_retries, default_interval = firmware.download_settings()
+        # not in the controller's task set: this task may itself stop the controller (restart into the release)
+        self._signed_task = asyncio.create_task(
             self._signed_firmware_run(request_id, location, retrieve, install, cert, signature,
-                                      firmware.default_retries if retries is None else retries,
-                                      firmware.default_retry_interval_s if retry_interval is None
-                                      else retry_interval),
+                                      default_retries if retries is None else retries,
+                                      default_interval if retry_interval is None else retry_interval,
+                                      max_bytes),
             name="signed-firmware")
-        self.signed_firmware_task.add_done_callback(self._task_done)
+        self._signed_task.add_done_callback(_log_failure)
         return "AcceptedCanceled" if canceled else "Accepted"
 
+    def signed_firmware_requested(self) -> bool:
+        """Whether the last firmware request of this run was a SignedUpdateFirmware."""
+        return self._signed_request is not None
+
     def signed_firmware_status_now(self) -> dict[str, Any]:
-        status = self.signed_firmware_status if self.signed_firmware_status in _BUSY_FIRMWARE else "Idle"
+        status = self._signed_status if self._signed_status in _BUSY_FIRMWARE else "Idle"
         payload: dict[str, Any] = {"status": status}
-        if status != "Idle" and self.signed_firmware_request is not None:
-            payload["requestId"] = self.signed_firmware_request
+        if status != "Idle" and self._signed_request is not None:
+            payload["requestId"] = self._signed_request
         return payload
 
     def _signed_report(self, request_id: int, status: str) -> None:
-        self.signed_firmware_status = status
-        self._emit_timeline("signed_firmware", status=status, request_id=request_id)
+        self._signed_status = status
+        self._emit("signed_firmware", status=status, request_id=request_id)
         self._queue_message("SignedFirmwareStatusNotification", {"status": status, "requestId": request_id})
 
     async def _signed_firmware_run(self, request_id: int, location: str, retrieve: datetime,
                                    install: datetime | None, cert: Any, signature: str, retries: int,
-                                   retry_interval: float) -> None:
-        firmware: Any = getattr(self, "firmware", None)
-        assert firmware is not None
+                                   retry_interval: float, max_bytes: int) -> None:
+        firmware = self._firmware
         delay = (retrieve - utc_now()).total_seconds()
         if delay > 0:
             self._signed_report(request_id, "DownloadScheduled")
@@ -513,11 +528,11 @@ class SecurityFeature(_Base):
         self._signed_report(request_id, "Downloading")
         # the release check reads the version from the file name: keep it
         name = "".join(ch if ch.isalnum() or ch in "._+-" else "_" for ch in Path(urlsplit(location).path).name)
-        dest = self.config.state_dir / "firmware" / f"signed-{request_id}" / (name or "firmware.bin")
+        dest = self._config.state_dir / "firmware" / f"signed-{request_id}" / (name or "firmware.bin")
         try:
             try:
                 result = await download(location, dest, retries=retries, retry_interval_s=retry_interval,
-                                        max_bytes=firmware.max_bytes)
+                                        max_bytes=max_bytes)
             except DownloadFailed as exc:
                 log.error("signed firmware download failed: %s", exc)
                 self._signed_report(request_id, "DownloadFailed")
@@ -541,17 +556,11 @@ class SecurityFeature(_Base):
             if install is not None and (install - utc_now()).total_seconds() > 0:
                 self._signed_report(request_id, "InstallScheduled")
                 await asyncio.sleep((install - utc_now()).total_seconds())
-            await firmware._wait_idle()  # §5.19: may wait for transactions to end before installing
+            await firmware.wait_idle()  # §5.19: may wait for transactions to end before installing
             self._signed_installing = True
             self._signed_report(request_id, "Installing")
-            releases = firmware.releases
             try:
-                current = await asyncio.to_thread(releases.current_version)
-                if artifact.version != current:
-                    version = await asyncio.to_thread(releases.install, artifact.path)
-                    await asyncio.to_thread(firmware._switch_and_mark, version, current)
-                else:
-                    version = None
+                version = await firmware.install_release(artifact)
             except (InstallFailed, InvalidRelease, OSError) as exc:
                 log.error("signed firmware installation failed: %s", exc)
                 self._signed_report(request_id, "InstallationFailed")
@@ -559,14 +568,17 @@ class SecurityFeature(_Base):
             self._signed_report(request_id, "Installed")
             if version is None:
                 return
-            await firmware._wait_idle()
+            await firmware.wait_idle()
             await self.drain_security_messages(5.0)
-            restart = getattr(self, "_firmware_restart", None)
-            if restart is not None:
-                await restart()
+            await firmware.restart()
         finally:
             self._signed_installing = False
             shutil.rmtree(dest.parent, ignore_errors=True)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def parse_window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
@@ -576,4 +588,4 @@ def parse_window(since: datetime | None, until: datetime | None) -> tuple[dateti
     return since, until
 
 
-__all__ = ["SecurityFeature", "parse_window"]
+__all__ = ["SecurityService", "parse_window"]
