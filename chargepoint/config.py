@@ -49,7 +49,7 @@ class ConfigError(Exception):
 _MISSING = object()
 
 KNOWN_SECTIONS = ("chargepoint", "csms", "station", "connectors", "readers", "indicator", "ocpp", "logging", "mqtt",
-                  "web", "sessions")
+                  "web", "sessions", "energy")
 CHARGEPOINT_KEYS = ("id", "vendor", "model", "serial_number", "state_dir", "status_socket", "free_vend_id_tag")
 CSMS_KEYS = ("url", "password", "ca_file", "response_timeout_s", "reconnect_min_s", "reconnect_max_s")
 STATION_KEYS = ("max_current_a", "nominal_voltage_v", "grid")
@@ -167,6 +167,7 @@ class Config:
     source: str = "<config>"
     web: Any = None  # chargepoint.frontends.web.config.WebConfig: [web], the local web UI
     mqtt: Any = None  # chargepoint.frontends.mqtt.MqttConfig ([mqtt]; parsed there)
+    energy: Any = None  # chargepoint.energy.config.EnergyConfig ([energy]; parsed there)
 
 
 class _Reader:
@@ -487,6 +488,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     r.problems += [ConfigProblem(*p) for p in web_problems]
     from chargepoint.frontends.mqtt import parse_mqtt_config  # the front end owns its section's keys
     mqtt = parse_mqtt_config(r, r.table(data, "mqtt", "mqtt"), cp_id)
+    from chargepoint.energy.config import parse_energy_config  # [energy]: its own module owns its keys
+    energy = parse_energy_config(r, r.table(data, "energy", "energy"), data)
 
     if r.problems:
         raise ConfigError(source, r.problems)
@@ -509,6 +512,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         source=source,
         web=web,
         mqtt=mqtt,
+        energy=energy,
     )
 
 
@@ -610,6 +614,8 @@ def _device_tables(data: dict[str, Any]) -> list[tuple[str, str, int, dict[str, 
     grid = station.get("grid") if isinstance(station, dict) else None
     if isinstance(grid, dict) and grid.get("enabled", True) is not False:
         add("meter", "station.grid.meter", 0, grid.get("meter"))
+    from chargepoint.energy.config import energy_device_tables
+    out += energy_device_tables(data)
     return out
 
 
@@ -768,5 +774,6 @@ def simulated_from(
         ocpp_keys=keys,
         state_dir=state,
         status_socket=status_socket or config.status_socket,
+        energy=config.energy.simulated() if config.energy is not None else None,
         mqtt=None,  # a rehearsal never publishes under the live wallbox's topics (simulate --mqtt does)
     )

@@ -230,6 +230,7 @@ class Controller:
         if self._hardware is None:
             self._hardware, self.build_context = build_hardware(cfg, self.build_context)
         self.station = self._hardware
+        self.energy = None  # [energy] (issue 16): built after the connectors, below
         for cc, hw in zip(cfg.connectors, self.station.connectors, strict=True):
             operative = self.availability.operative_at_start(cc.id)
             state = cm.ConnectorState(
@@ -244,6 +245,16 @@ class Controller:
             self.connectors[cc.id] = ConnectorRuntime(
                 id=cc.id, hw=hw, state=state, max_current_a=cc.max_current_a, phases=cc.phases
             )
+        if cfg.energy is not None and cfg.energy.enabled:  # PV surplus, 1p/3p, schedule, §14a dimming
+            from chargepoint.energy.service import PRIORITY_ENERGY, EnergyService
+            self.energy = EnergyService(
+                cfg.energy, self.connectors, voltage_v=cfg.station.nominal_voltage_v,
+                recompute=self.limits.request_recompute, monotonic=self.monotonic, now=self.now,
+                emit=self._emit_timeline, profile_phases=self._profile_phases, on_dimming=self._on_dimming)
+            self.energy.build(self.build_context)
+            self.limits.register("energy", PRIORITY_ENERGY, self.energy.claims)
+            if cfg.energy.phase_switch is not None:  # OCPP 1.6 §9.4: numberPhases 1 is honoured then
+                self.keys.set_internal("ConnectorSwitch3to1PhaseSupported", True)
         # Drivers come up de-energized (a pilot in state F, relays off); starting one opens its hardware
         # (e.g. exports the PWM channel). Then the safe state is commanded explicitly, before anything else.
         for rt in self.connectors.values():
@@ -312,6 +323,9 @@ class Controller:
             self.supervise(f"meter-{rt.id}", functools.partial(self.transactions.meter_poll_loop, rt))
             self.post(rt.id, cm.Tick())
         self.smart.start(self.build_context.shared.get("grid_meter") if self.build_context else None)
+        if self.energy is not None:
+            await self.energy.start(self.build_context.shared.get("grid_meter"), self._on_hal_event)
+            self.supervise("energy", self.energy.run)
         self.systemd = SystemdService(
             self.connectors, status_socket=cfg.status_socket, snapshot=lambda: self.api.snapshot().as_dict(),
             subscribe=self.api.subscribe,  # the status socket is a client of the application API
@@ -428,6 +442,8 @@ class Controller:
             await self.systemd.stop()
         self._stopping = True
         self.limits.stop()
+        if self.energy is not None:
+            await self.energy.stop()
         self.smart.stop()
         self.reservations.stop()
         open_tx = [rt for rt in self.connectors.values() if rt.tx is not None]
@@ -931,7 +947,19 @@ class Controller:
         rt = self.connectors.get(connector_id)
         if rt is not None and error_code != "NoError" and rt.state.error_code == error_code:
             payload.update(cm.vendor_error_fields(rt.state))  # e.g. OtherError + InvalidCable
+        if self.energy is not None and "info" not in payload and (info := self.energy.status_info(connector_id)):
+            payload["info"] = info  # §14a dimming: security-neutral, reported with the status (CiString50)
         await self._call_quietly("StatusNotification", payload)
+
+    def _profile_phases(self, connector_id: int) -> int | None:
+        """numberPhases of the profile period in force on the connector (None: no profile says)."""
+        sched = self.smart.composite_schedule(connector_id, 1, "A")
+        return sched.periods[0].number_phases if sched is not None and sched.periods else None
+
+    def _on_dimming(self, active: bool) -> None:
+        """The §14a signal changed: every connector reports its status again, with or without the info."""
+        for rt in self.connectors.values():
+            self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code, rt.tx_issued))
 
     def station_status(self) -> tuple[str, str]:
         """Connector 0: the charge point as a whole (OCPP 1.6 §4.9); the availability service knows."""

@@ -122,6 +122,7 @@ def _specs(number_of_connectors: int) -> list[KeySpec]:
             profile="SmartCharging",
         ),
         KeySpec("ChargingScheduleMaxPeriods", "int", 48, readonly=True, profile="SmartCharging"),
+        # true when [energy.phase_switch] is configured (the controller sets it; chargepoint/energy/service.py)
         KeySpec("ConnectorSwitch3to1PhaseSupported", "bool", False, readonly=True, profile="SmartCharging"),
         KeySpec("MaxChargingProfilesInstalled", "int", 20, readonly=True, profile="SmartCharging"),
         # ---- Security extension (OCPP 1.6 security whitepaper)

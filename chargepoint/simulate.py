@@ -32,12 +32,13 @@ from chargepoint.controller import Controller
 from chargepoint.frontends.mqtt import start_mqtt
 from hal.interfaces import FaultKind
 from hal.sim.board import SimBench
+from hal.sim.energy import energy_command
 
 log = logging.getLogger(__name__)
 
 HELP = ("commands: plug C [AMPS] | unplug C | temp C CELSIUS | tap IDTAG | ev C suspend|resume | fault C KIND | "
         "clear C KIND | status | start C [IDTAG] | stop C | limit C AMPS|none | available C on|off | "
-        "reset-fault C | quit")
+        "reset-fault C | dim on|off | sun W | phases C 1|3 | quit")
 
 
 class Simulator:
@@ -157,6 +158,8 @@ class Simulator:
             else:
                 self.bench.clear(cid, kind)
             return {"ok": True}
+        if cmd in ("dim", "sun", "phases"):  # [energy] hardware (issue 16): hal/sim/energy.py
+            return energy_command(self.controller.build_context.shared, cmd, args)  # type: ignore[union-attr]
         raise ValueError(f"unknown command {line.strip()!r}; {HELP}")
 
 

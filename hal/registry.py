@@ -62,6 +62,9 @@ DRIVERS: dict[str, dict[str, str]] = {
         "sim": "hal.sim.cable:build_temperature",
         "ntc": "hal.temperature:build_ntc",
     },
+    # Energy management ([energy], issue 16): the 1p/3p relay of a connector, the grid operator's input.
+    "phase_switch": {"sim": "hal.sim.energy:build_phase_switch", "gpio": "hal.energy_io:build_phase_switch"},
+    "dimming": {"sim": "hal.sim.energy:build_control_input", "gpio": "hal.energy_io:build_control_input"},
 }
 
 

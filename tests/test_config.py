@@ -266,3 +266,15 @@ def test_check_config_reports_every_problem_in_one_run(tmp_path: Path) -> None:
     ):
         assert expected in out.stderr, out.stderr
     assert "4 problem(s)" in out.stderr, out.stderr
+
+
+def test_the_examples_commented_energy_block_is_valid_when_uncommented() -> None:
+    """The [energy] block in the example config is documentation: uncommented, check-config accepts it."""
+    import tomllib
+
+    text = EXAMPLE.read_text()
+    head, block = text.split("# [energy]\n", 1)
+    lines = [ln[2:] if ln.startswith("# ") else "" if ln == "#" else ln for ln in ("# [energy]\n" + block).splitlines()]
+    energy = "\n".join(lines).replace('mode = "surplus"', 'mode = "off"')  # surplus also needs [station.grid]
+    cfg = parse_config(tomllib.loads(head + energy))
+    assert cfg.energy is not None

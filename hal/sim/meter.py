@@ -42,6 +42,7 @@ class SimMeter:
             except (OSError, ValueError):
                 pass
         self._power_w = 0.0
+        self.supply_phases = 3  # what a phase relay (hal/sim/energy.py) leaves connected
         self._since = clock()
         ev.subscribe(self._on_change)
 
@@ -52,7 +53,13 @@ class SimMeter:
         pass
 
     def _phases_drawing(self) -> int:
-        return min(self.phases, self.ev.phases)
+        return min(self.phases, self.ev.phases, self.supply_phases)
+
+    def set_supply_phases(self, phases: int) -> None:
+        """The simulated phase relay switched (the car's draw is re-integrated from now)."""
+        self._integrate()
+        self.supply_phases = phases
+        self._on_change()
 
     def _integrate(self) -> None:
         now = self._clock()
@@ -121,13 +128,22 @@ def build_meter(options: Mapping[str, Any], key: str, connector_id: int, ctx: Bu
 
 
 class SimGridMeter:
-    """The house connection: a settable house load plus whatever the simulated connectors draw."""
+    """The house connection: a settable house load plus whatever the simulated connectors draw, less what
+    the PV produces: ``pv_w`` (``simulate``: ``sun W``) or a scripted ``pv_profile(t)`` (hal/sim/sun.py's
+    SunProfile.pv_w with passing clouds; ``t`` from ``profile_clock``). Export reads as negative power and
+    negative phase currents (a 3-phase inverter feeds the three phases evenly)."""
 
     def __init__(self, bench_meters: dict[int, Any], *, house_a: float = 0.0, voltage_v: float = 230.0) -> None:
         self._meters = bench_meters
         self.house_a = house_a
         self.voltage_v = voltage_v
         self.failing = False
+        self.pv_w = 0.0
+        self.pv_profile: Callable[[float], float] | None = None
+        self.profile_clock: Callable[[], float] = time.monotonic
+
+    def pv_now_w(self) -> float:
+        return self.pv_profile(self.profile_clock()) if self.pv_profile is not None else self.pv_w
 
     async def start(self, emit: Emit) -> None:
         pass
@@ -140,7 +156,7 @@ class SimGridMeter:
     async def read(self) -> MeterReading:
         if self.failing:
             raise MeterError("simulated grid meter does not answer")
-        per_phase = [self.house_a] * 3
+        per_phase = [self.house_a - self.pv_now_w() / (3 * self.voltage_v)] * 3
         for meter in self._meters.values():
             snap = meter.snapshot()
             for i, amps in enumerate(snap.current_a):
