@@ -49,11 +49,11 @@ class Role(enum.IntEnum):
 
 @dataclass(frozen=True)
 class LimitClaimView:
-    """One claim on a connector's current: ``amps`` None means "no limit from this source"."""
+    """One claim on a connector's current (chargepoint.services.limits): the lowest wins; a None pauses."""
 
-    source: str  # "connector", "fuse", "balancer", "profile:TxProfile#7", "cable", "temperature", "local", …
-    amps: float | None
-    priority: int = 0  # lower wins ties; informational for front ends
+    source: str  # in words, e.g. "connector maximum (configuration)", "cable rating 32 A (PP)", "local limit 10 A"
+    amps: float | None  # None: this source pauses the connector (nothing offered)
+    priority: int = 0  # the claim's rank in the arbiter's priority order (lower asked first; names ties)
     detail: str = ""
 
 
@@ -141,11 +141,11 @@ class ChangeKind(enum.StrEnum):
     CONTACTOR = "contactor"
     OFFER = "offer"  # the pilot's offered current
     LIMIT = "limit"  # limit in force or its claims
-    METER = "meter"  # a new reading (at most the meter's poll rate)
+    METER = "meter"  # a new reading (compared once a second while subscribed) or a MeterValues sample
     TRANSACTION = "transaction"  # started / id assigned / ended (data["event"])
     AUTHORIZATION = "authorization"  # tap, authorized, refused (id tags masked)
-    FAULT = "fault"  # raised / cleared
-    LINK = "link"  # connected, disconnected, boot answer
+    FAULT = "fault"  # event "raised" / "cleared"; data: raised, cleared, faults (remaining), latched
+    LINK = "link"  # boot answer, disconnected, link_error
     FIRMWARE = "firmware"
     PROFILE = "profile"
     RESERVATION = "reservation"
@@ -251,14 +251,16 @@ _TIMELINE: dict[str, ChangeKind] = {
     "timeout": ChangeKind.AUTHORIZATION,
     "boot": ChangeKind.LINK,
     "disconnected": ChangeKind.LINK,
+    "link_error": ChangeKind.LINK,
     "firmware": ChangeKind.FIRMWARE,
     "diagnostics": ChangeKind.FIRMWARE,
     "signed_firmware": ChangeKind.FIRMWARE,
     "reservation_expired": ChangeKind.RESERVATION,
     "reset": ChangeKind.STATION,
     "security_event": ChangeKind.STATION,
-    "fault": ChangeKind.FAULT,
+    "fault": ChangeKind.FAULT,  # data: raised, cleared, faults (what remains), latched
     "meter": ChangeKind.METER,
+    "meter_values": ChangeKind.METER,  # a MeterValues sample: a state, superseded by the next one
 }
 _TRANSACTION_EVENT = {"transaction_started": "started", "transaction_id": "transaction_id",
                       "transaction_stopped": "ended", "dropped": "dropped"}
@@ -395,6 +397,9 @@ class ControllerApi:
     def _post(self, connector_id: int, event: Any) -> None:
         self._c.post(connector_id, event)
 
+    def _reservation_allows(self, connector_id: int, id_tag: str) -> bool:
+        return bool(self._c.reservations.reservation_allows(connector_id, id_tag))
+
     def _stop(self, connector_id: int, reason: str) -> bool:
         return bool(self._c.transactions.stop(connector_id, reason))
 
@@ -429,9 +434,9 @@ class ControllerApi:
             cid = int(d["id"])
             started, session_wh = self._session_facts(cid)
             claims = tuple(
-                LimitClaimView(source=str(c.get("source", "")), amps=c.get("amps"), priority=int(c.get("priority", 0)),
-                               detail=str(c.get("detail", "")))
-                for c in d.get("limit_claims", []) if isinstance(c, Mapping)
+                LimitClaimView(source=str(c.get("source", "")), amps=c.get("amps"),
+                               priority=int(c.get("priority", rank)), detail=str(c.get("detail", "")))
+                for rank, c in enumerate(d.get("limit_claims", [])) if isinstance(c, Mapping)
             )
             rt = self._runtime(cid)
             state = getattr(rt, "state", None)
@@ -539,7 +544,10 @@ class ControllerApi:
         mapped = _TIMELINE.get(kind, ChangeKind.STATION)
         out = {k: (mask_id_tag(v) if k in ("id_tag", "parent_id_tag") and isinstance(v, str) else v)
                for k, v in data.items() if k != "profile"}
-        out["event"] = _TRANSACTION_EVENT.get(kind, kind)
+        if kind == "fault":
+            out["event"] = "raised" if data.get("raised") else "cleared"
+        else:
+            out["event"] = _TRANSACTION_EVENT.get(kind, kind)
         cid = data.get("connector")
         self.publish(mapped, cid if isinstance(cid, int) else None, **out)
 
@@ -608,6 +616,12 @@ class ControllerApi:
         if not await self._authorize(tag):
             self.publish(ChangeKind.AUTHORIZATION, connector_id, event="refused", id_tag=mask_id_tag(tag))
             return CommandResult(False, f"{mask_id_tag(tag)} is not authorized")
+        # Checked after authorizing, as a tap does: the answer's parentIdTag may be the reservation's (§5.13).
+        if not self._reservation_allows(connector_id, tag):
+            self.publish(ChangeKind.AUTHORIZATION, connector_id, event="refused", id_tag=mask_id_tag(tag),
+                         reason="reserved")
+            return CommandResult(False, f"connector {connector_id} is reserved for another card")
+        self.publish(ChangeKind.AUTHORIZATION, connector_id, event="authorized", id_tag=mask_id_tag(tag))
         self._post(connector_id, cm.Authorize(tag))
         plugged = s.pilot.vehicle_connected
         return CommandResult(True, "charging starts" if plugged else "authorized: plug the car in")
@@ -629,7 +643,9 @@ class ControllerApi:
             if isinstance(amps, bool) or not isinstance(amps, (int, float)) or not math.isfinite(amps):
                 raise CommandError(CommandError.BAD_VALUE, f"the limit must be a number of amperes, got {amps!r:.40}")
             amps = float(amps)
-            top = max(float(rt.max_current_a) for rt in runtimes)
+            # A station-wide limit is shared by the load balancer: it can be up to every connector's maximum.
+            maxima = [float(rt.max_current_a) for rt in runtimes]
+            top = maxima[0] if connector_id is not None else sum(maxima)
             if amps != 0 and not MIN_OFFER_A <= amps <= top:
                 raise CommandError(CommandError.BAD_VALUE,
                                    f"the limit must be 0 (pause) or {MIN_OFFER_A:g}–{top:g} A, got {amps:g} A")
@@ -674,8 +690,7 @@ class ControllerApi:
                     return CommandResult(False, "the contactor's mirror contact still reads closed")
             else:
                 return CommandResult(False, f"a latched {kind} fault is cleared by a Reset of the charger")
-        self._post(connector_id, cm.ResetFaults())
-        self.publish(ChangeKind.FAULT, connector_id, event="cleared", kinds=sorted(latched))
+        self._post(connector_id, cm.ResetFaults())  # the step that clears them publishes FAULT "cleared"
         return CommandResult(True, "cleared: " + ", ".join(sorted(latched)))
 
 

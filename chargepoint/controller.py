@@ -578,8 +578,11 @@ class Controller:
             log.info("connector %d: pilot %s", cid, event.state.value, extra={"CONNECTOR_ID": cid})
             self._emit_timeline("pilot", connector=cid, state=event.state.value)
         try:
+            faults_before = rt.state.all_faults
             new, actions = cm.step(rt.state, event, now)
             rt.state = new
+            if new.all_faults != faults_before:  # the application API's FAULT changes (never dropped first)
+                self._emit_fault_change(cid, faults_before, new)
             failed = False
             for action in actions:
                 try:
@@ -597,6 +600,15 @@ class Controller:
         finally:
             if done and not done.done():
                 done.set_result(None)
+
+    def _emit_fault_change(self, cid: int, before: frozenset[FaultKind], state: CpState) -> None:
+        """Timeline "fault": which faults a step raised or cleared, and which remain (latched ones named)."""
+        after = state.all_faults
+        self._emit_timeline(
+            "fault", connector=cid,
+            raised=sorted(k.value for k in after - before), cleared=sorted(k.value for k in before - after),
+            faults=sorted(k.value for k in after), latched=sorted(k.value for k in state.latched),
+        )
 
     def _schedule_tick(self, rt: ConnectorRuntime) -> None:
         deadline = rt.state.next_deadline()

@@ -19,38 +19,59 @@ starts a fresh controller.
 
 Status snapshot
 ---------------
-One dict describes the station. The controller builds it; :func:`summary_line`
-turns it into the systemd status line and :mod:`chargepoint.status_socket`
-serves it as JSON to ``chargepoint status``. Shape (JSON types)::
+One dict describes the station: :meth:`chargepoint.api.StationView.as_dict` (the application API's
+snapshot; the controller's own ``snapshot()`` is the part up to ``smart_charging``).
+:func:`summary_line` turns it into the systemd status line and :mod:`chargepoint.status_socket` serves it
+as JSON to ``chargepoint status``. Keys are only ever added. Shape (JSON types)::
 
     {
+      "charge_point_id": "CP1",
       "csms": "connected" | "connecting" | "offline",   # OCPP link state
-      "csms_url": "wss://csms.example/ocpp/CP1",          # optional, no credentials
-      "queued": 0,                  # messages waiting in the outbox
+      "registration": "Accepted",   # BootNotification answer: Accepted, Pending, Rejected, Unknown
+      "queued": 0,                  # transaction messages waiting in the persistent outbox
+      "dropped": [],                # transaction messages the outbox gave up on
       "connectors": [
         {
           "id": 1,                   # OCPP connectorId (1-based)
           "status": "Charging",      # OCPP 1.6 ChargePointStatus (section 7.7)
+          "error_code": "NoError",   # OCPP 1.6 ChargePointErrorCode
           "pilot": "C",              # IEC 61851 CP state A-F, or null if unknown
           "offered_a": 16.0,         # current offered on the pilot now (null = no PWM)
           "measured_a": 15.8,        # highest phase current from the meter (null = unknown)
           "power_w": 7200.0,         # active power from the meter (null = unknown)
           "energy_wh": 123456.0,     # meter import register
-          "contactor": "closed",     # "open" | "closed" (commanded position)
+          "contactor": "closed",     # "open" | "closed" (the hardware's position)
           "transaction_id": 17,      # null when no transaction runs
-          "limit_a": 16.0,           # the lowest active limit (what is offered at most)
-          "limit_source": "csms_profile",  # who set limit_a (e.g. safety, cable, fuse,
-                                           # csms_profile, balancer, manual)
-          "error_code": "NoError",   # OCPP 1.6 ChargePointErrorCode
-          "limits": [                # optional: every active claim, lowest wins
-            {"source": "csms_profile", "limit_a": 16.0},
-            {"source": "cable", "limit_a": 32.0}
-          ]
+          "id_tag": "tag:693e0291",  # the session's card, always masked (chargepoint.privacy)
+          "limit_a": 16.0,           # the limit in force (what is offered at most; null = paused)
+          "limit_source": "cable rating 16 A (PP)",  # the claim that decided it, in words
+          "faults": ["rcd"],         # hal.interfaces.FaultKind values present (latched ones included)
+          "limit_claims": [          # every claim of the last decision, in the arbiter's priority order;
+            {"amps": 32.0, "source": "connector maximum (configuration)"},   # the lowest wins,
+            {"amps": 16.0, "source": "cable rating 16 A (PP)"}               # null pauses
+          ],
+          "cable": {"socket": true, "state": "rated", "detail": "…"},  # the PP reading
+          "cable_a": 16.0,           # the cable's rating (PP, or a tethered cable's configured one)
+          "temperature": {"level": "normal", "sensors": {"socket": 25.0}},  # when sensors exist
+          # added by the application API (chargepoint.api.ConnectorView):
+          "available": true,         # not made Inoperative (by the central system or locally)
+          "session_energy_wh": 812.4,  # since the transaction started (null without one)
+          "session_started": "2026-01-02T10:00:00Z",
+          "claims": [{"source": "…", "amps": 16.0, "priority": 1, "detail": ""}],  # limit_claims, typed
+          "local_limit_a": null,     # the owner's limit on this connector (set_local_limit)
+          "fault_details": [{"kind": "rcd", "latched": true, "action": "what a person should do"}]
         }
-      ]
+      ],
+      "smart_charging": {"profiles": [], "station_fuse_a": 32.0, "charge_point_max_a": null, …},
+      # added by the application API (chargepoint.api.StationView):
+      "firmware_version": "0.1.0",
+      "free_vend": false,            # [chargepoint] free_vend_id_tag is set
+      "link": {"state": "connected", "registration": "Accepted", "connected_since": "…Z",
+               "queued": 0, "last_error": null}
     }
 
-Unknown extra keys are allowed and ignored by the formatters.
+An older release sent ``"limits": [{"source", "limit_a"}]`` instead of ``limit_claims``; the formatters
+read either. Unknown extra keys are allowed and ignored by the formatters.
 """
 
 from __future__ import annotations

@@ -199,17 +199,20 @@ class StatusServer:
             await self._send_json(writer, {"ok": False, "error": "the state store could not be copied "
                                                                  "(the service's journal says why)"})
             return
-        try:
-            files = sorted(f for f in Path(copy_dir).iterdir() if f.is_file())
-            await self._send_json(writer, {"ok": True, "files": [{"name": f.name, "size": f.stat().st_size}
-                                                                  for f in files]})
-            for f in files:
-                with f.open("rb") as fh:
-                    while chunk := await asyncio.to_thread(fh.read, 1 << 16):
-                        writer.write(chunk)
-                        await asyncio.wait_for(writer.drain(), self.write_timeout)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, copy_dir, True)
+        with contextlib.ExitStack() as files_open:
+            try:
+                files = sorted(f for f in Path(copy_dir).iterdir() if f.is_file())
+                header = [{"name": f.name, "size": f.stat().st_size} for f in files]
+                handles = [files_open.enter_context(f.open("rb")) for f in files]
+            finally:
+                # Removed before the first byte goes out (the open handles keep the data): once a client has
+                # read everything no copy of the store is left, nor when it goes away early.
+                await asyncio.to_thread(shutil.rmtree, copy_dir, True)
+            await self._send_json(writer, {"ok": True, "files": header})
+            for fh in handles:
+                while chunk := await asyncio.to_thread(fh.read, 1 << 16):
+                    writer.write(chunk)
+                    await asyncio.wait_for(writer.drain(), self.write_timeout)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -285,11 +288,11 @@ class StatusServer:
 
 
 async def _connect(
-    where: str, timeout: float, request: str
+    where: str, timeout: float, request: str, *, limit: int = 1 << 16
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect and send the request line; StatusUnavailable says why that failed and what to do."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(where), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(where, limit=limit), timeout)
     except FileNotFoundError:
         raise StatusUnavailable(
             f"no status socket at {where}: is the service running? (systemctl status chargepoint)"
@@ -427,7 +430,7 @@ async def follow_status(
 ) -> AsyncIterator[dict[str, Any]]:
     """The snapshot, then every change as it happens (``subscribe``); ends when the service closes."""
     where = str(path)
-    reader, writer = await _connect(where, timeout, "subscribe")
+    reader, writer = await _connect(where, timeout, "subscribe", limit=MAX_SNAPSHOT_BYTES + 1)
     try:
         first = True
         while True:
@@ -435,6 +438,10 @@ async def follow_status(
                 line = await (asyncio.wait_for(reader.readline(), timeout) if first else reader.readline())
             except TimeoutError:
                 raise StatusUnavailable(f"the service did not answer on {where} within {timeout:g} s") from None
+            except ValueError:  # a line beyond the reader's limit
+                raise StatusUnavailable(f"a line from {where} is larger than {MAX_SNAPSHOT_BYTES} bytes") from None
+            except OSError as exc:
+                raise StatusUnavailable(f"reading {where} failed: {exc}") from None
             if not line:
                 return
             if len(line) > MAX_SNAPSHOT_BYTES:
@@ -443,7 +450,9 @@ async def follow_status(
                 obj = json.loads(line)
             except ValueError as exc:
                 raise StatusUnavailable(f"the service sent something that is not JSON: {exc}") from None
-            if first and isinstance(obj, dict) and "error" in obj and "connectors" not in obj:
+            if not isinstance(obj, dict):
+                raise StatusUnavailable(f"the service sent a JSON {type(obj).__name__}, expected an object")
+            if first and "error" in obj and "connectors" not in obj:
                 raise StatusUnavailable(f"the service cannot stream changes: {obj['error']}")
             first = False
             yield obj

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -140,6 +141,58 @@ async def test_a_slow_subscriber_loses_old_state_not_the_controllers_time(e2e_ri
     slow.close()
 
 
+async def test_faults_are_events_a_flood_of_state_does_not_push_out(e2e_rig: Any) -> None:
+    rig = await e2e_rig()
+    api = api_of(rig)
+    sub = api.subscribe()
+    slow = api.subscribe(maxsize=2)  # never read until the end
+    rig.bench.inject(1, FaultKind.RCD)
+    raised = await next_change(sub, ChangeKind.FAULT)
+    assert raised.connector_id == 1 and raised.data["event"] == "raised"
+    assert raised.data["raised"] == ["rcd"] and raised.data["latched"] == ["rcd"]
+    for amps in (10, None, 12, None):  # state changes (LIMIT) flood the slow subscriber
+        await api.set_local_limit(1, amps)
+    assert slow.dropped > 0
+    kept = [await slow.get() for _ in range(2)]
+    assert any(c.kind == ChangeKind.FAULT and c.data["event"] == "raised" for c in kept), kept
+    slow.close()
+    rig.bench.clear(1, FaultKind.RCD)
+    assert (await api.clear_fault(1, role=Role.ADMIN)).accepted
+    cleared = await next_change(sub, ChangeKind.FAULT, lambda c: c.data["event"] == "cleared")
+    assert cleared.data["cleared"] == ["rcd"] and cleared.data["faults"] == []
+    sub.close()
+    assert not api._subs  # closing removes the subscriber
+
+
+async def test_only_events_queued_the_oldest_goes_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = ControllerApi(_FakeController())
+    sub = api.subscribe(maxsize=2)
+    for n in range(4):
+        api.publish(ChangeKind.TRANSACTION, 1, event="started", n=n)
+    api.publish(ChangeKind.METER, 1, power_w=1.0)  # a state change never pushes an event out
+    assert sub.dropped == 3
+    assert [(await sub.get()).data["n"] for _ in range(2)] == [2, 3]
+    assert sum("too slowly" in r.getMessage() for r in caplog.records) == 1
+    sub.close()
+
+
+async def test_a_slow_subscriber_never_blocks_the_publisher() -> None:
+    api = ControllerApi(_FakeController())
+    subs = [api.subscribe(maxsize=8) for _ in range(20)]  # none of them reads
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for n in range(20_000):
+        api.publish(ChangeKind.METER if n % 10 else ChangeKind.TRANSACTION, 1, n=n)
+    took = loop.time() - t0
+    assert all(len(s._queue) == 8 for s in subs)
+    print(f"20 subscribers, 20000 changes: {took * 1e3:.0f} ms")  # a number, not a timed assertion
+    for s in subs:
+        s.close()
+    assert not api._subs
+
+
 # ---------------------------------------------------------------------------------------- commands
 
 
@@ -235,6 +288,44 @@ async def test_local_limit_is_one_more_claim(e2e_rig: Any) -> None:
     assert api.snapshot().connectors[0].local_limit_a is None
 
 
+async def test_a_reserved_connector_is_not_started_for_another_card(e2e_rig: Any) -> None:
+    rig = await e2e_rig()
+    api = api_of(rig)
+    expiry = (datetime.now(UTC) + timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
+    answer = await rig.call("ReserveNow", {"connectorId": 1, "expiryDate": expiry, "idTag": "04HOLDER00",
+                                           "reservationId": 7})
+    assert answer["status"] == "Accepted"
+    await rig.wait_sent_status(1, "Reserved")
+    sub = api.subscribe()
+    result = await api.start_session(1, TAG)
+    assert not result.accepted and "reserved" in result.message
+    refused = await next_change(sub, ChangeKind.AUTHORIZATION)
+    assert refused.data["event"] == "refused" and TAG not in repr(refused.data)
+    assert (await api.start_session(1, "04HOLDER00")).accepted  # the holder may
+    authorized = await next_change(sub, ChangeKind.AUTHORIZATION)
+    assert authorized.data["event"] == "authorized"
+    rig.bench.ev(1).plug()
+    start = await rig.cs.wait_for_message("StartTransaction")
+    assert start["idTag"] == "04HOLDER00" and start["reservationId"] == 7
+    sub.close()
+
+
+async def test_a_station_wide_local_limit_is_shared(e2e_rig: Any) -> None:
+    rig = await e2e_rig(connectors=2)
+    api = api_of(rig)
+    tops = [rig.controller.connectors[c].max_current_a for c in (1, 2)]
+    assert (await api.set_local_limit(None, sum(tops))).accepted  # up to every connector's maximum
+    with pytest.raises(CommandError) as exc:
+        await api.set_local_limit(None, sum(tops) + 1)
+    assert exc.value.code == CommandError.BAD_VALUE and f"{sum(tops):g}" in exc.value.message
+    with pytest.raises(CommandError):
+        await api.set_local_limit(1, tops[0] + 1)  # one connector: its own maximum
+    assert (await api.set_local_limit(None, 0)).message == "paused by the local limit"
+    assert (await api.set_local_limit(None, None)).message == "local limit lifted"
+    claims = api.snapshot().connectors[0].claims
+    assert [c.priority for c in claims] == list(range(len(claims)))  # the arbiter's order
+
+
 BAD_CONNECTORS = [0, 2, -1, 99, True, "1", 1.0, None]
 BAD_AMPS = [math.nan, math.inf, -math.inf, -1, 3, 5.9, 33, 1e9, "10", True, [10]]
 BAD_TAGS = ["", "   ", "x" * 21, "tag\n", "tåg", 12345, b"04A2"]
@@ -285,14 +376,16 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.fl
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(connector=values, amps=values, tag=values)
+@given(connector=values, amps=values, tag=values, role=st.one_of(st.sampled_from(Role), values))
 async def test_fuzzed_arguments_never_raise_anything_but_command_error(
-    tmp_path: Any, connector: Any, amps: Any, tag: Any
+    tmp_path: Any, connector: Any, amps: Any, tag: Any, role: Any
 ) -> None:
     # a bare controller object is enough: every bad value is refused before anything is touched
     api = _OFFLINE_API
     for call in (lambda: api.set_local_limit(connector, amps), lambda: api.start_session(connector, tag),
-                 lambda: api.set_available(connector, amps), lambda: api.stop_session(connector)):
+                 lambda: api.set_available(connector, amps), lambda: api.stop_session(connector),
+                 lambda: api.clear_fault(connector, role=role), lambda: api.set_local_limit(connector, amps, role=role),
+                 lambda: api.start_session(connector, tag, role=role)):
         try:
             result = await call()
         except CommandError as exc:
@@ -319,7 +412,7 @@ class _FakeRuntime:
 
 
 class _FakeServices:
-    """The services the API's commands reach (authorization, availability, transactions, limits)."""
+    """The services the API's commands reach (authorization, availability, transactions, limits, reservations)."""
 
     async def authorize(self, id_tag: str) -> tuple[bool, None]:
         return False, None
@@ -336,13 +429,16 @@ class _FakeServices:
     def set_local_limit(self, cid: int | None, amps: float | None) -> None:
         pass
 
+    def reservation_allows(self, cid: int, id_tag: str) -> bool:
+        return True
+
 
 class _FakeController:
     def __init__(self) -> None:
         self.listeners: list[Any] = []
         self.connectors = {1: _FakeRuntime()}
         self.posted: list[Any] = []
-        self.authorization = self.availability = self.transactions = self.limits = _FakeServices()
+        self.authorization = self.availability = self.transactions = self.limits = self.reservations = _FakeServices()
 
     def post(self, cid: int, event: Any) -> None:
         self.posted.append(event)

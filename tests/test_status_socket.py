@@ -198,3 +198,84 @@ def test_check_snapshot() -> None:
     assert any("queued = -1" in p for p in problems)
     assert any("lacks status" in p for p in problems)
     assert any("contactor = 'maybe'" in p for p in problems)
+
+
+class _Changes:
+    """A subscription as the status socket sees one (chargepoint.api.Subscription): get() and close()."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.closed = False
+
+    async def get(self) -> Any:
+        change = await self.queue.get()
+        if change is None:
+            raise EOFError("closed")  # as chargepoint.api's subscription ends
+        return change
+
+    def close(self) -> None:
+        self.closed = True
+        self.queue.put_nowait(None)
+
+
+async def _readline(stream: asyncio.StreamReader) -> str:
+    async with asyncio.timeout(20):
+        return (await stream.readline()).decode()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_status_follow_prints_the_snapshot_then_each_change(sockdir: Path, as_json: bool) -> None:
+    import sys
+
+    from chargepoint.api import Change, ChangeKind
+
+    subs: list[_Changes] = []
+
+    def subscribe() -> _Changes:
+        subs.append(_Changes())
+        return subs[-1]
+
+    path = sockdir / "f.sock"
+    server = StatusServer(path, lambda: SNAPSHOT, subscribe=subscribe)
+    await server.start()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chargepoint", "status", "--follow", "--socket", str(path),
+        *(["--json"] if as_json else []), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = await _readline(proc.stdout)
+        if as_json:
+            assert json.loads(first) == SNAPSHOT
+        else:
+            assert first.split() == format_status(SNAPSHOT).splitlines()[0].split()  # the table comes first
+        async with asyncio.timeout(10):
+            while not subs:
+                await asyncio.sleep(0.01)
+        subs[0].queue.put_nowait(Change(ChangeKind.PILOT, 1, {"state": "B", "event": "pilot"}, 12.5))
+        line = await _readline(proc.stdout)
+        while not as_json and not line.startswith("pilot"):  # the rest of the table
+            line = await _readline(proc.stdout)
+        if as_json:
+            assert json.loads(line) == {"kind": "pilot", "connector": 1, "data": {"state": "B", "event": "pilot"},
+                                        "at": 12.5}
+        else:
+            assert line.split()[:4] == ["pilot", "connector", "1", "pilot"] and "state=B" in line
+        await server.stop()  # the stream ends: the client exits by itself
+        async with asyncio.timeout(20):
+            _out, err = await proc.communicate()
+    finally:
+        await server.stop()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err
+    assert subs[0].closed
+
+
+async def test_follow_without_a_stream_is_a_clear_error(sockdir: Path) -> None:
+    from chargepoint.status_socket import follow_status
+
+    async with StatusServer(sockdir / "n.sock", lambda: SNAPSHOT):  # a server with no change stream
+        with pytest.raises(StatusUnavailable, match="cannot stream changes: unknown request 'subscribe'"):
+            async for _ in follow_status(sockdir / "n.sock"):
+                pass
