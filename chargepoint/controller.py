@@ -1,9 +1,10 @@
-"""The controller: the composition root that builds the services from the configuration, and the dispatcher.
+"""The controller: the composition root that builds the hardware and the services, and the dispatcher.
 
 One asyncio loop. Hardware events and OCPP requests become connector events, which one dispatcher task applies
-to the pure connector state machines in order; the resulting actions switch the hardware (here) and reach the
-services (transactions queue Start/StopTransaction in the persistent outbox). Status and heartbeat are sent only
-while connected. Every concern's state lives in its service (chargepoint/services/, docs/architecture.md).
+to the pure connector state machines in order; the resulting actions switch the hardware (here, the action
+executor) and reach the services (transactions queue Start/StopTransaction in the persistent outbox; the station
+link sends StatusNotification). Every concern's state lives in its service (chargepoint/services/,
+docs/architecture.md); this module builds them, runs the dispatcher, and starts, stops and supervises the tasks.
 """
 
 from __future__ import annotations
@@ -15,18 +16,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-
-import websockets
 
 from chargepoint import connector as cm
 from chargepoint.config import Config
 from chargepoint.keys import ConfigurationKeys
-from chargepoint.logsetup import log_fields
-from chargepoint.metering import iso, measured_current
-from chargepoint.privacy import mask_id_tag, use_installation_salt
-from chargepoint.protocol.link import CallErrorReceived, OcppLink, OcppSession
+from chargepoint.privacy import use_installation_salt
+from chargepoint.protocol.link import OcppLink, OcppSession
 from chargepoint.protocol.outbox import Outbox, OutboxSender
 from chargepoint.services.authorization import Authorization
 from chargepoint.services.availability import AvailabilityService
@@ -40,9 +37,13 @@ from chargepoint.services.limits import (
     LimitArbiter,
 )
 from chargepoint.services.reservations import ReservationService
+from chargepoint.services.reset import ResetService
 from chargepoint.services.security import SecurityService
+from chargepoint.services.sessions_start import SessionStarter
 from chargepoint.services.smartcharging import SmartCharging
-from chargepoint.services.station import ConnectorRuntime
+from chargepoint.services.snapshot import station_snapshot
+from chargepoint.services.station import ConnectorRuntime, KeyChanges
+from chargepoint.services.station_link import StationLink
 from chargepoint.services.systemd import SystemdService
 from chargepoint.services.transactions import TransactionService
 from chargepoint.store import Store, StoreError, StoreUnavailable
@@ -103,8 +104,9 @@ def build_hardware(config: Config, ctx: registry.BuildContext | None = None) -> 
 class Controller:
     """The charge point: the composition root that builds the services, and the event dispatcher.
 
-    No mixins and no hooks: every profile beyond Core is a service (chargepoint/services/) built in
-    :meth:`start` with what it needs, and the controller calls each where its concern begins."""
+    No mixins and no hooks: every concern is a service (chargepoint/services/) built in :meth:`start` with
+    what it needs, and the controller calls each by name where its concern begins (boot accepted, a session
+    up, a key changed, a clock jump, a link error, stop)."""
 
     def __init__(
         self,
@@ -128,17 +130,12 @@ class Controller:
         self.link: OcppLink | None = None
         self.outbox: Outbox | None = None
         self.sender: OutboxSender | None = None
-        self.boot_accepted = False
-        self.registration = "Unknown"
-        self.clock_offset = timedelta(0)
         self._queue: asyncio.Queue[tuple[int, cm.Event]] = asyncio.Queue()
-        self._status_queue: asyncio.Queue[tuple[int, str, str, int]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.supervisor = Supervisor(on_crash=self._on_task_crash, on_give_up=self._on_task_given_up)
         self._safe_outputs_task: asyncio.Task[None] | None = None  # outputs forced safe: dispatcher died
         self._outputs_forced_safe = False  # … and the state machines do not know it yet
-        self._key_events: dict[str, asyncio.Event] = {}
-        self._heartbeat_from = 0.0  # loop time the heartbeat interval counts from (boot, last heartbeat)
+        self.key_changes = KeyChanges()
         self._stopping = False
         self.stopped = asyncio.Event()
         self.ready = asyncio.Event()
@@ -146,16 +143,22 @@ class Controller:
         self.loop_ticks = 0
         self._owns_store = False
         # Built in start() (they need the store and the configuration keys).
+        self.station_link: StationLink | None = None
         self.firmware: FirmwareService | None = None
         self.security: SecurityService | None = None
         from chargepoint.api import ControllerApi
 
         self.api = ControllerApi(self)  # the one door for front ends (chargepoint/api.py)
 
-    # ================================================================== time
+    # ================================================================== time, registration, timeline
     def now(self) -> datetime:
-        """Wall-clock time as the central system sees it (its BootNotification/Heartbeat time)."""
-        return datetime.now(UTC) + self.clock_offset
+        """Wall-clock time as the central system sees it (the station link keeps its clock offset)."""
+        return self.station_link.now() if self.station_link is not None else datetime.now(UTC)
+
+    @property
+    def boot_accepted(self) -> bool:
+        """The central system accepted a BootNotification (§4.2); the station link knows."""
+        return self.station_link is not None and self.station_link.boot_accepted
 
     @staticmethod
     def monotonic() -> float:
@@ -189,24 +192,32 @@ class Controller:
         self.keys.subscribe(self._on_key_changed)
         # Before any tag is logged: masks are keyed with this installation's secret (chargepoint.privacy).
         use_installation_salt(cfg.state_dir)
+        registered = lambda: self.boot_accepted  # noqa: E731
+        link = self.station_link = StationLink(
+            cfg, self.connectors, keys=self.keys, key_changes=self.key_changes, link=lambda: self.link,
+            outbox=lambda: self.outbox, set_online=self._set_online,
+            station_status=lambda: self.availability.station_status(), emit=self._emit_timeline,
+            spawn=self._spawn, on_key_changed=self._on_key_changed, session_starting=self._session_starting,
+            session_started=self._session_started, registered=self._after_boot, clock_moved=self._clock_moved,
+            link_error=self._link_error,
+            status_info=lambda cid: self.energy.status_info(cid) if self.energy is not None else None,
+        )
         self.firmware = FirmwareService(
-            cfg, self.connectors, store=store, link=lambda: self.link, registered=lambda: self.boot_accepted,
+            cfg, self.connectors, store=store, link=lambda: self.link, registered=registered,
             emit=self._emit_timeline, snapshot=self.snapshot, spawn=self._spawn, stop_controller=self.stop,
             restart=self._restart,
         )
         self.security = SecurityService(
             cfg, self.keys, firmware=self.firmware, now=self.now, link=lambda: self.link,
-            registered=lambda: self.boot_accepted, emit=self._emit_timeline, supervise=self.supervise,
-            spawn=self._spawn,
+            registered=registered, emit=self._emit_timeline, supervise=self.supervise, spawn=self._spawn,
         )
         self.authorization = Authorization(
-            self.connectors, keys=self.keys, store=store, now=self.now, online=self._online,
-            call=self._csms_call, response_timeout_s=cfg.csms.response_timeout_s,
-            report_conflict=self._report_local_list_conflict,
+            self.connectors, keys=self.keys, store=store, now=self.now, online=link.online, call=link.call,
+            response_timeout_s=cfg.csms.response_timeout_s, report_conflict=link.report_local_list_conflict,
         )
         self.availability = AvailabilityService(
-            self.connectors, store=store, apply_now=self.apply_now, registered=lambda: self.boot_accepted,
-            queue_status=lambda cid, status, code: self._status_queue.put_nowait((cid, status, code, 0)),
+            self.connectors, store=store, apply_now=self.apply_now, registered=registered,
+            queue_status=link.queue_status,
         )
         self.reservations = ReservationService(
             self.connectors, keys=self.keys, store=store, now=self.now, post=self.post,
@@ -216,12 +227,12 @@ class Controller:
         self.limits = LimitArbiter(self.connectors, apply=self.apply_limit, monotonic=self.monotonic)
         self.hardware_limits = HardwareLimits(
             self.connectors, cfg.connectors, post=self.post, emit=self._emit_timeline,
-            limits_changed=self._recompute_all_limits,
+            limits_changed=self.limits.recompute_all,
         )
         self.smart = SmartCharging(
             self.connectors, station=cfg.station, keys=self.keys, store=store, arbiter=self.limits,
-            now=self.now, monotonic=self.monotonic, emit=self._emit_timeline, read_meter=lambda rt: self.transactions.read_meter(rt),
-            supervise=self.supervise,
+            now=self.now, monotonic=self.monotonic, emit=self._emit_timeline,
+            read_meter=lambda rt: self.transactions.read_meter(rt), supervise=self.supervise,
         )
         self.limits.register("smart charging", PRIORITY_SMART_CHARGING, self.smart.claims)
         self.limits.register("authorization", PRIORITY_AUTHORIZATION, self.authorization.claims)
@@ -232,13 +243,12 @@ class Controller:
         self.station = self._hardware
         self.energy = None  # [energy] (issue 16): built after the connectors, below
         for cc, hw in zip(cfg.connectors, self.station.connectors, strict=True):
-            operative = self.availability.operative_at_start(cc.id)
             state = cm.ConnectorState(
                 connector_id=cc.id,
                 min_current_a=cc.min_current_a,
                 connection_timeout_s=float(self.keys["ConnectionTimeOut"]),
                 stop_on_ev_disconnect=bool(self.keys["StopTransactionOnEVSideDisconnect"]),
-                operative=operative,
+                operative=self.availability.operative_at_start(cc.id),
                 ventilation=cc.ventilation,
                 cable_required=cc.cable.socket,
             )
@@ -275,13 +285,18 @@ class Controller:
             wake_sender=lambda: self.sender.wake(),  # type: ignore[union-attr]
             now=self.now, monotonic=self.monotonic, emit=self._emit_timeline, post=self.post,
             supervise=self.supervise, cancel_task=self.supervisor.cancel, spawn=self._spawn,
-            call_quietly=self._call_quietly, registered=lambda: self.boot_accepted, key_change=self._key_change,
+            call_quietly=link.call_quietly, registered=registered, key_change=self.key_changes.wait,
             limits=self.limits, smart=self.smart, authorization=self.authorization,
             reservations=self.reservations, hardware_limits=self.hardware_limits,
         )
+        self.session_starter = SessionStarter(
+            self.connectors, keys=self.keys, post=self.post, flash=self.flash, emit=self._emit_timeline,
+            authorization=self.authorization, reservations=self.reservations, transactions=self.transactions,
+            smart=self.smart,
+        )
         self.sender = OutboxSender(
             self.outbox,
-            self._send_queued,
+            link.send_queued,
             self.transactions.on_queued_result,
             attempts=lambda: int(self.keys["TransactionMessageAttempts"]),  # type: ignore[index]
             retry_interval_s=lambda: float(self.keys["TransactionMessageRetryInterval"]),  # type: ignore[index]
@@ -289,10 +304,16 @@ class Controller:
             reconnect_poll_s=5.0,
             on_drop=self.transactions.on_queued_drop,
         )
+        self.resets = ResetService(
+            self.connectors, store=store, before_reset=self.security.before_reset, apply_now=self.apply_now,
+            post=self.post, emit=self._emit_timeline, queued=lambda: len(self.outbox),  # type: ignore[arg-type]
+            sender_online=lambda: self.sender.online, stop_controller=self.stop,  # type: ignore[union-attr]
+            restart=self._restart,
+        )
         await self.transactions.recover()
         for rt in self.connectors.values():
             await self.transactions.read_meter(rt)
-            self._recompute_limit(rt)
+            self.limits.recompute(rt.id)
         self.limits.recompute_all()
 
         session_class = self._session_class or _default_session_class()
@@ -302,12 +323,12 @@ class Controller:
             session_factory=lambda ws: session_class(
                 cfg.charge_point_id, ws, cfg.csms.response_timeout_s, controller=self
             ),
-            on_session=self._on_session,
-            on_disconnect=self._on_disconnect,
+            on_session=link.on_session,
+            on_disconnect=link.on_disconnect,
             password=lambda: self.keys["AuthorizationKey"] or cfg.csms.password,  # type: ignore[index]
             ca_file=self.security.csms_ca_file,
             client_cert=self.security.csms_client_cert,
-            on_connect_error=self.on_link_error,
+            on_connect_error=link.on_link_error,
             reconnect_min_s=cfg.csms.reconnect_min_s,
             reconnect_max_s=cfg.csms.reconnect_max_s,
             ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),  # type: ignore[index]
@@ -315,11 +336,11 @@ class Controller:
         )
         # The long-lived tasks, kept alive by the supervisor (chargepoint/supervisor.py says why and how).
         self.supervise("dispatcher", self._dispatcher, critical=True)
-        self.supervise("status", self._status_sender)
+        self.supervise("status", link.status_sender)
         self.supervise("outbox", self.sender.run)
         self.supervise("link", self.link.run)
         self.supervise("clock-aligned", self.transactions.clock_aligned_loop)
-        self.supervise("heartbeat", self._heartbeat_loop)
+        self.supervise("heartbeat", link.heartbeat_loop)
         for rt in self.connectors.values():
             self.supervise(f"meter-{rt.id}", functools.partial(self.transactions.meter_poll_loop, rt))
             self.post(rt.id, cm.Tick())
@@ -336,7 +357,7 @@ class Controller:
         )
         await self.systemd.start()
         self.ready.set()
-        self._recompute_all_limits()
+        self.limits.recompute_all()
         self.reservations.start()
         self.security.start()
         await self.firmware.start()
@@ -527,7 +548,7 @@ class Controller:
             for cid in self._targets(event.connector_id):
                 self.post(cid, cm.FaultClear(event.kind))
         elif isinstance(event, TagPresented):
-            self._spawn(self.on_tag(event.id_tag), "tag")
+            self._spawn(self.session_starter.on_tag(event.id_tag), "tag")
 
     def _targets(self, connector_id: int) -> list[int]:
         return list(self.connectors) if connector_id == 0 else [connector_id]
@@ -658,12 +679,11 @@ class Controller:
             self.authorization.forget_ended()
             self.reservations.status_changed(rt, action.status)
             self.systemd.status_changed()
-            if self.boot_accepted:
-                self._status_queue.put_nowait((cid, action.status, action.error_code, rt.tx_issued))
+            self.station_link.status_changed(cid, action.status, action.error_code, rt.tx_issued)  # type: ignore[union-attr]
             if action.status in ("Available", "Finishing", "Unavailable", "Faulted"):
-                self._recompute_all_limits()
+                self.limits.recompute_all()
         elif isinstance(action, cm.BeginTransaction):
-            self._recompute_all_limits()  # the others' shares change now, before the next event is applied
+            self.limits.recompute_all()  # the others' shares change now, before the next event is applied
             rt.tx_issued += 1
             self._chain(rt, self.transactions.begin(rt, action.id_tag))
         elif isinstance(action, cm.EndTransaction):
@@ -721,12 +741,6 @@ class Controller:
         rt.tx_chain = asyncio.create_task(run(), name=f"tx-{rt.id}")
 
     # ================================================================== limits
-    def _recompute_all_limits(self) -> None:
-        self.limits.recompute_all()
-
-    def _recompute_limit(self, rt: ConnectorRuntime) -> None:
-        self.limits.recompute(rt.id)
-
     def apply_limit(self, connector_id: int, amps: float | None) -> None:
         """Give a connector its new limit (the arbiter's decision). A connector without a transaction offers
         nothing, so its state takes the limit at once: a transaction that begins before the queued event is
@@ -741,253 +755,7 @@ class Controller:
         self.limits.note_pilot_change(rt.id, now)
         self.smart.offer_changed(rt, before, after, now)
 
-    # ================================================================== transactions
-    async def _key_change(self, name: str, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds (None: for ever) for configuration key ``name`` to change.
-
-        True if it changed. Loops that sleep for an interval taken from a key wait here instead of in
-        ``asyncio.sleep``, so a ChangeConfiguration applies at once, not after the old interval ran out.
-        Callers read the key and call this without an ``await`` in between, so no change is missed."""
-        event = self._key_events.setdefault(name, asyncio.Event())
-        event.clear()
-        if timeout is not None and timeout <= 0:
-            return False
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    # ================================================================== outbox hooks
-    async def _send_queued(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send one outbox message. A link that is down or drops mid-call is a ConnectionError (the
-        outbox waits for the reconnect and does not count an attempt); CALLERROR/timeout pass through."""
-        if not self.link or not self.boot_accepted:
-            raise ConnectionError("not connected")
-        try:
-            return await self.link.call(action, payload)
-        except websockets.ConnectionClosed as exc:
-            raise ConnectionError(f"link closed while sending {action}") from exc
-
-    # ================================================================== OCPP session
-    async def _on_session(self, session: OcppSession) -> None:
-        """A websocket is up: boot once per process, then (on every reconnect) every status once.
-
-        A failure here would leave the link connected but never registered: it is logged and the connection
-        closed, so that the link connects and tries again (with its back-off)."""
-        assert self.keys is not None and self.sender is not None
-        assert self.security is not None and self.firmware is not None
-        self.security.session_starting()
-        try:
-            if not self.boot_accepted:
-                await self._boot(session)
-            else:
-                self.sender.set_online(True)
-                self._send_all_statuses()
-        except (asyncio.CancelledError, ConnectionError, websockets.ConnectionClosed):
-            raise
-        except Exception:
-            log.exception("starting the OCPP session failed; reconnecting")
-            with contextlib.suppress(Exception):
-                await session._connection.close()
-        self.security.session_started()
-        await self.firmware.on_session()
-
-    def _boot_payload(self) -> dict[str, Any]:
-        cfg = self.config
-        from chargepoint import __version__
-
-        payload: dict[str, Any] = {
-            "chargePointVendor": cfg.vendor,
-            "chargePointModel": cfg.model,
-            "firmwareVersion": cfg.firmware_version or __version__,
-        }
-        if cfg.serial_number:
-            payload["chargePointSerialNumber"] = cfg.serial_number
-        return payload
-
-    async def _boot(self, session: OcppSession) -> None:
-        """BootNotification until Accepted (OCPP 1.6 §4.2): nothing else is sent before that."""
-        assert self.keys is not None and self.sender is not None
-        while True:
-            try:
-                conf = await session.call_raw("BootNotification", self._boot_payload())
-            except (TimeoutError, CallErrorReceived) as exc:
-                log.warning("BootNotification failed (%s); retrying in 30 s", exc)
-                await asyncio.sleep(30)
-                continue
-            self._set_clock(conf.get("currentTime"))
-            self.registration = conf["status"]
-            interval = int(conf.get("interval", 0))
-            self._emit_timeline("boot", status=self.registration, interval=interval)
-            if conf["status"] == "Accepted":
-                if interval > 0:
-                    self.keys.set_internal("HeartbeatInterval", interval)
-                self.boot_accepted = True
-                log.info("BootNotification accepted; heartbeat every %d s", self.keys["HeartbeatInterval"])
-                self._heartbeat_from = asyncio.get_running_loop().time()
-                self._key_changed("HeartbeatInterval")  # the heartbeat loop counts from now
-                self.sender.set_online(True)
-                self._send_all_statuses()
-                self._after_boot()
-                return
-            wait = interval if interval > 0 else int(self.keys["HeartbeatInterval"]) or 60
-            log.warning("BootNotification %s; trying again in %d s", conf["status"], wait)
-            await asyncio.sleep(wait)
-
-    def on_link_error(self, exc: BaseException) -> None:
-        """The link could not connect (e.g. the central system's certificate did not verify)."""
-        self._emit_timeline("link_error", error=f"{type(exc).__name__}: {exc}")
-        if self.security is not None:
-            self.security.link_error(exc)
-
-    def _after_boot(self) -> None:
-        """Registered: what waited for the central system's clock and acceptance."""
-        self.reservations.clock_set()
-        if self.security is not None:
-            self.security.after_boot()
-        if self.firmware is not None:
-            self.firmware.after_boot()  # a freshly installed release is confirmed healthy now
-
-    def _on_disconnect(self) -> None:
-        if self.sender:
-            self.sender.set_online(False)
-        self._emit_timeline("disconnected")
-
-    def _set_clock(self, current_time: str | None) -> None:
-        """Take the central system's time; a jump is a security event (SettingSystemTime)."""
-        before = self.clock_offset
-        self._take_clock(current_time)
-        if self.security is not None:
-            self.security.clock_moved(abs((self.clock_offset - before).total_seconds()))
-
-    def _take_clock(self, current_time: str | None) -> None:
-        if not current_time:
-            return
-        try:
-            csms = datetime.fromisoformat(current_time.replace("Z", "+00:00"))
-        except ValueError:
-            log.warning("central system sent an unreadable currentTime %r", current_time)
-            return
-        if csms.tzinfo is None:
-            csms = csms.replace(tzinfo=UTC)
-        self.clock_offset = csms - datetime.now(UTC)
-
-    async def _heartbeat_loop(self) -> None:
-        """Heartbeat every HeartbeatInterval (OCPP 1.6 §4.6) once registered; 0 means once a day.
-
-        A changed interval (ChangeConfiguration, or the BootNotification's interval) applies at once: the
-        next heartbeat is due one new interval after the previous one (or the boot), at once if that moment
-        has already passed."""
-        assert self.keys is not None
-        loop = asyncio.get_running_loop()
-        self._heartbeat_from = loop.time()
-        while True:
-            interval = int(self.keys["HeartbeatInterval"]) or 86400
-            if await self._key_change("HeartbeatInterval", self._heartbeat_from + interval - loop.time()):
-                continue
-            self._heartbeat_from = loop.time()
-            if not self.boot_accepted or not self.link or self.link.session is None:
-                continue
-            try:
-                conf = await self.link.call("Heartbeat", {})
-                self._set_clock(conf.get("currentTime"))
-            except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
-                log.warning("Heartbeat failed: %s", exc)
-
-    async def _call_quietly(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """A message that is not queued: sent if connected, otherwise dropped (OCPP 1.6 §4.7)."""
-        if not self.link or not self.boot_accepted:
-            return None
-        try:
-            return await self.link.call(action, payload)
-        except (TimeoutError, CallErrorReceived, ConnectionError) as exc:
-            log.warning("%s not delivered: %s", action, exc)
-            return None
-
-    async def data_transfer(
-        self, vendor_id: str, message_id: str | None = None, data: str | None = None
-    ) -> dict[str, Any]:
-        """DataTransfer from the charge point (OCPP 1.6 §4.3). Returns the central system's answer."""
-        if not self.link or not self.boot_accepted:
-            raise ConnectionError("not connected to the central system")
-        payload: dict[str, Any] = {"vendorId": vendor_id}
-        if message_id is not None:
-            payload["messageId"] = message_id
-        if data is not None:
-            payload["data"] = data
-        return await self.link.call("DataTransfer", payload)
-
-    async def _status_sender(self) -> None:
-        """StatusNotifications in order. A status waits (up to 10 s) until the Start/StopTransaction queued
-        before it for the same connector was delivered, so the central system never sees "Charging" before
-        the transaction it belongs to."""
-        while True:
-            cid, status, code, barrier = await self._status_queue.get()
-            rt = self.connectors.get(cid)
-            if rt is not None and self.outbox is not None and barrier > 0:
-                for _ in range(200):
-                    if not self.boot_accepted:
-                        break
-                    if rt.tx_done >= barrier:
-                        head = self.outbox.head()
-                        if head is None or head.seq > rt.last_tx_seq:
-                            break
-                    await asyncio.sleep(0.02)
-            if self.boot_accepted:
-                await self._send_status(cid, status, code)
-
-    async def _send_status(self, connector_id: int, status: str, error_code: str) -> None:
-        payload = {
-            "connectorId": connector_id,
-            "status": status,
-            "errorCode": error_code,
-            "timestamp": iso(self.now()),
-        }
-        rt = self.connectors.get(connector_id)
-        if rt is not None and error_code != "NoError" and rt.state.error_code == error_code:
-            payload.update(cm.vendor_error_fields(rt.state))  # e.g. OtherError + InvalidCable
-        if self.energy is not None and "info" not in payload and (info := self.energy.status_info(connector_id)):
-            payload["info"] = info  # §14a dimming: security-neutral, reported with the status (CiString50)
-        await self._call_quietly("StatusNotification", payload)
-
-    def _profile_phases(self, connector_id: int) -> int | None:
-        """numberPhases of the profile period in force on the connector (None: no profile says)."""
-        sched = self.smart.composite_schedule(connector_id, 1, "A")
-        return sched.periods[0].number_phases if sched is not None and sched.periods else None
-
-    def _on_dimming(self, active: bool) -> None:
-        """The §14a signal changed: every connector reports its status again, with or without the info."""
-        for rt in self.connectors.values():
-            self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code, rt.tx_issued))
-
-    def station_status(self) -> tuple[str, str]:
-        """Connector 0: the charge point as a whole (OCPP 1.6 §4.9); the availability service knows."""
-        return self.availability.station_status()
-
-    def _send_all_statuses(self) -> None:
-        """After BootNotification.conf Accepted and after every reconnect: connector 0 and every connector,
-        each once, with the status it is in now.
-
-        OCPP 1.6 §4.9 asks for a StatusNotification on every change; a status that changed while the link
-        was down was dropped (statuses are not queued, §4.7 style), and a central system that restarted or
-        lost state in between knows nothing. So every (re)connect sends the full picture, not only what
-        changed. Statuses still queued from before are superseded by it and dropped."""
-        while not self._status_queue.empty():
-            self._status_queue.get_nowait()
-        status, code = self.station_status()
-        self._status_queue.put_nowait((0, status, code, 0))
-        for rt in self.connectors.values():
-            if rt.state.status:
-                self._status_queue.put_nowait((rt.id, rt.state.status, rt.state.error_code, rt.tx_issued))
-
-    def _key_changed(self, name: str) -> None:
-        """Wake the loops waiting in :meth:`_key_change` for ``name``."""
-        event = self._key_events.get(name)
-        if event is not None:
-            event.set()
-
+    # ================================================================== where a concern begins
     def _on_key_changed(self, name: str, value: Any) -> None:
         self._apply_key_change(name)
         if self.security is not None:
@@ -999,7 +767,7 @@ class Controller:
             log.warning("AuthorizationKey changed by the central system: reconnecting with the new key")
             asyncio.get_running_loop().call_later(0.5, lambda: self._spawn(self.link.close(), "reconnect"))  # type: ignore[union-attr]
             return
-        self._key_changed(name)
+        self.key_changes.changed(name)
         if name in ("ConnectionTimeOut", "StopTransactionOnEVSideDisconnect"):
             for rt in self.connectors.values():
                 rt.state = replace(
@@ -1008,179 +776,65 @@ class Controller:
                     stop_on_ev_disconnect=bool(self.keys["StopTransactionOnEVSideDisconnect"]),  # type: ignore[index]
                 )
 
-    # ================================================================== authorization (tap flow)
-    def _online(self) -> bool:
-        return bool(self.link is not None and self.link.session is not None and self.boot_accepted)
+    def _set_online(self, online: bool) -> None:
+        """The outbox may send (registered and connected) or must wait for the reconnect."""
+        if self.sender is not None:
+            self.sender.set_online(online)
 
-    async def _csms_call(self, action: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        if self.link is None:
-            raise ConnectionError("not connected")
-        return await self.link.call(action, payload, timeout)
-
-    def _report_local_list_conflict(self) -> None:
-        if self.boot_accepted:
-            status, _code = self.station_status()
-            self._spawn(self._send_status(0, status, "LocalListConflict"), "local-list-conflict")
-
-    async def on_tag(self, id_tag: str) -> None:
-        """A tap: stop what it stops, otherwise ask the authorization service and start a session."""
-        group_stop = self.authorization.group_stop_target(id_tag)
-        if group_stop is not None:
-            # A different identifier of the same group (parentIdTag) ends a running transaction (§4.10).
-            log.info(
-                "tag %s of the same group stops connector %d",
-                _mask(id_tag),
-                group_stop,
-                extra=log_fields(connector_id=group_stop, id_tag=id_tag),
-            )
-            self._emit_timeline("tap", id_tag=id_tag)
-            self.connectors[group_stop].stop_tag = id_tag
-            self.flash(group_stop, IndicatorPattern.ACCEPTED)
-            self.post(group_stop, cm.Stop("Local"))
-            return
-        log.info("tag presented: %s", _mask(id_tag), extra={"ID_TAG": _mask(id_tag)})
-        self._emit_timeline("tap", id_tag=id_tag)
-        # A tap on a running session stops it: same tag, or same parentIdTag (OCPP 1.6 §3.5 / §5.2).
-        for rt in self.connectors.values():
-            if rt.tx is not None and rt.tx.id_tag == id_tag:
-                rt.stop_tag = id_tag
-                self.flash(rt.id, IndicatorPattern.ACCEPTED)
-                self.post(rt.id, cm.Stop("Local"))
-                return
-        for rt in self.connectors.values():
-            if rt.state.session_tag == id_tag and not rt.state.in_transaction:
-                self.post(rt.id, cm.Stop("Local"))  # second tap before plugging in: cancel
-                return
-        answer = await self.authorization.authorize(id_tag)
-        accepted, info = answer
-        parent = (info or {}).get("parentIdTag")
-        if accepted and parent:
-            for rt in self.connectors.values():
-                if rt.tx is not None and rt.tx.parent_id_tag == parent:
-                    rt.stop_tag = id_tag
-                    self.post(rt.id, cm.Stop("Local"))
-                    return
-        target = self.reservations.reserved_connector_for(id_tag, parent) or self.reservations.connector_for_tag(id_tag)
-        if not accepted or target is None:
-            why = "no free connector" if accepted else getattr(answer, "reason", "") or "not authorized"
-            log.info("tag %s refused (%s)", _mask(id_tag), why, extra={"ID_TAG": _mask(id_tag)})
-            self._emit_timeline("refused", id_tag=id_tag)
-            self.flash(target.id if target else None, IndicatorPattern.REFUSED)
-            return
-        self._emit_timeline("authorized", connector=target.id, id_tag=id_tag)
-        self.flash(target.id, IndicatorPattern.ACCEPTED)
-        self.post(target.id, cm.Authorize(id_tag))
-
-    async def remote_start(
-        self, id_tag: str, connector_id: int | None, profile: dict[str, Any] | None
-    ) -> None:
-        """After RemoteStartTransaction was accepted (§5.11): authorize if AuthorizeRemoteTxRequests, then start."""
-        assert self.keys is not None
-        if connector_id in self.connectors and not self.reservations.reservation_allows(connector_id, id_tag):  # type: ignore[operator]
-            # Defence in depth: the ``@after`` of RemoteStartTransaction runs whatever the answer was.
-            log.warning(
-                "remote start for %s on reserved connector %d not done",
-                _mask(id_tag),
-                connector_id,
-                extra=log_fields(connector_id=connector_id, id_tag=id_tag),
-            )
-            return
-        rt = self.connectors.get(connector_id) if connector_id is not None else self.reservations.connector_for_tag(id_tag)
-        if profile is not None and (rt is None or not self.smart.remote_profile_usable(rt.id, profile)):
-            return
-        if rt is None:
-            return
-        if self.keys["AuthorizeRemoteTxRequests"]:
-            accepted, info = await self.authorization.authorize(id_tag)
-            if not accepted:
-                log.info("remote start for %s refused by authorization", _mask(id_tag))
-                self._emit_timeline("refused", id_tag=id_tag)
-                return
-        self.smart.remote_start_profile(rt.id, profile)
-        self._emit_timeline("authorized", connector=rt.id, id_tag=id_tag, remote=True)
-        self.post(rt.id, cm.Authorize(id_tag))
-
-    # ================================================================== reset
-    async def reset(self, kind: str) -> None:
-        """Reset (OCPP 1.6 §5.14): stop transactions with SoftReset/HardReset, flush, then restart."""
-        assert self.store is not None and self.sender is not None and self.outbox is not None
+    def _session_starting(self) -> None:
         if self.security is not None:
-            await self.security.before_reset(kind)
-        reason = "HardReset" if kind == "Hard" else "SoftReset"
-        self._safe(self.store.set_pending_reset, None, kind)
+            self.security.session_starting()
+
+    async def _session_started(self) -> None:
+        """The session is up (registered, or the boot is still being retried)."""
+        assert self.security is not None and self.firmware is not None
+        self.security.session_started()
+        await self.firmware.on_session()
+
+    def _after_boot(self) -> None:
+        """Registered: what waited for the central system's clock and acceptance."""
+        self.reservations.clock_set()
+        if self.security is not None:
+            self.security.after_boot()
+        if self.firmware is not None:
+            self.firmware.after_boot()  # a freshly installed release is confirmed healthy now
+
+    def _clock_moved(self, jump_s: float) -> None:
+        """The central system's time moved the clock; a jump is a security event (SettingSystemTime)."""
+        if self.security is not None:
+            self.security.clock_moved(jump_s)
+
+    def _link_error(self, exc: BaseException) -> None:
+        """The link could not connect (e.g. the central system's certificate did not verify)."""
+        self._emit_timeline("link_error", error=f"{type(exc).__name__}: {exc}")  # the API's LinkView.last_error
+        if self.security is not None:
+            self.security.link_error(exc)
+
+    def _profile_phases(self, connector_id: int) -> int | None:
+        """numberPhases of the profile period in force on the connector (None: no profile says)."""
+        sched = self.smart.composite_schedule(connector_id, 1, "A")
+        return sched.periods[0].number_phases if sched is not None and sched.periods else None
+
+    def _on_dimming(self, active: bool) -> None:
+        """The §14a signal changed: every connector reports its status again, with or without the info."""
         for rt in self.connectors.values():
-            if rt.state.in_transaction:
-                await self.apply_now(rt.id, cm.Stop(reason))
-        for rt in self.connectors.values():
-            if rt.tx_chain is not None:
-                with contextlib.suppress(BaseException):
-                    await rt.tx_chain
-        # IEC 61851-1 sequence 10.2: give the cars up to 6 s to stop drawing before the outputs go off.
-        for _ in range(70):
-            if not any(rt.state.contactor_closed for rt in self.connectors.values()):
-                break
-            await asyncio.sleep(0.1)
-        # Give the queue a moment to deliver the stops while we are still connected.
-        for _ in range(50):
-            if len(self.outbox) == 0 or not self.sender.online:
-                break
-            await asyncio.sleep(0.1)
-        for rt in self.connectors.values():
-            self.post(rt.id, cm.ResetFaults())
-        self._emit_timeline("reset", reset_type=kind)
-        log.warning("%s reset requested by the central system: restarting", kind)
-        await self.stop()
-        if self._restart is not None:
-            self._restart(kind)
+            self.station_link.queue_status(rt.id, rt.state.status, rt.state.error_code, rt.tx_issued)
 
     # ================================================================== snapshot
     def snapshot(self) -> dict[str, Any]:
-        """A status snapshot (chargepoint status, simulate's `status`, the demo)."""
-        connectors = []
-        for rt in self.connectors.values():
-            reading = rt.reading
-            connectors.append(
-                {
-                    "id": rt.id,
-                    "status": rt.state.status,
-                    "error_code": rt.state.error_code,
-                    "pilot": rt.state.pilot.value,
-                    "offered_a": rt.hw.pilot.offered_amps,
-                    "measured_a": measured_current(reading) if reading else None,
-                    "power_w": reading.power_w if reading else None,
-                    "energy_wh": round(reading.energy_wh, 1) if reading else None,
-                    "contactor": "closed" if rt.hw.contactor.is_closed else "open",
-                    "transaction_id": rt.tx.transaction_id if rt.tx else None,
-                    "id_tag": _mask(rt.tx.id_tag) if rt.tx else None,
-                    "limit_a": self.limits.limit(rt.id),
-                    "limit_source": self.limits.source(rt.id),
-                    "faults": sorted(k.value for k in rt.state.all_faults),
-                }
-            )
-        for c in connectors:
-            c["limit_claims"] = [{"amps": a, "source": src} for a, src in self.limits.claims(c["id"])]
-            self.hardware_limits.annotate(c)
-        link_up = bool(self.link and self.link.session is not None)
-        return {
-            "charge_point_id": self.config.charge_point_id,
-            "csms": "connected" if link_up and self.boot_accepted else "connecting" if link_up else "offline",
-            "registration": self.registration,
-            "queued": len(self.outbox) if self.outbox is not None else 0,
-            "dropped": self.transactions.dropped(),
-            "connectors": connectors,
-            "smart_charging": self.smart.snapshot(),
-        }
+        """A status snapshot (chargepoint status, simulate's `status`, the demo): chargepoint/services/snapshot.py."""
+        assert self.station_link is not None
+        return station_snapshot(
+            self.config.charge_point_id, self.connectors, link=self.station_link,
+            queued=len(self.outbox) if self.outbox is not None else 0, transactions=self.transactions,
+            limits=self.limits, hardware_limits=self.hardware_limits, smart=self.smart,
+        )
 
 
 @dataclass
 class _Barrier:
     event: cm.Event
     done: asyncio.Future[None]
-
-
-def _mask(id_tag: str | None) -> str:
-    """Id tags are personal data: logs and status show only their mask (chargepoint.privacy)."""
-    return mask_id_tag(id_tag)
 
 
 def _default_session_class() -> type[OcppSession]:

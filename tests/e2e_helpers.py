@@ -137,7 +137,7 @@ async def stop_quietly(controller: Controller) -> None:
     while quiet < 3 and loop.time() < deadline:
         link = controller.link
         session = link.session if link is not None else None
-        busy = session is not None and (session._call_lock.locked() or not controller._status_queue.empty())
+        busy = session is not None and (session._call_lock.locked() or controller.station_link.statuses_pending())
         quiet = 0 if busy else quiet + 1
         await asyncio.sleep(0.01)
     await controller.stop()

@@ -335,7 +335,7 @@ async def test_authorization_key_change_reconnects_with_new_password(tmp_path: P
 
 
 async def test_data_transfer_from_the_charge_point(station: Station) -> None:
-    answer = await station.controller.data_transfer("org.openwallbox", "hello", "42")
+    answer = await station.controller.station_link.data_transfer("org.openwallbox", "hello", "42")
     assert answer["status"] == "Accepted"
     assert station.csms.received("DataTransfer") == [
         {"vendorId": "org.openwallbox", "messageId": "hello", "data": "42"}

@@ -343,7 +343,7 @@ async def test_a_failing_session_start_reconnects_instead_of_staying_connected_u
     async with running_station(tmp_path) as st:
         c, cs = st.controller, st.csms
         await cs.wait_for(lambda: {p["connectorId"] for p in cs.received("StatusNotification")} >= {0, 1})
-        real = c._send_all_statuses
+        real = c.station_link._send_all_statuses
         calls: list[int] = []
 
         def fails_once() -> None:
@@ -352,7 +352,7 @@ async def test_a_failing_session_start_reconnects_instead_of_staying_connected_u
                 raise RuntimeError("a bug after the reconnect")
             real()
 
-        c._send_all_statuses = fails_once  # type: ignore[method-assign]
+        c.station_link._send_all_statuses = fails_once  # type: ignore[method-assign]
         before = len(cs.received("StatusNotification"))
         await cs.drop_connections()
         await cs.wait_for(lambda: cs.connections >= 3, 10)  # closed and connected again

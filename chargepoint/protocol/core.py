@@ -1,9 +1,10 @@
 """Core profile handlers (OCPP 1.6 §5): each one small, calling one service of the controller.
 
 ChangeAvailability → availability; ChangeConfiguration / GetConfiguration → the configuration keys; ClearCache →
-authorization; RemoteStartTransaction → reservations / smart charging for the decision, then the controller's tap
-flow (authorization → state machine); RemoteStopTransaction → transactions; Reset and UnlockConnector → the
-controller (they stop transactions and switch hardware through the dispatcher)."""
+authorization; RemoteStartTransaction → reservations / smart charging for the decision, then the session starter
+(authorization → state machine); RemoteStopTransaction → transactions; Reset → the reset service;
+UnlockConnector → the dispatcher (``apply_now``) and the lock driver. Whether the station is registered (§4.2)
+the station link knows."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ class CoreHandlers:
         self, id_tag: str, connector_id: int | None, charging_profile: dict[str, Any] | None
     ) -> Any:
         c = self.controller
-        if c.registration != "Accepted":
+        if c.station_link.registration != "Accepted":
             return call_result.RemoteStartTransaction(status="Rejected")  # not allowed while Pending (§4.2)
         if connector_id is None:
             rt = c.reservations.connector_for_tag(id_tag)
@@ -126,13 +127,13 @@ class CoreHandlers:
         if call_unique_id not in accepted:
             return  # answered Rejected: nothing starts
         accepted.discard(call_unique_id)
-        await self.controller.remote_start(id_tag, connector_id, charging_profile)
+        await self.controller.session_starter.remote_start(id_tag, connector_id, charging_profile)
 
     # -------------------------------------------------------------- RemoteStopTransaction §5.12
     @on("RemoteStopTransaction")
     def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> Any:
         c = self.controller
-        if c.registration != "Accepted":
+        if c.station_link.registration != "Accepted":
             return call_result.RemoteStopTransaction(status="Rejected")
         connector_id = c.transactions.transaction_on(transaction_id)
         if connector_id is None:
@@ -147,7 +148,7 @@ class CoreHandlers:
 
     @after("Reset")
     async def after_reset(self, type: str, **_: Any) -> None:
-        await self.controller.reset(type)
+        await self.controller.resets.reset(type)
 
     # -------------------------------------------------------------- UnlockConnector §5.18
     @on("UnlockConnector")

@@ -72,18 +72,13 @@ class TriggerHandlers:
             return
         c = self.controller
         if requested_message == "BootNotification":
-            conf = await self._send_triggered("BootNotification", c._boot_payload())
+            conf = await self._send_triggered("BootNotification", c.station_link.boot_payload())
             if conf is not None:
-                c._set_clock(conf.get("currentTime"))
-                c.registration = conf["status"]
-                interval = int(conf.get("interval", 0))
-                if conf["status"] == "Accepted" and interval > 0 and interval != c.keys["HeartbeatInterval"]:
-                    c.keys.set_internal("HeartbeatInterval", interval)
-                    c._on_key_changed("HeartbeatInterval", interval)
+                c.station_link.triggered_boot(conf)
         elif requested_message == "Heartbeat":
             conf = await self._send_triggered("Heartbeat", {})
             if conf is not None:
-                c._set_clock(conf.get("currentTime"))
+                c.station_link.set_clock(conf.get("currentTime"))
         elif requested_message == "FirmwareStatusNotification":
             status = c.firmware.status()
             await self._send_triggered("FirmwareStatusNotification", {"status": status})
@@ -102,7 +97,7 @@ class TriggerHandlers:
                     "connectorId": cid,
                     "status": status,
                     "errorCode": code,
-                    "timestamp": iso(c.now()),
+                    "timestamp": iso(c.station_link.now()),
                 }
                 await self._send_triggered("StatusNotification", payload)
         elif requested_message == "MeterValues":
@@ -122,7 +117,7 @@ class TriggerHandlers:
             return
         payload: dict[str, Any] = {
             "connectorId": rt.id,
-            "meterValue": [{"timestamp": iso(c.now()), "sampledValue": values}],
+            "meterValue": [{"timestamp": iso(c.station_link.now()), "sampledValue": values}],
         }
         if rt.tx is not None and rt.tx.transaction_id is not None:
             payload["transactionId"] = rt.tx.transaction_id

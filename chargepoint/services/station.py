@@ -60,3 +60,33 @@ class ConnectorRuntime:
 
 
 Connectors = Mapping[int, ConnectorRuntime]
+
+
+class KeyChanges:
+    """Loops that sleep for an interval taken from a configuration key wait here instead of in
+    ``asyncio.sleep``, so that a ChangeConfiguration applies at once, not after the old interval ran out."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    async def wait(self, name: str, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for configuration key ``name`` to change.
+
+        True if it changed. Callers read the key and call this without an ``await`` in between, so no
+        change is missed."""
+        event = self._events.setdefault(name, asyncio.Event())
+        event.clear()
+        if timeout is not None and timeout <= 0:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def changed(self, name: str) -> None:
+        """Wake the loops waiting in :meth:`wait` for ``name``."""
+        event = self._events.get(name)
+        if event is not None:
+            event.set()

@@ -101,12 +101,36 @@ class TransactionService:
         rt = self._connectors.get(connector_id)
         return rt.tx if rt is not None else None
 
+    def reading(self, connector_id: int) -> MeterReading | None:
+        """The connector's last meter reading, or None (read only: only this service takes readings)."""
+        rt = self._connectors.get(connector_id)
+        return rt.reading if rt is not None else None
+
     def transaction_on(self, transaction_id: int) -> int | None:
         """The connector whose open transaction has this transactionId (RemoteStopTransaction, §5.12)."""
         for rt in self._connectors.values():
             if rt.tx is not None and rt.tx.transaction_id == transaction_id:
                 return rt.id
         return None
+
+    def connector_of_tag(self, id_tag: str) -> int | None:
+        """The connector whose open transaction was started by ``id_tag`` (a tap on it stops it, §3.5)."""
+        for rt in self._connectors.values():
+            if rt.tx is not None and rt.tx.id_tag == id_tag:
+                return rt.id
+        return None
+
+    def connector_of_parent(self, parent_id_tag: str) -> int | None:
+        """The connector whose open transaction belongs to the group ``parent_id_tag`` (§3.5 / §5.2)."""
+        for rt in self._connectors.values():
+            if rt.tx is not None and rt.tx.parent_id_tag == parent_id_tag:
+                return rt.id
+        return None
+
+    def stop_with_tag(self, connector_id: int, id_tag: str) -> None:
+        """A local stop by ``id_tag``: StopTransaction.req carries it as ``idTag`` (OCPP 1.6 §6.49)."""
+        self._connectors[connector_id].stop_tag = id_tag
+        self._post(connector_id, cm.Stop("Local"))
 
     def session_facts(self, connector_id: int) -> tuple[str | None, float | None]:
         """(ISO start, Wh since start) of the open transaction, or (None, None)."""

@@ -83,7 +83,7 @@ async def run(boundaries: int, spacing: int, rate_limit: bool) -> None:
             n = 200
             t0 = time.perf_counter()
             for _ in range(n):
-                c._recompute_all_limits()
+                c.limits.recompute_all()
             per = (time.perf_counter() - t0) / n * 1000
             print(f"_recompute_all_limits with {len(c.smart.profiles)} profile(s), 1 connector: "
                   f"{per:.3f} ms (mean of {n}); median offer latency "
