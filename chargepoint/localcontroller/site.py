@@ -229,7 +229,7 @@ class Site:
             return True
         m = box.measured_max()
         return (box.measured_at is not None and box.measured_at > box.accepted_at and m is not None
-                and m <= (box.installed or 0.0) + 0.5)
+                and m <= (box.installed or 0.0) + 1e-6)
 
     def _committed(self, box: _Box, now: datetime) -> float:
         """What the box may be drawing at most (see the module docstring)."""
@@ -295,7 +295,10 @@ class Site:
                 box.target = None
                 continue
             if not box.wants_power():
+                box.waiting_since = None
                 continue
+            if not box.installed and box.waiting_since is None:
+                box.waiting_since = now  # waiting for current since it first asked
             mcr = max(box.spec.min_current_a, box.min_rate_a or 0.0)
             offered = box.installed if box.installed else None
             by_index[box.index] = box
