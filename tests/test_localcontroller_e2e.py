@@ -11,11 +11,11 @@ import random
 from pathlib import Path
 
 import pytest
+from lc_helpers import IdentityLog, Sim, lc_config
 
 from chargepoint.csms import CentralSystem, poll_until
 from chargepoint.localcontroller.server import LocalController
 from chargepoint.localcontroller.store import LcStore
-from lc_helpers import IdentityLog, Sim, lc_config
 
 N_SIMS = int(os.environ.get("LC_E2E_SIMS", "10"))
 SITE_A = 63.0

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import websockets
+from lc_helpers import PASSWORD, IdentityLog, lc_config
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as OcppChargePoint
 from ocpp.v16 import call, call_result
@@ -19,7 +20,6 @@ from ocpp.v16 import call, call_result
 from chargepoint.csms import CentralSystem, poll_until
 from chargepoint.localcontroller.server import LocalController
 from chargepoint.localcontroller.store import LcStore
-from lc_helpers import PASSWORD, IdentityLog, lc_config
 
 
 def _auth(cp_id: str, password: str = PASSWORD) -> dict[str, str]:

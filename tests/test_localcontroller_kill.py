@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from lc_helpers import PASSWORD, ROOT, IdentityLog, Sim
 
 from chargepoint.csms import CentralSystem, poll_until
-from lc_helpers import PASSWORD, ROOT, IdentityLog, Sim
 
 
 def _free_port() -> int:
