@@ -603,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     from chargepoint.frontends.web.setpassword import add_parser as add_set_password  # the web UI's password
 
     add_set_password(sub)
+    from chargepoint.localcontroller.cli import add_parser as add_local_controller  # issue 15
+
+    add_local_controller(sub)
     return parser
 
 

@@ -491,6 +491,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def format_status(snapshot: Snapshot) -> str:
     """Human-readable status for ``chargepoint status``: header, connector table, active limits."""
+    if snapshot.get("kind") == "local-controller":  # the local controller's socket: the site view
+        from chargepoint.localcontroller.status import format_site
+
+        return format_site(snapshot)
     csms = snapshot.get("csms") or "unknown"
     url = redact(str(snapshot["csms_url"])) if snapshot.get("csms_url") else None  # never show credentials
     queued = snapshot.get("queued")

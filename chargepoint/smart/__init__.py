@@ -1,7 +1,7 @@
 """Smart charging, pure logic: OCPP 1.6 charging profiles, composite schedules, load balancing and
 the control-pilot duty cycle. No I/O and no clock: every function takes `now`."""
 
-from chargepoint.smart.balancer import ConnectorDemand, Offer, balance
+from chargepoint.smart.balancer import ConnectorDemand, Offer, balance, balance_phases
 from chargepoint.smart.composite import (
     CompositePeriod,
     CompositeSchedule,
@@ -38,6 +38,7 @@ __all__ = [
     "CompositePeriod",
     "CompositeSchedule",
     "ConnectorDemand",
+    "balance_phases",
     "DutyDecision",
     "DutyRateLimiter",
     "InstalledProfiles",

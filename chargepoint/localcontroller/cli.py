@@ -1,0 +1,76 @@
+"""``chargepoint local-controller --config FILE``: run the local controller until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from chargepoint.localcontroller.config import LocalControllerConfigError, load
+from chargepoint.localcontroller.server import LocalController
+from chargepoint.localcontroller.store import LcStore
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="TOML file with a [local_controller] section")
+    parser.add_argument("--state-dir", type=Path, help="overrides local_controller.state_dir")
+    parser.add_argument("--status-socket", type=Path, help="overrides local_controller.status_socket")
+
+
+async def run(config_path: Path, state_dir: Path | None = None, status_socket: Path | None = None) -> int:
+    from chargepoint.status_socket import StatusServer
+
+    try:
+        config = load(config_path)
+    except LocalControllerConfigError as exc:
+        print(f"{config_path}: {len(exc.problems)} problem(s) in [local_controller]:", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    store = LcStore.open(state_dir or config.state_dir)
+    meter = None
+    if config.site_meter is not None:
+        from hal.registry import BuildContext, build
+
+        meter = build("meter", config.site_meter.meter, "local_controller.site_meter.meter", 0, BuildContext())
+    lc = LocalController(config, store, meter=meter)
+    await lc.start()
+    sock_path = status_socket or config.status_socket
+    status = StatusServer(sock_path, lc.snapshot) if sock_path else None
+    if status is not None:
+        try:
+            await status.start()
+        except OSError as exc:
+            log.error("status socket %s: %s (the local controller runs without it)", sock_path, exc)
+            status = None
+    print(f"local controller {config.id} listening on {lc.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if status is not None:
+            await status.stop()
+        await lc.stop()
+        store.close()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return asyncio.run(run(args.config, args.state_dir, args.status_socket))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``chargepoint local-controller``: wired into chargepoint/cli.py with one call."""
+    p = sub.add_parser("local-controller", help="share a site's connection among charge points (OCPP 1.6)")
+    add_arguments(p)
+    p.set_defaults(func=main)

@@ -1,0 +1,94 @@
+"""Helpers for the local controller tests: simulators behind it, a CSMS that notes which identity sent what."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from chargepoint import csms as csms_module
+from chargepoint.localcontroller.config import LocalControllerConfig, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "secret-password-1"
+
+
+def lc_config(csms_url: str, ids: list[str], **extra: Any) -> LocalControllerConfig:
+    cps = [{"id": i, "password": PASSWORD} for i in ids]
+    section = {"id": "LC-GARAGE", "csms_url": csms_url, "listen": "127.0.0.1:0", "site_limit_a": 63,
+               "lease_s": 30, "follow_s": 8, "charge_points": cps, **extra}
+    return parse({"local_controller": section})
+
+
+class IdentityLog:
+    """Every CALL the central system receives, with the identity of the websocket it came on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self._orig = csms_module._Session.route_message
+
+    def __enter__(self) -> IdentityLog:
+        log = self
+
+        async def route(session: Any, raw: str) -> None:
+            try:
+                msg = json.loads(raw)
+                if isinstance(msg, list) and msg and msg[0] == 2:
+                    log.calls.append((session.id, msg[2], msg[3]))
+            except ValueError:
+                pass
+            await log._orig(session, raw)
+
+        csms_module._Session.route_message = route  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        csms_module._Session.route_message = self._orig  # type: ignore[method-assign]
+
+    def of(self, action: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(cp, p) for cp, a, p in self.calls if a == action]
+
+
+class Sim:
+    """One `chargepoint simulate` process connected to the local controller."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, cp_id: str) -> None:
+        self.proc = proc
+        self.id = cp_id
+        self.lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, url: str, cp_id: str, tmp: Path, password: str = PASSWORD) -> Sim:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chargepoint", "simulate", "--csms", url, "--id", cp_id,
+            "--state-dir", str(tmp / cp_id), "--password", password, "--key", "MeterValueSampleInterval=2",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=(tmp / f"{cp_id}.log").open("ab"), cwd=ROOT,
+        )
+        return cls(proc, cp_id)
+
+    async def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((line + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def status(self) -> dict[str, Any]:
+        async with self.lock:
+            await self.send("status")
+            assert self.proc.stdout is not None
+            return json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 15))
+
+    async def offered(self) -> float:
+        st = await self.status()
+        return sum(c.get("offered_a") or 0.0 for c in st["connectors"])
+
+    async def quit(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                await self.send("quit")
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except (TimeoutError, ConnectionError):
+                self.proc.kill()
+                await self.proc.wait()
