@@ -46,7 +46,7 @@ from chargepoint.services.station import ConnectorRuntime, KeyChanges
 from chargepoint.services.station_link import StationLink
 from chargepoint.services.systemd import SystemdService
 from chargepoint.services.transactions import TransactionService
-from chargepoint.store import Store, StoreError, StoreUnavailable
+from chargepoint.store import Store, StoreUnavailable, logged_on_failure
 from chargepoint.supervisor import Supervisor, TaskFactory
 from hal import registry
 from hal.interfaces import (
@@ -514,13 +514,7 @@ class Controller:
                 self.store.close()
         self.stopped.set()
 
-    def _safe(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
-        """Call a store function; a store failure is logged and the charger keeps running."""
-        try:
-            return fn(*args)
-        except StoreError as exc:
-            log.error("state store: %s", exc)
-            return default
+    _safe = staticmethod(logged_on_failure)  # a store failure is logged; the charger keeps running
 
     # ================================================================== events in
     def _on_hal_event(self, event: HalEvent) -> None:

@@ -231,6 +231,16 @@ def _v2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: list[Migration] = [_v1, _v2]
 
 
+def logged_on_failure(fn: Callable[..., Any], default: Any, *args: Any) -> Any:
+    """Call a store function; a store failure is logged and ``default`` returned, so the charger keeps
+    running on what it has in memory (the store's own messages say what to do)."""
+    try:
+        return fn(*args)
+    except StoreError as exc:
+        log.error("state store: %s", exc)
+        return default
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

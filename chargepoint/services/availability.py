@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from chargepoint import connector as cm
 from chargepoint.services.station import Connectors
-from chargepoint.store import Store, StoreError
+from chargepoint.store import Store, logged_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +39,7 @@ class AvailabilityService:
         self._persisted: dict[int, str] = self._safe(store.get_availability, {})
         self._station_operative = self._persisted.get(0, "Operative") == "Operative"
 
-    def _safe(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
-        """Call a store function; a store failure is logged and the charger keeps running."""
-        try:
-            return fn(*args)
-        except StoreError as exc:
-            log.error("state store: %s", exc)
-            return default
+    _safe = staticmethod(logged_on_failure)  # a store failure is logged; the charger keeps running
 
     def operative_at_start(self, connector_id: int) -> bool:
         """Whether a connector starts operative (its persisted state, and the station's)."""

@@ -32,7 +32,7 @@ from chargepoint.services.limits import LimitArbiter
 from chargepoint.services.reservations import ReservationService
 from chargepoint.services.smartcharging import SmartCharging
 from chargepoint.services.station import ActiveTransaction, ConnectorRuntime, Connectors, Emit, Post
-from chargepoint.store import Store, StoreError, StoreWriteError
+from chargepoint.store import Store, StoreWriteError, logged_on_failure
 from hal.interfaces import FaultKind, MeterError, MeterReading
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,7 @@ class TransactionService:
         self._post(connector_id, cm.Stop(reason))
         return True
 
-    def _safe(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
-        """Call a store function; a store failure is logged and the charger keeps running."""
-        try:
-            return fn(*args)
-        except StoreError as exc:
-            log.error("state store: %s", exc)
-            return default
+    _safe = staticmethod(logged_on_failure)  # a store failure is logged; the charger keeps running
 
     # ------------------------------------------------------------------ metering and transactions
     async def read_meter(self, rt: ConnectorRuntime, timeout: float = 3.0) -> MeterReading | None:
