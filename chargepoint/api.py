@@ -666,6 +666,21 @@ class ControllerApi:
             return CommandResult(True, "unavailable once the running session ends")
         return CommandResult(True, "available" if available else "unavailable")
 
+    async def charge_now(self, connector_id: int, on: bool = True, *, role: Role = Role.USER) -> CommandResult:
+        """"Charge now": override the off-peak schedule ([energy.schedule]) for this session (it lapses when
+        the session ends), or withdraw the override. A central system's profiles and every other claim
+        still apply."""
+        self._require(role, Role.USER, "charging now")
+        self._connector(connector_id)
+        if not isinstance(on, bool):
+            raise CommandError(CommandError.BAD_VALUE, "on must be true or false")
+        energy = getattr(self._c, "energy", None)
+        if energy is None or getattr(energy, "schedule", None) is None:
+            raise CommandError(CommandError.NOT_POSSIBLE, "there is no off-peak schedule to override")
+        energy.override(on)
+        self.publish(ChangeKind.LIMIT, connector_id, event="schedule_override", on=on)
+        return CommandResult(True, "charging now, outside the schedule" if on else "the schedule applies again")
+
     async def clear_fault(self, connector_id: int, *, role: Role = Role.ADMIN) -> CommandResult:
         """Clear latched faults whose cause the hardware shows is gone. A fault that is not latched clears
         by itself; one whose cause remains, or whose device cannot tell, stays (a Reset clears it)."""

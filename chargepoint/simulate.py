@@ -10,6 +10,7 @@ Commands, one per line (answers on stdout, logs on stderr):
                                    free vend, when configured)
   limit C AMPS|none               (the owner's local current limit; 0 pauses)
   available C on|off | reset-fault C   (availability; clear a latched fault as an admin)
+  charge-now C on|off             (override the [energy.schedule] off-peak windows for this session)
   quit                            (end of input also quits)
 
 The car, the cable, the card reader and the faults are the simulated *hardware* (the bench); ``status`` and
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 HELP = ("commands: plug C [AMPS] | unplug C | temp C CELSIUS | tap IDTAG | ev C suspend|resume | fault C KIND | "
         "clear C KIND | status | start C [IDTAG] | stop C | limit C AMPS|none | available C on|off | "
-        "reset-fault C | dim on|off | sun W | phases C 1|3 | quit")
+        "reset-fault C | charge-now C on|off | dim on|off | sun W | phases C 1|3 | quit")
 
 
 class Simulator:
@@ -85,6 +86,9 @@ class Simulator:
                 result = await api.set_local_limit(self._connector(args[0]), amps, role=admin)
             elif cmd == "available" and len(args) == 2 and args[1].lower() in ("on", "off"):
                 result = await api.set_available(self._connector(args[0]), args[1].lower() == "on", role=admin)
+            elif cmd == "charge-now" and len(args) == 2 and args[1].lower() in ("on", "off"):
+                result = await api.charge_now(self._connector(args[0]), args[1].lower() == "on",  # type: ignore[attr-defined]
+                                              role=admin)
             elif cmd == "reset-fault" and len(args) == 1:
                 result = await api.clear_fault(self._connector(args[0]), role=admin)
             else:
@@ -102,7 +106,7 @@ class Simulator:
         cmd, args = words[0].lower(), words[1:]
         if cmd == "status":
             return self.api.snapshot().as_dict()
-        if cmd in ("start", "stop", "limit", "available", "reset-fault"):
+        if cmd in ("start", "stop", "limit", "available", "reset-fault", "charge-now"):
             answer = await self._api_command(cmd, args)
             if answer is not None:
                 return answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,45 @@ async def test_a_failed_phase_switch_is_a_fault_the_central_system_sees(tmp_path
             assert cs.received("StatusNotification")[-1]["errorCode"] == "NoError"
         finally:
             await c.stop()
+
+
+async def test_charge_now_overrides_the_schedule_through_the_api_and_mqtt_parser(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from chargepoint.api import CommandError
+    from chargepoint.energy.config import ScheduleSettings
+    from chargepoint.energy.schedule import parse_window
+    from chargepoint.frontends.mqtt import Command, parse_command
+
+    far = (datetime.now(UTC).hour + 12) % 24  # a window that is not now
+    async with CentralSystem() as cs:
+        cfg = simulated_config(charge_point_id="CP-NOW", csms_url=cs.url, state_dir=tmp_path, ev_reaction_s=0.0)
+        cfg = replace(cfg, energy=_energy(schedule=ScheduleSettings(
+            [parse_window(f"daily {far:02d}:00-{far:02d}:30")], "UTC", random_delay_s=0.0)))
+        c = Controller(cfg)
+        await c.start()
+        try:
+            c.limits.set_duty_min_interval(0.2)
+            bench, rt = c.build_context.shared["sim_bench"], c.connectors[1]  # type: ignore[union-attr]
+            await cs.wait_for(lambda: c.boot_accepted, 10)
+            bench.ev(1).plug()
+            bench.readers[0].present("NOW1")
+            await cs.wait_for_message("StartTransaction", timeout=10)
+            await asyncio.sleep(0.5)
+            assert not rt.hw.pilot.offered_amps and not rt.hw.contactor.is_closed  # outside the window: waits
+            assert any(src.startswith("schedule") for _, src in c.limits.claims(1))
+            from tests.web_helpers import client_for, login, post
+
+            async with client_for(c.api) as client:  # the owner presses "Charge now" on the web page
+                token = await login(client)
+                assert "Charge now" in await (await client.get("/")).text()
+                resp = await post(client, "/connectors/1/charge-now", token, on="1")
+                assert resp.status == 200, await resp.text()
+                assert (await post(client, "/connectors/1/charge-now", token, on="maybe")).status == 400
+            await cs.wait_for(lambda: rt.hw.contactor.is_closed and (rt.hw.pilot.offered_amps or 0) >= 6, 10)
+            with pytest.raises(CommandError):
+                await c.api.charge_now(9, True)  # type: ignore[attr-defined]
+        finally:
+            await c.stop()
+    assert parse_command("cp/X", "cp/X/1/set/charge_now", b"ON", {1: 32.0}) == Command("set/charge_now", 1, True)
+    assert parse_command("cp/X", "cp/X/1/set/charge_now", b"maybe", {1: 32.0}).code == "bad_value"  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ Topics under the prefix (default ``chargepoint/<charge point id>``)::
     <prefix>/<c>/faults                JSON list of {kind, latched, action}
     <prefix>/<c>/set/current_limit     ← amps, or "none" to lift the local limit
     <prefix>/<c>/set/enabled           ← ON | OFF
+    <prefix>/<c>/set/charge_now        ← ON | OFF   (override the off-peak schedule for this session)
     <prefix>/<c>/start                 ← an id tag, or empty for free vend
     <prefix>/<c>/stop                  ← anything (Home Assistant's button sends PRESS)
     <prefix>/error                     → JSON {topic, payload, error, message} for a refused command
@@ -256,7 +257,7 @@ MAX_EXCERPT = 40
 _CONNECTOR_RE = re.compile(r"[1-9][0-9]?")
 _AMPS_RE = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,3})?")
 _ID_TAG_RE = re.compile(r"[\x21-\x7e]{1,20}")  # CiString20, printable ASCII (no spaces: they are cut off)
-COMMANDS = ("set/current_limit", "set/enabled", "start", "stop")
+COMMANDS = ("set/current_limit", "set/enabled", "set/charge_now", "start", "stop")
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ def parse_command(prefix: str, topic: str, payload: bytes, maxima: Mapping[int, 
         if amps > maxima[cid]:
             return CommandProblem(CommandError.BAD_VALUE, f"at most {maxima[cid]:g} A on connector {cid}")
         return Command(action, cid, amps)
-    if action == "set/enabled":
+    if action in ("set/enabled", "set/charge_now"):
         word = text.upper()
         if word in ("ON", "TRUE", "1"):
             return Command(action, cid, True)
@@ -654,6 +655,8 @@ class MqttFrontend:
             return await self.api.set_local_limit(cid, command.value, role=Role.USER)
         if command.action == "set/enabled":
             return await self.api.set_available(cid, command.value, role=Role.USER)
+        if command.action == "set/charge_now":
+            return await self.api.charge_now(cid, command.value, role=Role.USER)  # type: ignore[attr-defined]
         if command.action == "start":
             return await self.api.start_session(cid, command.value, role=Role.USER)
         return await self.api.stop_session(cid, role=Role.USER)

@@ -275,6 +275,12 @@ class WebUi:
             call = lambda: self.api.set_available(cid, available, role=role)  # noqa: E731
         elif action == "clear-fault":
             call = lambda: self.api.clear_fault(cid, role=role)  # noqa: E731
+        elif action == "charge-now":  # override the off-peak schedule for this session
+            on = parse_switch(field(form, "on", required=True), "on")
+            charge_now = getattr(self.api, "charge_now", None)
+            if charge_now is None:
+                raise FormError(409, "this charger has no off-peak schedule to override")
+            call = lambda: charge_now(cid, on, role=role)  # noqa: E731
         else:
             raise FormError(404, f"no such command {action[:30]!r}")
         try:

@@ -147,6 +147,9 @@ def connector_controls(c: ConnectorView, *, role: Role | None, csrf: str | None,
         f'<input type="hidden" name="available" value="{"0" if c.available else "1"}">'
         f'<button type="submit">{"Make Inoperative" if c.available else "Make Operative"}</button></form>',
     ]
+    if any(cl.source.startswith("schedule") for cl in c.claims):  # the off-peak schedule holds it back
+        parts.append(f'<form method="post" action="{base}/charge-now" class="ctl">{h}'
+                     '<input type="hidden" name="on" value="1"><button type="submit">Charge now</button></form>')
     if role >= Role.ADMIN:
         parts.append(f'<form method="post" action="{base}/clear-fault" class="ctl">{h}'
                      f'<button type="submit" class="danger">Clear latched fault</button></form>')
