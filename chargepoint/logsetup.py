@@ -51,6 +51,7 @@ FIELD_NAMES: dict[str, str] = {
     "TRANSACTION_ID": "tx",
     "OCPP_ACTION": "action",
     "ID_TAG": "tag",
+    "ENERGY_DIMMING": "dimming",  # §14a control signal active (1) or not (0)
 }
 
 _JOURNAL_FIELD = re.compile(r"^[A-Z0-9][A-Z0-9_]{0,63}$")
