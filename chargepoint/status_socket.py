@@ -316,6 +316,20 @@ async def _connect(
     return reader, writer
 
 
+def _json_object(data: bytes, error_means: str | None) -> dict[str, Any]:
+    """One answer line as a JSON object; ``error_means``: how to word an ``{"error": …}`` answer (None: it is
+    an ordinary object, e.g. a change)."""
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise StatusUnavailable(f"the service sent something that is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise StatusUnavailable(f"the service sent a JSON {type(obj).__name__}, expected an object")
+    if error_means is not None and "error" in obj and "connectors" not in obj:
+        raise StatusUnavailable(f"{error_means}: {obj['error']}")
+    return obj
+
+
 async def fetch_status(path: str | os.PathLike[str] = DEFAULT_STATUS_SOCKET, timeout: float = 5.0) -> dict:
     """Read one snapshot from a running service; raises StatusUnavailable with a helpful message."""
     where = str(path)
@@ -337,14 +351,7 @@ async def fetch_status(path: str | os.PathLike[str] = DEFAULT_STATUS_SOCKET, tim
             await writer.wait_closed()
     if len(data) > MAX_SNAPSHOT_BYTES:
         raise StatusUnavailable(f"status answer from {where} is larger than {MAX_SNAPSHOT_BYTES} bytes")
-    try:
-        snap = json.loads(data)
-    except ValueError as exc:
-        raise StatusUnavailable(f"the service sent something that is not JSON: {exc}") from None
-    if not isinstance(snap, dict):
-        raise StatusUnavailable(f"the service sent a JSON {type(snap).__name__}, expected an object")
-    if "error" in snap and "connectors" not in snap:
-        raise StatusUnavailable(f"the service could not build its status: {snap['error']}")
+    snap = _json_object(data, "the service could not build its status")
     return snap
 
 
@@ -446,14 +453,7 @@ async def follow_status(
                 return
             if len(line) > MAX_SNAPSHOT_BYTES:
                 raise StatusUnavailable(f"a line from {where} is larger than {MAX_SNAPSHOT_BYTES} bytes")
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise StatusUnavailable(f"the service sent something that is not JSON: {exc}") from None
-            if not isinstance(obj, dict):
-                raise StatusUnavailable(f"the service sent a JSON {type(obj).__name__}, expected an object")
-            if first and "error" in obj and "connectors" not in obj:
-                raise StatusUnavailable(f"the service cannot stream changes: {obj['error']}")
+            obj = _json_object(line, "the service cannot stream changes" if first else None)
             first = False
             yield obj
     finally:

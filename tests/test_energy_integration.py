@@ -104,17 +104,20 @@ def _energy(**kw: Any) -> EnergyConfig:
     return EnergyConfig(**kw)
 
 
-async def test_surplus_phase_switch_end_to_end_with_a_clean_pause(tmp_path: Path) -> None:
+def _surplus_with_phase_switch(cs: CentralSystem, tmp_path: Path) -> Any:
+    """A 16 A connector on a 40 A house with a grid meter, surplus mode and a simulated 1p/3p relay."""
     grid = {"meter": {"driver": "sim", "house_a": 0.0}, "limit_a": 40.0, "margin_a": 1.0, "poll_s": 0.5}
+    cfg = simulated_config(charge_point_id="CP-PV", csms_url=cs.url, state_dir=tmp_path, ev_reaction_s=0.05,
+                           grid=grid, max_current_a=40.0)
+    return replace(cfg, connectors=[replace(cfg.connectors[0], max_current_a=16.0)],
+                   energy=_energy(mode="surplus", start_delay_s=1.0, stop_delay_s=20.0, margin_w=0.0,
+                                  phase_switch=PhaseSwitchSettings({"driver": "sim"}, settle_s=5.0,
+                                                                   phase_delay_s=10.0, phase_hysteresis_w=500.0)))
+
+
+async def test_surplus_phase_switch_end_to_end_with_a_clean_pause(tmp_path: Path) -> None:
     async with CentralSystem() as cs:
-        cfg = simulated_config(charge_point_id="CP-PV", csms_url=cs.url, state_dir=tmp_path, ev_reaction_s=0.05,
-                               grid=grid, max_current_a=40.0)
-        cfg = replace(cfg, connectors=[replace(cfg.connectors[0], max_current_a=16.0)],
-                      energy=_energy(mode="surplus", start_delay_s=1.0, stop_delay_s=20.0, margin_w=0.0,
-                                     phase_switch=PhaseSwitchSettings({"driver": "sim"}, settle_s=5.0,
-                                                                      phase_delay_s=10.0,
-                                                                      phase_hysteresis_w=500.0)))
-        c = Controller(cfg)
+        c = Controller(_surplus_with_phase_switch(cs, tmp_path))
         await c.start()
         try:
             c.limits.set_duty_min_interval(0.5)
@@ -189,16 +192,8 @@ async def test_dimming_claim_status_info_and_schedule(tmp_path: Path) -> None:
 async def test_a_failed_phase_switch_is_a_fault_the_central_system_sees(tmp_path: Path) -> None:
     """A relay that does not move (welded, unwired): the meter still shows 3 phases after a switch to 1 —
     a fault (OtherError / PhaseSwitchFailed), the contactor stays open, and unplugging clears it."""
-    grid = {"meter": {"driver": "sim", "house_a": 0.0}, "limit_a": 40.0, "margin_a": 1.0, "poll_s": 0.5}
     async with CentralSystem() as cs:
-        cfg = simulated_config(charge_point_id="CP-PV", csms_url=cs.url, state_dir=tmp_path, ev_reaction_s=0.05,
-                               grid=grid, max_current_a=40.0)
-        cfg = replace(cfg, connectors=[replace(cfg.connectors[0], max_current_a=16.0)],
-                      energy=_energy(mode="surplus", start_delay_s=1.0, stop_delay_s=20.0, margin_w=0.0,
-                                     phase_switch=PhaseSwitchSettings({"driver": "sim"}, settle_s=5.0,
-                                                                      phase_delay_s=10.0,
-                                                                      phase_hysteresis_w=500.0)))
-        c = Controller(cfg)
+        c = Controller(_surplus_with_phase_switch(cs, tmp_path))
         await c.start()
         try:
             c.limits.set_duty_min_interval(0.5)

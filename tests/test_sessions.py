@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from e2e_helpers import running_rig
+from test_config import GOOD
 
 from chargepoint.config import ConfigError, parse_config
 from chargepoint.privacy import mask_id_tag
@@ -273,17 +274,7 @@ def test_a_malformed_or_huge_filter_is_a_clear_error(tmp_path: Path, bad: dict[s
         store.close()
 
 
-CONFIG = """
-[chargepoint]
-id = "CP-1"
-[csms]
-url = "wss://csms.example.com/ocpp"
-[[connectors]]
-id = 1
-pilot = { driver = "sim" }
-contactor = { driver = "sim" }
-meter = { driver = "sim" }
-"""
+CONFIG = GOOD  # the minimal valid configuration of tests/test_config.py
 
 
 def test_sessions_config_section() -> None:
