@@ -53,9 +53,13 @@ from chargepoint.localcontroller.config import DownstreamConfig, LocalController
 from chargepoint.localcontroller.site import Command, Site
 from chargepoint.localcontroller.store import LcStore, digest
 from chargepoint.localcontroller.upstream import Upstream, UpstreamOffline
-from chargepoint.protocol.link import CSMS_TO_CP_ACTIONS, FrameRefused, decode_frame
-from chargepoint.protocol.link import _first_schema_error as first_schema_error
-from chargepoint.protocol.link import _schema_error_code as schema_error_code
+from chargepoint.protocol.link import (
+    CSMS_TO_CP_ACTIONS,
+    FrameRefused,
+    decode_frame,
+    first_schema_error,
+    schema_error_code,
+)
 from chargepoint.smart import CHARGE_POINT_MAX, limit_at
 from chargepoint.smart.profiles import ProfileRejected, profile_from_ocpp
 
