@@ -14,6 +14,10 @@ module owns the local controller's tables, as :mod:`chargepoint.protocol.outbox`
 * ``lc_installed``: the last allocation (amps, validTo) and safe default installed on each charge point,
   so a restarted local controller knows what the boxes may still draw.
 * ``lc_auth``: idTagInfo the central system gave (Authorize / StartTransaction), for offline answers.
+* ``lc_profiles``: the charging profiles the central system installed, per identity: on each downstream box
+  (as forwarded and accepted: what the box holds, so the group balancing knows the box's own caps after a
+  restart of the local controller) and on the local controller's own identity (the group limit, which
+  must hold across a restart as a charge point's profiles do, OCPP 1.6 §3.13.2).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from chargepoint.smart.profiles import ChargingProfile, ProfileRejected, profile_from_ocpp, profile_to_ocpp
 from chargepoint.store import Store
 
 _SCHEMA = [
@@ -37,6 +42,8 @@ _SCHEMA = [
        safe_default REAL)""",
     """CREATE TABLE IF NOT EXISTS lc_auth (id_tag TEXT PRIMARY KEY, info TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lc_boot (cp TEXT PRIMARY KEY, payload TEXT NOT NULL, sent INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS lc_profiles (owner TEXT NOT NULL, id INTEGER NOT NULL, connector INTEGER NOT NULL,
+       profile TEXT NOT NULL, PRIMARY KEY (owner, id))""",
 ]
 
 
@@ -168,6 +175,32 @@ class LcStore:
     def unsent_boot(self, cp: str) -> dict[str, Any] | None:
         rows = self.store.query("SELECT payload FROM lc_boot WHERE cp = ? AND sent = 0", (cp,))
         return json.loads(rows[0][0]) if rows else None
+
+
+class ProfileMirror:
+    """:class:`chargepoint.smart.profiles.ProfileStore` for one identity's profiles in ``lc_profiles``."""
+
+    def __init__(self, store: LcStore, owner: str) -> None:
+        self._store, self._owner = store.store, owner
+
+    def save(self, connector_id: int, profile: ChargingProfile) -> None:
+        self._store.write("INSERT OR REPLACE INTO lc_profiles (owner, id, connector, profile) VALUES (?, ?, ?, ?)",
+                          (self._owner, profile.charging_profile_id, connector_id,
+                           json.dumps(profile_to_ocpp(profile))), what="charging profile")
+
+    def delete(self, profile_id: int) -> None:
+        self._store.write("DELETE FROM lc_profiles WHERE owner = ? AND id = ?", (self._owner, profile_id),
+                          what="charging profile")
+
+    def load_all(self) -> list[tuple[int, ChargingProfile]]:
+        out = []
+        for connector, text in self._store.query("SELECT connector, profile FROM lc_profiles WHERE owner = ?",
+                                                  (self._owner,)):
+            try:
+                out.append((int(connector), profile_from_ocpp(json.loads(text))))
+            except (ProfileRejected, ValueError, TypeError, KeyError):
+                continue  # written by us from an accepted profile: only a newer, stricter parser refuses it
+        return out
 
 
 def utcnow() -> datetime:
