@@ -76,6 +76,8 @@ SAFE_PROFILE_ID = 880_001
 ALLOC_PROFILE_ID = 880_002
 #: The mirror of a box's (or our own identity's) profiles only counts what the box accepted already; the
 #: box enforced its own limits on them (§3.13.5), so the mirror's only limit is a generous ceiling.
+#: New measurements alone re-plan at most this often (s).
+MEASUREMENT_REPLAN_S = 0.25
 _MIRROR_LIMITS = ProfileLimits(max_stack_level=10_000, max_periods=10_000, max_profiles_installed=10_000)
 
 
@@ -157,7 +159,8 @@ class LocalController:
         self._idle_upstreams: dict[str, Upstream] = {}
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._kick = asyncio.Event()
+        self._kick = asyncio.Event()  # something changed: plan
+        self._urgent = asyncio.Event()  # …and it is more than a new measurement: plan now
         self._ids = itertools.count(1)
         self._group_profiles = InstalledProfiles(ProfileMirror(store, config.id))
         self.own: Upstream | None = None
@@ -201,6 +204,7 @@ class LocalController:
             subprotocols=["ocpp1.6"],  # type: ignore[list-item]
             select_subprotocol=select, process_request=self._check_request, ssl=self._ssl_server(),
             max_size=1 << 20, ping_interval=60, ping_timeout=60,
+            compression=None,  # frames of a few hundred bytes on the site's LAN: deflate costs CPU, saves nothing
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.own = Upstream(self.config.id, self.config.csms_url, password=self.config.password,
@@ -296,12 +300,12 @@ class LocalController:
                 del self._sessions[cp_id]
                 self.site.disconnected(cp_id, self.clock())
                 log.info("charge point %s disconnected", cp_id)
-                if self.store.queue_length(cp_id) or self.store.unsent_boot(cp_id):
+                if self.store.queue_length(cp_id) or self.store.has_unsent_boot(cp_id):
                     self._idle_upstreams[cp_id] = upstream  # stays up until the queue is delivered
                     upstream._on_call = self._from_csms_for(cp_id)
                 else:
                     await upstream.stop()
-            self._kick.set()
+            self._replan()
 
     def _idle_upstream(self, cp_id: str) -> Upstream:
         cfg = self.config.downstream(cp_id)
@@ -395,7 +399,7 @@ class LocalController:
                 return
         up_payload = self._to_upstream(cp, payload) if action in ("StopTransaction", "MeterValues") else payload
         direct = (sess.upstream.online and not self.store.queue_length(cp) and up_payload is not None
-                  and not self.store.unsent_boot(cp))
+                  and not self.store.has_unsent_boot(cp))
         if direct:
             text = raw if up_payload is payload else json.dumps([2, uid, action, up_payload])
             try:
@@ -407,7 +411,7 @@ class LocalController:
                 self.forwarded += 1
                 if answer[0] == 3 and isinstance(answer[2], dict):
                     if dig is not None and action in TX_ACTIONS:
-                        self.store.record_done(dig, answer[2], now)
+                        self.store.record_done(dig, answer[2], now, durable=action != "MeterValues")
                     if action == "BootNotification":
                         self.store.save_boot(cp, payload, sent=True)
                     self._remember_auth(action, payload, answer[2])
@@ -488,15 +492,17 @@ class LocalController:
                 sess.profiles.remove_tx_profiles(entry[0])  # §3.13.1: the box deletes them after the stop
                 self._update_caps(sess, now)
             elif len(sess.tx_connector) == 0:
-                for c in list(self.site._boxes[cp].transactions):
+                for c in self.site.open_transactions(cp):
                     self.site.transaction(cp, c, False, now)
         elif action == "MeterValues":
             currents = parse_currents(payload)
             if currents is not None:
                 self.site.meter(cp, currents, now)
+                self._replan(urgent=False)
+            return
         else:
             return
-        self._kick.set()
+        self._replan()
 
     # ================================================================== queue delivery
     def _upstream_online(self, cp: str, online: bool) -> None:
@@ -509,7 +515,7 @@ class LocalController:
         task = self._drainers.get(cp)
         if task is not None and not task.done():
             return
-        if not self.store.queue_length(cp) and not self.store.unsent_boot(cp):
+        if not self.store.queue_length(cp) and not self.store.has_unsent_boot(cp):
             return
         self._drainers[cp] = asyncio.create_task(self._drain(cp, upstream), name=f"drain {cp}")
 
@@ -568,7 +574,7 @@ class LocalController:
                     result.get("transactionId"), int):
                 self.store.map_tx(cp, q.local_tx, result["transactionId"])
                 self._remember_auth(q.action, q.payload, result)
-            self.store.delivered(q.seq, q.digest, result, now)
+            self.store.delivered(q, result, now)
             self.forwarded += 1
         self._drainers.pop(cp, None)
         idle = self._idle_upstreams.pop(cp, None)
@@ -730,7 +736,7 @@ class LocalController:
             self.site.restore(cp, None, None, ok)  # the allocation went too: installed again by the plan
         row = self.store.installed().get(cp, (None, None, None))
         self.store.save_installed(cp, row[0], row[1], safe if ok else None)
-        self._kick.set()
+        self._replan()
 
     async def _send_allocation(self, cmd: Command) -> None:
         sess = self._sessions.get(cmd.cp)
@@ -745,15 +751,29 @@ class LocalController:
             safe = self.site.safe_default_a(cmd.cp) if self.site._boxes[cmd.cp].safe_default_ok else None
             self.store.save_installed(cmd.cp, cmd.amps, cmd.valid_to, safe)
             log.debug("charge point %s: allocation %.1f A (%s)", cmd.cp, cmd.amps, cmd.reason)
+        self._replan()
+
+    def _replan(self, urgent: bool = True) -> None:
+        """Ask the planner for a new plan. ``urgent=False`` (a new measurement only): at most one plan per
+        MEASUREMENT_REPLAN_S, so fifty boxes' MeterValues cost a few plans a second, not one each."""
+        if urgent:
+            self._urgent.set()
         self._kick.set()
 
     async def _planner(self) -> None:
-        """Re-plan on every change (debounced to one plan per loop turn) and at least every second (leases,
-        follow times, turn-taking)."""
+        """Re-plan on every change and at least every second (leases, follow times, turn-taking): at once for
+        a change of who wants current, of the limits or of a connection; new measurements are gathered for up
+        to MEASUREMENT_REPLAN_S (well inside one meter interval, which is the issue's reaction bound)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), 1.0)
+            if not self._urgent.is_set() and self.last_plan_at is not None:
+                gap = MEASUREMENT_REPLAN_S - (time.monotonic() - self.last_plan_at)
+                if gap > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._urgent.wait(), gap)
             self._kick.clear()
+            self._urgent.clear()
             await asyncio.sleep(0)
             now = self.clock()
             self._group_limit(now)
@@ -781,7 +801,7 @@ class LocalController:
             except (MeterError, TimeoutError, OSError) as exc:
                 log.warning("site meter does not answer: %s", exc)
                 self.site.site_meter(None, self.clock())
-            self._kick.set()
+            self._replan(urgent=False)
             await asyncio.sleep(self.config.site_meter.poll_s)
 
     # ================================================================== our own identity
@@ -830,13 +850,13 @@ class LocalController:
                 await self.own.send_raw(json.dumps([3, uid, {"status": "Rejected"}]))
                 return
             log.info("group limit profile %s installed by the central system", profile.charging_profile_id)
-            self._kick.set()
+            self._replan()
             await self.own.send_raw(json.dumps([3, uid, {"status": "Accepted"}]))
         elif action == "ClearChargingProfile":
             cleared = self._group_profiles.clear(
                 id=payload.get("id"), connector_id=payload.get("connectorId"),
                 purpose=payload.get("chargingProfilePurpose"), stack_level=payload.get("stackLevel"))
-            self._kick.set()
+            self._replan()
             await self.own.send_raw(json.dumps([3, uid, {"status": "Accepted" if cleared else "Unknown"}]))
         else:
             await self.own.send_raw(json.dumps(
