@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import websockets
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as OcppChargePoint
+from ocpp.v16 import call_result
 
 from chargepoint import csms as csms_module
 from chargepoint.localcontroller.config import LocalControllerConfig, parse
@@ -92,3 +98,37 @@ class Sim:
             except (TimeoutError, ConnectionError):
                 self.proc.kill()
                 await self.proc.wait()
+
+
+def auth_header(cp_id: str, password: str = PASSWORD) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{cp_id}:{password}".encode()).decode()}
+
+
+class ForeignBox(OcppChargePoint):
+    """Another vendor's box: power in kW only, no current measurand; applies ChargePointMaxProfiles."""
+
+    def __init__(self, cp_id: str, ws: Any) -> None:
+        super().__init__(cp_id, ws, response_timeout=10)
+        self.limits: dict[int, float] = {}
+        self.drawing = 0.0
+
+    @on("SetChargingProfile")
+    def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+        lvl = cs_charging_profiles["stack_level"]
+        self.limits[lvl] = cs_charging_profiles["charging_schedule"]["charging_schedule_period"][0]["limit"]
+        return call_result.SetChargingProfile(status="Accepted")
+
+    @on("ClearChargingProfile")
+    def on_clear(self, **_: Any) -> Any:
+        return call_result.ClearChargingProfile(status="Accepted")
+
+    def limit(self) -> float:
+        return self.limits[max(self.limits)] if self.limits else 32.0
+
+
+async def foreign_box(url: str, cp_id: str) -> tuple[ForeignBox, Any, asyncio.Task[None]]:
+    ws = await websockets.connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                  additional_headers=auth_header(cp_id))
+    box = ForeignBox(cp_id, ws)
+    task = asyncio.create_task(box.start())
+    return box, ws, task

@@ -173,14 +173,14 @@ async def test_exception_while_routing_a_call_is_an_internal_error(station: Stat
 async def test_exception_in_validation_is_an_internal_error(
     station: Station, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = link_module._first_schema_error
+    real = link_module.first_schema_error
 
     def broken(action: str, payload: dict[str, Any]) -> Any:
         if action == "ClearCache":
             raise TypeError("simulated bug")
         return real(action, payload)
 
-    monkeypatch.setattr(link_module, "_first_schema_error", broken)
+    monkeypatch.setattr(link_module, "first_schema_error", broken)
     error = await _callerror(station, '[2,"e2","ClearCache",{}]')
     assert error[1] == "e2" and error[2] == "InternalError"
 

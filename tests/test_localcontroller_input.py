@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from datetime import UTC, datetime
@@ -12,44 +11,12 @@ from typing import Any
 
 import pytest
 import websockets
-from lc_helpers import PASSWORD, IdentityLog, lc_config
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint as OcppChargePoint
-from ocpp.v16 import call, call_result
+from lc_helpers import PASSWORD, IdentityLog, auth_header, foreign_box, lc_config
+from ocpp.v16 import call
 
 from chargepoint.csms import CentralSystem, poll_until
 from chargepoint.localcontroller.server import LocalController
 from chargepoint.localcontroller.store import LcStore
-
-
-def _auth(cp_id: str, password: str = PASSWORD) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{cp_id}:{password}".encode()).decode()}
-
-
-class ForeignBox(OcppChargePoint):
-    """Another vendor's box: power in kW only, no current measurand; applies ChargePointMaxProfiles."""
-
-    def __init__(self, cp_id: str, ws: Any) -> None:
-        super().__init__(cp_id, ws, response_timeout=10)
-        self.limits: dict[int, float] = {}
-        self.drawing = 0.0
-
-    @on("SetChargingProfile")
-    def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
-        lvl = cs_charging_profiles["stack_level"]
-        self.limits[lvl] = cs_charging_profiles["charging_schedule"]["charging_schedule_period"][0]["limit"]
-        return call_result.SetChargingProfile(status="Accepted")
-
-    def limit(self) -> float:
-        return self.limits[max(self.limits)] if self.limits else 32.0
-
-
-async def _foreign(url: str, cp_id: str) -> tuple[ForeignBox, Any, asyncio.Task[None]]:
-    ws = await websockets.connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                  additional_headers=_auth(cp_id))
-    box = ForeignBox(cp_id, ws)
-    task = asyncio.create_task(box.start())
-    return box, ws, task
 
 
 async def test_foreign_box_is_balanced_with_ours(tmp_path: Path) -> None:
@@ -60,8 +27,8 @@ async def test_foreign_box_is_balanced_with_ours(tmp_path: Path) -> None:
             await lc.start()
             try:
                 async with asyncio.timeout(60):
-                    a, wsa, ta = await _foreign(lc.url, "ACME-1")
-                    b, wsb, tb = await _foreign(lc.url, "ACME-2")
+                    a, wsa, ta = await foreign_box(lc.url, "ACME-1")
+                    b, wsb, tb = await foreign_box(lc.url, "ACME-2")
                     for box in (a, b):
                         r = await box.call(call.BootNotification(charge_point_vendor="Acme Corp",
                                                                  charge_point_model="Wallbox X"))
@@ -107,17 +74,17 @@ async def test_bad_input(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
             async with asyncio.timeout(60):
                 with pytest.raises(websockets.InvalidStatus) as exc:  # wrong password: refused at the upgrade
                     await websockets.connect(f"{lc.url}/GOOD-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                             additional_headers=_auth("GOOD-1", "nope"))
+                                             additional_headers=auth_header("GOOD-1", "nope"))
                 assert exc.value.response.status_code == 401
                 with pytest.raises(websockets.InvalidStatus) as exc:  # unknown id: refused, named in the log
                     await websockets.connect(f"{lc.url}/STRANGER-9", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                             additional_headers=_auth("STRANGER-9"))
+                                             additional_headers=auth_header("STRANGER-9"))
                 assert exc.value.response.status_code == 404
                 assert any("STRANGER-9" in r.getMessage() for r in caplog.records)
                 ws = await websockets.connect(f"{lc.url}/GOOD-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                              additional_headers=_auth("GOOD-1"))
+                                              additional_headers=auth_header("GOOD-1"))
                 bad = await websockets.connect(f"{lc.url}/REFUSED-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                               additional_headers=_auth("REFUSED-1"))
+                                               additional_headers=auth_header("REFUSED-1"))
                 await cs.wait_connected("GOOD-1")
                 before = len(cs.records) + len(cs.raw_in)
 

@@ -17,6 +17,8 @@
     lease_s = 120                          # allocation validTo; then the safe default applies
     follow_s = 12                          # time a box needs to follow a lower limit
     allow_unknown_offline = false          # Authorize of an unknown tag while the CSMS is unreachable
+    transaction_message_attempts = 3       # queued messages the CSMS answers with a CALLERROR: tries
+    transaction_message_retry_interval_s = 60  # wait before retry k: k x this (OCPP 1.6 §4.10)
 
     [local_controller.site_meter]          # optional; same drivers as [station.grid]
     meter = { driver = "modbus", model = "sdm630", port = "/dev/ttyUSB0", device_id = 1 }
@@ -44,7 +46,8 @@ from chargepoint.localcontroller.site import ChargePointSpec, SiteSettings
 
 KEYS = {"id", "csms_url", "password", "listen", "tls_cert", "tls_key", "upstream_ca", "site_limit_a",
         "state_dir", "status_socket", "stack_level", "lease_s", "follow_s", "allow_unknown_offline",
-        "site_meter", "charge_points", "response_timeout_s"}
+        "site_meter", "charge_points", "response_timeout_s", "transaction_message_attempts",
+        "transaction_message_retry_interval_s"}
 CP_KEYS = {"id", "password", "upstream_password", "phases", "max_current_a", "min_current_a", "priority"}
 METER_KEYS = {"meter", "margin_a", "poll_s"}
 
@@ -88,6 +91,8 @@ class LocalControllerConfig:
     follow_s: float = 12.0
     response_timeout_s: float = 30.0
     allow_unknown_offline: bool = False
+    transaction_message_attempts: int = 3
+    transaction_message_retry_interval_s: float = 60.0
     site_meter: SiteMeterConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -201,6 +206,12 @@ def parse(data: dict[str, Any]) -> LocalControllerConfig:
     lease = _num(p, lc, "lease_s", w, 120.0, 10, 86400)
     follow = _num(p, lc, "follow_s", w, 12.0, 0, 600)
     rt = _num(p, lc, "response_timeout_s", w, 30.0, 1, 600)
+    attempts = lc.get("transaction_message_attempts", 3)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= 100:
+        p.append(f"{w}.transaction_message_attempts = {attempts!r}: an integer 1-100 (like the charge point's "
+                 "TransactionMessageAttempts)")
+        attempts = 3
+    retry = _num(p, lc, "transaction_message_retry_interval_s", w, 60.0, 0, 86400)
     auo = lc.get("allow_unknown_offline", False)
     if not isinstance(auo, bool):
         p.append(f"{w}.allow_unknown_offline = {auo!r}: true or false")
@@ -218,6 +229,7 @@ def parse(data: dict[str, Any]) -> LocalControllerConfig:
         tls_key=path("tls_key"), upstream_ca=path("upstream_ca"), state_dir=path("state_dir"),
         status_socket=path("status_socket"), stack_level=stack, lease_s=lease, follow_s=follow,
         response_timeout_s=rt, allow_unknown_offline=auo, site_meter=meter,
+        transaction_message_attempts=attempts, transaction_message_retry_interval_s=retry,
     )
 
 

@@ -51,13 +51,17 @@ from ocpp.v16.enums import Action
 
 from chargepoint.localcontroller.config import DownstreamConfig, LocalControllerConfig
 from chargepoint.localcontroller.site import Command, Site
-from chargepoint.localcontroller.store import LcStore, digest
+from chargepoint.localcontroller.store import LcStore, ProfileMirror, digest
 from chargepoint.localcontroller.upstream import Upstream, UpstreamOffline
-from chargepoint.protocol.link import CSMS_TO_CP_ACTIONS, FrameRefused, decode_frame
-from chargepoint.protocol.link import _first_schema_error as first_schema_error
-from chargepoint.protocol.link import _schema_error_code as schema_error_code
-from chargepoint.smart import CHARGE_POINT_MAX, limit_at
-from chargepoint.smart.profiles import ProfileRejected, profile_from_ocpp
+from chargepoint.protocol.link import (
+    CSMS_TO_CP_ACTIONS,
+    FrameRefused,
+    decode_frame,
+    first_schema_error,
+    schema_error_code,
+)
+from chargepoint.smart import CHARGE_POINT_MAX, InstalledProfiles, composite_schedule, limit_at
+from chargepoint.smart.profiles import ProfileLimits, ProfileRejected, parse_datetime, profile_from_ocpp
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,11 @@ QUEUED_ACTIONS = TX_ACTIONS | {
 CP_TO_CSMS_ACTIONS = frozenset(a.value for a in Action) - CSMS_TO_CP_ACTIONS
 SAFE_PROFILE_ID = 880_001
 ALLOC_PROFILE_ID = 880_002
+#: The mirror of a box's (or our own identity's) profiles only counts what the box accepted already; the
+#: box enforced its own limits on them (§3.13.5), so the mirror's only limit is a generous ceiling.
+#: New measurements alone re-plan at most this often (s).
+MEASUREMENT_REPLAN_S = 0.25
+_MIRROR_LIMITS = ProfileLimits(max_stack_level=10_000, max_periods=10_000, max_profiles_installed=10_000)
 
 
 def _iso(ts: datetime) -> str:
@@ -130,8 +139,10 @@ class _Session:
     waiting: dict[str, asyncio.Future[list[Any]]] = field(default_factory=dict)
     calls: asyncio.Queue[tuple[list[Any], str]] = field(default_factory=asyncio.Queue)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    tx_connector: dict[int, int] = field(default_factory=dict)
-    csms_profiles: dict[int, tuple[int, Any]] = field(default_factory=dict)
+    #: open transactions as the box knows them: transactionId → (connectorId, start time)
+    tx_connector: dict[int, tuple[int, datetime | None]] = field(default_factory=dict)
+    #: the central system's profiles the box accepted (persisted: survives a restart of ours)
+    profiles: InstalledProfiles = field(default_factory=InstalledProfiles)
     closed: bool = False
 
 
@@ -148,9 +159,10 @@ class LocalController:
         self._idle_upstreams: dict[str, Upstream] = {}
         self._server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._kick = asyncio.Event()
+        self._kick = asyncio.Event()  # something changed: plan
+        self._urgent = asyncio.Event()  # …and it is more than a new measurement: plan now
         self._ids = itertools.count(1)
-        self._group_profiles: dict[int, Any] = {}
+        self._group_profiles = InstalledProfiles(ProfileMirror(store, config.id))
         self.own: Upstream | None = None
         self.own_boot = "not sent"
         self.port = config.listen_port
@@ -158,6 +170,7 @@ class LocalController:
         self.last_plan_at: float | None = None
         self.forwarded = 0
         self.refused: list[str] = []
+        self._group_limit(clock())  # a group limit stored before a restart holds from the first plan on
         for cp, (amps, valid_to, safe) in store.installed().items():
             if self.site.knows(cp):
                 self.site.restore(cp, amps, valid_to, safe is not None and safe == self.site.safe_default_a(cp))
@@ -191,6 +204,7 @@ class LocalController:
             subprotocols=["ocpp1.6"],  # type: ignore[list-item]
             select_subprotocol=select, process_request=self._check_request, ssl=self._ssl_server(),
             max_size=1 << 20, ping_interval=60, ping_timeout=60,
+            compression=None,  # frames of a few hundred bytes on the site's LAN: deflate costs CPU, saves nothing
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.own = Upstream(self.config.id, self.config.csms_url, password=self.config.password,
@@ -261,7 +275,8 @@ class LocalController:
             upstream.start()
         else:
             upstream._on_call = self._from_csms_for(cp_id)
-        sess = _Session(cfg, ws, upstream)
+        sess = _Session(cfg, ws, upstream, profiles=InstalledProfiles(ProfileMirror(self.store, cp_id)))
+        self._update_caps(sess, self.clock())
         self._sessions[cp_id] = sess
         self.site.connected(cp_id, self.clock())
         log.info("charge point %s connected", cp_id)
@@ -285,12 +300,12 @@ class LocalController:
                 del self._sessions[cp_id]
                 self.site.disconnected(cp_id, self.clock())
                 log.info("charge point %s disconnected", cp_id)
-                if self.store.queue_length(cp_id) or self.store.unsent_boot(cp_id):
+                if self.store.queue_length(cp_id) or self.store.has_unsent_boot(cp_id):
                     self._idle_upstreams[cp_id] = upstream  # stays up until the queue is delivered
                     upstream._on_call = self._from_csms_for(cp_id)
                 else:
                     await upstream.stop()
-            self._kick.set()
+            self._replan()
 
     def _idle_upstream(self, cp_id: str) -> Upstream:
         cfg = self.config.downstream(cp_id)
@@ -384,7 +399,7 @@ class LocalController:
                 return
         up_payload = self._to_upstream(cp, payload) if action in ("StopTransaction", "MeterValues") else payload
         direct = (sess.upstream.online and not self.store.queue_length(cp) and up_payload is not None
-                  and not self.store.unsent_boot(cp))
+                  and not self.store.has_unsent_boot(cp))
         if direct:
             text = raw if up_payload is payload else json.dumps([2, uid, action, up_payload])
             try:
@@ -396,7 +411,7 @@ class LocalController:
                 self.forwarded += 1
                 if answer[0] == 3 and isinstance(answer[2], dict):
                     if dig is not None and action in TX_ACTIONS:
-                        self.store.record_done(dig, answer[2], now)
+                        self.store.record_done(dig, answer[2], now, durable=action != "MeterValues")
                     if action == "BootNotification":
                         self.store.save_boot(cp, payload, sent=True)
                     self._remember_auth(action, payload, answer[2])
@@ -463,23 +478,31 @@ class LocalController:
         elif action == "StartTransaction":
             status = (answer.get("idTagInfo") or {}).get("status", "Accepted")
             if isinstance(answer.get("transactionId"), int):
-                sess.tx_connector[answer["transactionId"]] = payload["connectorId"]
+                try:
+                    start: datetime | None = parse_datetime(payload.get("timestamp"), "timestamp")
+                except (ProfileRejected, ValueError, TypeError):
+                    start = None
+                sess.tx_connector[answer["transactionId"]] = (payload["connectorId"], start)
             if status == "Accepted":
                 self.site.transaction(cp, payload["connectorId"], True, now)
         elif action == "StopTransaction":
-            conn = sess.tx_connector.pop(payload.get("transactionId"), None)
-            if conn is not None:
-                self.site.transaction(cp, conn, False, now)
+            entry = sess.tx_connector.pop(payload.get("transactionId"), None)
+            if entry is not None:
+                self.site.transaction(cp, entry[0], False, now)
+                sess.profiles.remove_tx_profiles(entry[0])  # §3.13.1: the box deletes them after the stop
+                self._update_caps(sess, now)
             elif len(sess.tx_connector) == 0:
-                for c in list(self.site._boxes[cp].transactions):
+                for c in self.site.open_transactions(cp):
                     self.site.transaction(cp, c, False, now)
         elif action == "MeterValues":
             currents = parse_currents(payload)
             if currents is not None:
                 self.site.meter(cp, currents, now)
+                self._replan(urgent=False)
+            return
         else:
             return
-        self._kick.set()
+        self._replan()
 
     # ================================================================== queue delivery
     def _upstream_online(self, cp: str, online: bool) -> None:
@@ -492,7 +515,7 @@ class LocalController:
         task = self._drainers.get(cp)
         if task is not None and not task.done():
             return
-        if not self.store.queue_length(cp) and not self.store.unsent_boot(cp):
+        if not self.store.queue_length(cp) and not self.store.has_unsent_boot(cp):
             return
         self._drainers[cp] = asyncio.create_task(self._drain(cp, upstream), name=f"drain {cp}")
 
@@ -532,20 +555,26 @@ class LocalController:
                 continue
             now = self.clock()
             if ans[0] == 4:
+                # OCPP 1.6 §4.10: a transaction-related message the central system answers with a CALLERROR is
+                # retried, waiting TransactionMessageRetryInterval x the number of previous attempts, until
+                # TransactionMessageAttempts; then it is dropped. The box handed the message to us (we
+                # answered it), so ours is the charge point's duty and the same two settings apply.
                 failures += 1
-                if failures < 3:
-                    log.warning("charge point %s: %s refused by the central system (%s), retrying", cp, q.action,
-                                ans[2])
-                    await asyncio.sleep(2.0 * failures)
+                attempts = self.config.transaction_message_attempts
+                if failures < attempts:
+                    wait = self.config.transaction_message_retry_interval_s * failures
+                    log.warning("charge point %s: %s refused by the central system (%s), attempt %d of %d, "
+                                "retried in %g s", cp, q.action, ans[2], failures, attempts, wait)
+                    await asyncio.sleep(wait)
                     continue
-                log.error("charge point %s: %s dropped after 3 CALLERRORs (%s)", cp, q.action, ans[2])
+                log.error("charge point %s: %s dropped after %d CALLERRORs (%s)", cp, q.action, failures, ans[2])
             failures = 0
             result = ans[2] if ans[0] == 3 and isinstance(ans[2], dict) else {}
             if q.action == "StartTransaction" and q.local_tx is not None and isinstance(
                     result.get("transactionId"), int):
                 self.store.map_tx(cp, q.local_tx, result["transactionId"])
                 self._remember_auth(q.action, q.payload, result)
-            self.store.delivered(q.seq, q.digest, result, now)
+            self.store.delivered(q, result, now)
             self.forwarded += 1
         self._drainers.pop(cp, None)
         idle = self._idle_upstreams.pop(cp, None)
@@ -583,11 +612,9 @@ class LocalController:
         await up.send_raw(json.dumps(answer))
         if answer[0] == 3 and isinstance(answer[2], dict) and answer[2].get("status") == "Accepted":
             if action == "SetChargingProfile":
-                self._track_csms_profile(sess, payload)
+                self._track_csms_profile(sess, stepped)
             elif action == "ClearChargingProfile":
-                sess.csms_profiles.clear()
-                self.site.cap(cp, None)
-                sess.tasks.append(asyncio.create_task(self._install_safe_default(sess, reinstall=True)))
+                self._track_clear(sess, payload)
 
     def _step_in(self, sess: _Session, action: str, payload: dict[str, Any]) -> Any:
         """The payload to forward (the same object when unchanged), or [] = answer Rejected ourselves."""
@@ -616,22 +643,58 @@ class LocalController:
         return payload
 
     def _track_csms_profile(self, sess: _Session, payload: dict[str, Any]) -> None:
+        """The box accepted a central-system profile (as forwarded to it): mirror it as the box installs it
+        (§5.16.3 replacement by id or by purpose + stack level per connector)."""
         try:
             profile = profile_from_ocpp(payload["csChargingProfiles"])
-        except (ProfileRejected, KeyError, TypeError, ValueError):
+            sess.profiles.install(int(payload.get("connectorId", 0)), profile, _MIRROR_LIMITS)
+        except (ProfileRejected, KeyError, TypeError, ValueError) as exc:
+            log.warning("charge point %s: accepted a profile the local controller cannot read (%s); "
+                        "balanced without it", sess.cfg.spec.id, exc)
             return
-        sess.csms_profiles[profile.id] = (int(payload.get("connectorId", 0)), profile)
         self._update_caps(sess, self.clock())
 
+    def _track_clear(self, sess: _Session, payload: dict[str, Any]) -> None:
+        """An accepted ClearChargingProfile.req (§5.5) clears on the box what its fields select: the mirror
+        follows. When the selection can include our own profiles they are installed again (the site limit
+        must hold; the central system's profiles it selected stay cleared)."""
+        pid, conn = payload.get("id"), payload.get("connectorId")
+        purpose, stack = payload.get("chargingProfilePurpose"), payload.get("stackLevel")
+        sess.profiles.clear(id=pid, connector_id=conn, purpose=purpose, stack_level=stack)
+        self._update_caps(sess, self.clock())
+        if pid is not None:
+            ours = pid in (SAFE_PROFILE_ID, ALLOC_PROFILE_ID)
+        else:
+            ours = (conn in (None, 0) and purpose in (None, CHARGE_POINT_MAX)
+                    and stack in (None, self.config.stack_level, self.config.stack_level + 1))
+        if ours:
+            sess.tasks.append(asyncio.create_task(self._install_safe_default(sess, reinstall=True)))
+
     def _update_caps(self, sess: _Session, now: datetime) -> None:
-        entries = [(c, p) for c, p in sess.csms_profiles.values() if c == 0]
+        """What the central system's own profiles on the box allow now, for the balancer (so a box capped by
+        its central system does not hold current the others could use): ChargePointMaxProfile on connector 0
+        and, on each connector with an open transaction, the TxProfile/TxDefaultProfile in effect (§3.13.1
+        stacking; their minChargingRate too, §7.13). Our own profiles are not in the mirror."""
+        spec = sess.cfg.spec
+        entries = sess.profiles.all()
         if not entries:
+            self.site.cap(spec.id, None)
             return
-        cpmax = [(c, p) for c, p in entries if p.purpose == CHARGE_POINT_MAX]
-        if cpmax:
-            lim = limit_at(cpmax, 0, now, tx_start=None, tx_id=None, voltage=230.0,
-                           phases=len(sess.cfg.spec.phases))
-            self.site.cap(sess.cfg.spec.id, lim.amps)
+        phases = len(spec.phases)
+        cpmax = [(c, p) for c, p in entries if c == 0 and p.purpose == CHARGE_POINT_MAX]
+        cap = limit_at(cpmax, 0, now, tx_start=None, tx_id=None, voltage=230.0, phases=phases).amps \
+            if cpmax else None
+        connector_sum = 0.0
+        min_rate: float | None = None
+        for tx_id, (conn, start) in sess.tx_connector.items():
+            sched = composite_schedule(entries, conn, now, 0, "A", tx_start=start or now, tx_id=tx_id,
+                                       voltage=230.0, phases=phases, default_limit_a=spec.max_current_a)
+            connector_sum += sched.periods[0].limit
+            if sched.min_charging_rate is not None:
+                min_rate = max(min_rate or 0.0, sched.min_charging_rate)
+        if sess.tx_connector and connector_sum < spec.max_current_a:
+            cap = connector_sum if cap is None else min(cap, connector_sum)
+        self.site.cap(spec.id, cap, min_rate)
 
     async def _call_cp(self, sess: _Session, uid: str, text: str, timeout: float | None = None) -> list[Any]:
         async with sess.lock:
@@ -673,7 +736,7 @@ class LocalController:
             self.site.restore(cp, None, None, ok)  # the allocation went too: installed again by the plan
         row = self.store.installed().get(cp, (None, None, None))
         self.store.save_installed(cp, row[0], row[1], safe if ok else None)
-        self._kick.set()
+        self._replan()
 
     async def _send_allocation(self, cmd: Command) -> None:
         sess = self._sessions.get(cmd.cp)
@@ -688,20 +751,34 @@ class LocalController:
             safe = self.site.safe_default_a(cmd.cp) if self.site._boxes[cmd.cp].safe_default_ok else None
             self.store.save_installed(cmd.cp, cmd.amps, cmd.valid_to, safe)
             log.debug("charge point %s: allocation %.1f A (%s)", cmd.cp, cmd.amps, cmd.reason)
+        self._replan()
+
+    def _replan(self, urgent: bool = True) -> None:
+        """Ask the planner for a new plan. ``urgent=False`` (a new measurement only): at most one plan per
+        MEASUREMENT_REPLAN_S, so fifty boxes' MeterValues cost a few plans a second, not one each."""
+        if urgent:
+            self._urgent.set()
         self._kick.set()
 
     async def _planner(self) -> None:
-        """Re-plan on every change (debounced to one plan per loop turn) and at least every second (leases,
-        follow times, turn-taking)."""
+        """Re-plan on every change and at least every second (leases, follow times, turn-taking): at once for
+        a change of who wants current, of the limits or of a connection; new measurements are gathered for up
+        to MEASUREMENT_REPLAN_S (well inside one meter interval, which is the issue's reaction bound)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), 1.0)
+            if not self._urgent.is_set() and self.last_plan_at is not None:
+                gap = MEASUREMENT_REPLAN_S - (time.monotonic() - self.last_plan_at)
+                if gap > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._urgent.wait(), gap)
             self._kick.clear()
+            self._urgent.clear()
             await asyncio.sleep(0)
             now = self.clock()
             self._group_limit(now)
             for sess in self._sessions.values():
-                if sess.csms_profiles:
+                if len(sess.profiles):
                     self._update_caps(sess, now)
             try:
                 commands = self.site.plan(now)
@@ -724,7 +801,7 @@ class LocalController:
             except (MeterError, TimeoutError, OSError) as exc:
                 log.warning("site meter does not answer: %s", exc)
                 self.site.site_meter(None, self.clock())
-            self._kick.set()
+            self._replan(urgent=False)
             await asyncio.sleep(self.config.site_meter.poll_s)
 
     # ================================================================== our own identity
@@ -766,28 +843,30 @@ class LocalController:
             if profile.purpose != CHARGE_POINT_MAX or payload.get("connectorId") != 0:
                 await self.own.send_raw(json.dumps([3, uid, {"status": "Rejected"}]))
                 return
-            self._group_profiles[profile.id] = profile
-            log.info("group limit profile %s installed by the central system", profile.id)
-            self._kick.set()
+            try:
+                self._group_profiles.install(0, profile, _MIRROR_LIMITS)
+            except ProfileRejected as exc:
+                log.warning("group limit refused: %s", exc)
+                await self.own.send_raw(json.dumps([3, uid, {"status": "Rejected"}]))
+                return
+            log.info("group limit profile %s installed by the central system", profile.charging_profile_id)
+            self._replan()
             await self.own.send_raw(json.dumps([3, uid, {"status": "Accepted"}]))
         elif action == "ClearChargingProfile":
-            pid = payload.get("id")
-            if pid is None:
-                self._group_profiles.clear()
-            else:
-                self._group_profiles.pop(pid, None)
-            self._kick.set()
-            await self.own.send_raw(json.dumps([3, uid, {"status": "Accepted"}]))
+            cleared = self._group_profiles.clear(
+                id=payload.get("id"), connector_id=payload.get("connectorId"),
+                purpose=payload.get("chargingProfilePurpose"), stack_level=payload.get("stackLevel"))
+            self._replan()
+            await self.own.send_raw(json.dumps([3, uid, {"status": "Accepted" if cleared else "Unknown"}]))
         else:
             await self.own.send_raw(json.dumps(
                 [4, uid, "NotSupported", f"{action!r:.60} is not supported by the local controller", {}]))
 
     def _group_limit(self, now: datetime) -> None:
-        if not self._group_profiles:
+        if not len(self._group_profiles):
             self.site.group_limit(None)
             return
-        lim = limit_at([(0, p) for p in self._group_profiles.values()], 0, now, tx_start=None, tx_id=None,
-                       voltage=230.0, phases=3)
+        lim = limit_at(self._group_profiles.all(), 0, now, tx_start=None, tx_id=None, voltage=230.0, phases=3)
         self.site.group_limit(lim.amps)
 
     # ================================================================== status

@@ -121,6 +121,7 @@ class Site:
         self._site_meter_at: datetime | None = None
         self.has_site_meter = False
         self.limits_source = "site fuse"
+        self._safe_defaults = {cp: self._safe_default(box.spec) for cp, box in self._boxes.items()}
 
     # ------------------------------------------------------------------ facts
     def knows(self, cp: str) -> bool:
@@ -131,8 +132,11 @@ class Site:
         return list(self._boxes)
 
     def safe_default_a(self, cp: str) -> float:
-        """The box's share of the fuse: min over its phases of fuse / boxes on that phase (tenths, down)."""
-        spec = self._boxes[cp].spec
+        """The box's share of the fuse: min over its phases of fuse / boxes on that phase (tenths, down).
+        Depends on the configuration only: computed once."""
+        return self._safe_defaults[cp]
+
+    def _safe_default(self, spec: ChargePointSpec) -> float:
         shares = []
         for p in set(spec.phases):
             n = sum(1 for b in self._boxes.values() if p in b.spec.phases)
@@ -170,6 +174,10 @@ class Site:
             box.transactions.add(connector_id)
         else:
             box.transactions.discard(connector_id)
+
+    def open_transactions(self, cp: str) -> list[int]:
+        """Connector ids of the box with an open transaction."""
+        return sorted(self._boxes[cp].transactions)
 
     def meter(self, cp: str, currents: Sequence[float | None], now: datetime) -> None:
         """Measured current per box phase (L1, L2, L3 of the box; None = not measured)."""

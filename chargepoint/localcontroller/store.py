@@ -14,6 +14,10 @@ module owns the local controller's tables, as :mod:`chargepoint.protocol.outbox`
 * ``lc_installed``: the last allocation (amps, validTo) and safe default installed on each charge point,
   so a restarted local controller knows what the boxes may still draw.
 * ``lc_auth``: idTagInfo the central system gave (Authorize / StartTransaction), for offline answers.
+* ``lc_profiles``: the charging profiles the central system installed, per identity: on each downstream box
+  (as forwarded and accepted: what the box holds, so the group balancing knows the box's own caps after a
+  restart of the local controller) and on the local controller's own identity (the group limit, which
+  must hold across a restart as a charge point's profiles do, OCPP 1.6 §3.13.2).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from chargepoint.smart.profiles import ChargingProfile, ProfileRejected, profile_from_ocpp, profile_to_ocpp
 from chargepoint.store import Store
 
 _SCHEMA = [
@@ -37,6 +42,8 @@ _SCHEMA = [
        safe_default REAL)""",
     """CREATE TABLE IF NOT EXISTS lc_auth (id_tag TEXT PRIMARY KEY, info TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lc_boot (cp TEXT PRIMARY KEY, payload TEXT NOT NULL, sent INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS lc_profiles (owner TEXT NOT NULL, id INTEGER NOT NULL, connector INTEGER NOT NULL,
+       profile TEXT NOT NULL, PRIMARY KEY (owner, id))""",
 ]
 
 
@@ -64,6 +71,10 @@ class LcStore:
         with store.batch("local controller tables"):
             for sql in _SCHEMA:
                 store.execute_in_batch(sql)
+        # Asked on every forwarded message: kept in memory (only this class writes these tables).
+        self._queue_counts: dict[str, int] = {
+            cp: int(n) for cp, n in store.query("SELECT cp, COUNT(*) FROM lc_queue GROUP BY cp")}
+        self._unsent_boots: set[str] = {cp for (cp,) in store.query("SELECT cp FROM lc_boot WHERE sent = 0")}
 
     @classmethod
     def open(cls, state_dir: Path | None) -> LcStore:
@@ -74,11 +85,13 @@ class LcStore:
 
     # ------------------------------------------------------------------ queue
     def enqueue(self, cp: str, action: str, payload: dict[str, Any], local_tx: int | None = None) -> int:
-        return self.store.write(
+        seq = self.store.write(
             "INSERT INTO lc_queue (cp, action, payload, digest, local_tx) VALUES (?, ?, ?, ?, ?)",
             (cp, action, json.dumps(payload, separators=(",", ":")), digest(cp, action, payload), local_tx),
             what="queued message",
         )
+        self._queue_counts[cp] = self._queue_counts.get(cp, 0) + 1
+        return seq
 
     def queued(self, cp: str | None = None) -> list[Queued]:
         sql = "SELECT seq, cp, action, payload, digest, local_tx FROM lc_queue"
@@ -88,25 +101,32 @@ class LcStore:
 
     def queue_length(self, cp: str | None = None) -> int:
         if cp is None:
-            return int(self.store.query("SELECT COUNT(*) FROM lc_queue")[0][0])
-        return int(self.store.query("SELECT COUNT(*) FROM lc_queue WHERE cp = ?", (cp,))[0][0])
+            return sum(self._queue_counts.values())
+        return self._queue_counts.get(cp, 0)
 
     def is_queued(self, dig: str) -> bool:
         return bool(self.store.query("SELECT 1 FROM lc_queue WHERE digest = ?", (dig,)))
 
-    def delivered(self, seq: int, dig: str, answer: dict[str, Any], now: datetime) -> None:
+    def delivered(self, q: Queued, answer: dict[str, Any], now: datetime) -> None:
         """Queue row answered by the central system: removed and recorded as done, in one commit."""
         with self.store.batch("delivered message"):
-            self.store.execute_in_batch("DELETE FROM lc_queue WHERE seq = ?", (seq,))
-            self._done(dig, answer, now)
+            gone = self.store.execute_in_batch("DELETE FROM lc_queue WHERE seq = ?", (q.seq,)).rowcount
+            self._done(q.digest, answer, now)
+        if gone:
+            self._queue_counts[q.cp] = max(0, self._queue_counts.get(q.cp, 0) - 1)
 
     def _done(self, dig: str, answer: dict[str, Any], now: datetime) -> None:
         self.store.execute_in_batch(
             "INSERT OR REPLACE INTO lc_done (digest, answer, at) VALUES (?, ?, ?)",
             (dig, json.dumps(answer), now.isoformat()))
 
-    def record_done(self, dig: str, answer: dict[str, Any], now: datetime) -> None:
-        with self.store.batch("answered message"):
+    def record_done(self, dig: str, answer: dict[str, Any], now: datetime, *, durable: bool = True) -> None:
+        """The central system answered a box's message sent straight through. ``durable=False`` (NORMAL:
+        survives a crash of the process, not a power cut of the local controller's own computer within the
+        OS's write-back time) is for MeterValues: the record only keeps a repeat from reaching the central
+        system twice, and a repeated sample carries its own timestamps; the box keeps every message until
+        answered, so nothing is lost either way."""
+        with self.store.batch("answered message", durable=durable):
             self._done(dig, answer, now)
 
     def done_answer(self, dig: str) -> dict[str, Any] | None:
@@ -164,10 +184,43 @@ class LcStore:
     def save_boot(self, cp: str, payload: dict[str, Any], sent: bool) -> None:
         self.store.write("INSERT OR REPLACE INTO lc_boot (cp, payload, sent) VALUES (?, ?, ?)",
                          (cp, json.dumps(payload), int(sent)))
+        if sent:
+            self._unsent_boots.discard(cp)
+        else:
+            self._unsent_boots.add(cp)
+
+    def has_unsent_boot(self, cp: str) -> bool:
+        return cp in self._unsent_boots
 
     def unsent_boot(self, cp: str) -> dict[str, Any] | None:
         rows = self.store.query("SELECT payload FROM lc_boot WHERE cp = ? AND sent = 0", (cp,))
         return json.loads(rows[0][0]) if rows else None
+
+
+class ProfileMirror:
+    """:class:`chargepoint.smart.profiles.ProfileStore` for one identity's profiles in ``lc_profiles``."""
+
+    def __init__(self, store: LcStore, owner: str) -> None:
+        self._store, self._owner = store.store, owner
+
+    def save(self, connector_id: int, profile: ChargingProfile) -> None:
+        self._store.write("INSERT OR REPLACE INTO lc_profiles (owner, id, connector, profile) VALUES (?, ?, ?, ?)",
+                          (self._owner, profile.charging_profile_id, connector_id,
+                           json.dumps(profile_to_ocpp(profile))), what="charging profile")
+
+    def delete(self, profile_id: int) -> None:
+        self._store.write("DELETE FROM lc_profiles WHERE owner = ? AND id = ?", (self._owner, profile_id),
+                          what="charging profile")
+
+    def load_all(self) -> list[tuple[int, ChargingProfile]]:
+        out = []
+        for connector, text in self._store.query("SELECT connector, profile FROM lc_profiles WHERE owner = ?",
+                                                  (self._owner,)):
+            try:
+                out.append((int(connector), profile_from_ocpp(json.loads(text))))
+            except (ProfileRejected, ValueError, TypeError, KeyError):
+                continue  # written by us from an accepted profile: only a newer, stricter parser refuses it
+        return out
 
 
 def utcnow() -> datetime:

@@ -53,6 +53,7 @@ class Upstream:
         self._waiting: dict[str, asyncio.Future[list[Any]]] = {}
         self._lock = asyncio.Lock()  # OCPP-J §4.1.1: one CALL outstanding per direction
         self._task: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()  # handlers of the central system's CALLs running now
         self.connected = asyncio.Event()
         self.last_error: str | None = None
         self.refused = 0
@@ -137,13 +138,28 @@ class Upstream:
             log.warning("upstream %s: frame is not OCPP-J, dropped: %.200s", self.identity, raw)
             return
         if msg[0] == 2:
-            asyncio.get_running_loop().create_task(self._on_call(msg, raw))
+            task = asyncio.get_running_loop().create_task(self._handle_call(msg, raw))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
         elif msg[0] in (3, 4):
             fut = self._waiting.pop(msg[1], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
             else:
                 log.warning("upstream %s: answer to no outstanding call dropped (%.40s)", self.identity, msg[1])
+
+    async def _handle_call(self, msg: list[Any], raw: str) -> None:
+        """One CALL from the central system. A bug in handling it must not pass silently nor leave the central
+        system waiting: it is logged with its traceback and answered InternalError (OCPP-J §4.2.3)."""
+        try:
+            await self._on_call(msg, raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("upstream %s: handling %.40s from the central system failed", self.identity,
+                          msg[2] if len(msg) > 2 else "?")
+            await self.send_raw(json.dumps([4, msg[1], "InternalError",
+                                            "the local controller could not handle it", {}]))
 
     async def call(self, unique_id: str, action: str, payload: dict[str, Any] | None, *,
                    raw: str | None = None, timeout: float = 30.0) -> list[Any]:

@@ -189,7 +189,7 @@ def _is_int(value: Any, *allowed: int) -> bool:
     return type(value) is int and value in allowed
 
 
-def _schema_error_code(error: SchemaValidationError) -> str:
+def schema_error_code(error: SchemaValidationError) -> str:
     """Which 1.6 error code a schema violation is (OCPP-J 1.6 §4.2.3). A malformed date-time is a value of
     the wrong data type (dateTime, OCPP 1.6 §7), not a constraint on a valid one."""
     if error.validator in ("type", "format"):
@@ -263,7 +263,7 @@ def _precise_validator(action: str) -> Draft4Validator | None:
     return _PRECISE[action]
 
 
-def _first_schema_error(action: str, payload: dict[str, Any]) -> SchemaValidationError | None:
+def first_schema_error(action: str, payload: dict[str, Any]) -> SchemaValidationError | None:
     """The first violation of the OCPP 1.6 request schema, or None. Valid payloads take the fast path; an
     invalid one is examined by jsonschema, which names the violated keyword for the error code."""
     fast = _fast_validator(action)
@@ -368,14 +368,14 @@ class OcppSession(_LibraryChargePoint):
         if not isinstance(payload, dict):
             await self._send_error(unique_id, "FormationViolation", "payload must be a JSON object")
             return
-        error = _first_schema_error(action, payload)
+        error = first_schema_error(action, payload)
         if error is not None:
             where = "/".join(str(p) for p in error.path) or "(payload)"
             if error.path and error.path[-1] in _TAG_FIELDS:  # the message would quote the tag
                 reason = f"{where}: violates {error.validator} {error.validator_value!r}"
             else:
                 reason = f"{where}: {error.message}"
-            await self._send_error(unique_id, _schema_error_code(error), reason[:255])
+            await self._send_error(unique_id, schema_error_code(error), reason[:255])
             return
         refusal = self.accept_calls(action)
         if refusal is not None:
@@ -482,7 +482,7 @@ class OcppSession(_LibraryChargePoint):
                 self._awaiting_id = None
         if response.message_type_id == MessageType.CallError:
             raise CallErrorReceived(response.error_code, response.error_description)
-        error = _first_schema_error(f"{action}Response", response.payload)
+        error = first_schema_error(f"{action}Response", response.payload)
         if error is not None:
             where = "/".join(str(p) for p in error.path) or "(payload)"
             raise CallErrorReceived("FormationViolation", f"invalid {action}.conf: {where}: {error.message}")
