@@ -46,8 +46,10 @@ def _per_phase(values: Sequence[Any] | None) -> str:
     return " / ".join(_a(v) for v in values or []) or "—"
 
 
-def _badge(text: str, kind: str) -> str:
-    return f'<span class="badge {kind}-{e("".join(ch for ch in text.lower() if ch.isalnum()))}">{e(text)}</span>'
+def _badge(text: str, kind: str, css: str | None = None) -> str:
+    """A badge in the charge point's colours (``css``: the class word when it differs from the text)."""
+    word = "".join(ch for ch in (css or text).lower() if ch.isalnum())
+    return f'<span class="badge {kind}-{e(word)}">{e(text)}</span>'
 
 
 def site_live(snap: Mapping[str, Any]) -> str:
@@ -90,7 +92,7 @@ def _box_row(b: Mapping[str, Any]) -> str:
         up += f" <small>{e(str(b['upstream_error'])[:120])}</small>"
     link = "up" if b.get("connected") else "down"
     cells = [
-        ("id", e(b.get("id"))), ("link", _badge(link, "link")), ("upstream", up), ("status", statuses),
+        ("id", e(b.get("id"))), ("link", _badge(link, "link", "connected" if link == "up" else "offline")), ("upstream", up), ("status", statuses),
         ("allocation", alloc), ("measured", meas), ("safe", safe), ("queued", e(b.get("queued"))),
         ("why", e(b.get("why"))),
     ]
