@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from chargepoint.localcontroller.config import LocalControllerConfigError, parse
 from chargepoint.localcontroller.web import SiteWebServer, make_site_app
 
 pytestmark = pytest.mark.timeout(90)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeSite:
@@ -262,3 +266,48 @@ async def test_site_page_in_a_browser_with_a_box_connected() -> None:
             await box.close()
             await server.stop()
             await api.close()
+
+
+async def test_the_local_controller_command_serves_the_site_page(tmp_path: Path) -> None:
+    """``chargepoint local-controller --config FILE`` with [local_controller.web]: the page answers, and
+    SIGTERM ends the process cleanly."""
+    import aiohttp
+    from mqtt_helpers import free_port
+
+    from chargepoint.csms import CentralSystem
+
+    async with CentralSystem() as cs:
+        port = free_port()
+        cfg = tmp_path / "lc.toml"
+        cfg.write_text(f'''[local_controller]
+id = "LC-CLI"
+csms_url = "{cs.url}"
+listen = "127.0.0.1:0"
+site_limit_a = 32
+state_dir = "{tmp_path / 'state'}"
+
+[[local_controller.charge_points]]
+id = "BOX-1"
+
+[local_controller.web]
+listen = "127.0.0.1"
+port = {port}
+viewer = true
+''')
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chargepoint", "local-controller", "--config", str(cfg),
+            stdout=asyncio.subprocess.PIPE, stderr=(tmp_path / "lc.log").open("wb"), cwd=ROOT)
+        try:
+            assert proc.stdout is not None
+            async with asyncio.timeout(30):
+                while not (line := (await proc.stdout.readline()).decode()).startswith("site page: "):
+                    assert line, (tmp_path / "lc.log").read_text()[-2000:]
+            assert line.strip() == f"site page: http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/") as resp:
+                assert resp.status == 200  # viewer = true: no login for the read-only page
+                page = await resp.text()
+            assert 'data-cp="BOX-1"' in page and "LC-CLI" in page and "Log in" in page
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                assert await proc.wait() == 0
