@@ -43,6 +43,7 @@ def json_safe(snap: dict[str, Any]) -> dict[str, Any]:
 
 class SiteSubscription:
     """An async iterator of site snapshots (dicts as :meth:`.server.LocalController.snapshot`), newest only.
+    Subscribers share one dict per snapshot: read it, do not change it.
 
     ``close()`` ends the iteration (also of a reader waiting in ``async for``)."""
 
@@ -94,10 +95,6 @@ class SiteApi:
         self.idle_refresh_s = idle_refresh_s
         self.published = 0  # distinct snapshots handed to the subscribers
         controller.on_plan.append(self._changed.set)
-
-    @property
-    def site_id(self) -> str:
-        return str(self.snapshot().get("id", "local-controller"))
 
     def snapshot(self) -> dict[str, Any]:
         """The site now, JSON-safe: limits/committed per phase, and per charge point its link, upstream,
