@@ -470,6 +470,9 @@ class MqttStats:
 class MqttFrontend:
     """The station on an MQTT broker. ``await start()``; ``await stop()`` publishes ``offline`` and leaves."""
 
+    #: Command topics subscribed to, under the prefix (none for the local controller's read-only site view).
+    COMMAND_PATTERNS: tuple[str, ...] = ("+/set/+", "+/start", "+/stop")
+
     def __init__(
         self,
         api: StationApi,
@@ -565,17 +568,23 @@ class MqttFrontend:
                 log.exception("MQTT: could not take the station's snapshot")
             await asyncio.sleep(0.1)
 
-    def _refresh(self) -> None:
+    def _compose(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(topic under the prefix → retained payload, discovery config topic → config JSON) now. The local
+        controller's site front end (chargepoint.localcontroller.mqtt) composes its own."""
         view = self.api.snapshot()
         self.stats.snapshots += 1
         self._maxima = {c.id: connector_maximum(c) for c in view.connectors}
-        for rel, payload in state_values(view).items():
-            self._coalescer.set(f"{self.prefix}/{rel}", payload)
+        values = state_values(view)
         key = (view.firmware_version, tuple((c.id, self._maxima[c.id]) for c in view.connectors))
         if key != self._discovery_key:  # the configs change only with these: not rebuilt on every reading
             self._discovery_key = key
             self._configs = discovery_configs(self.config, self.device, view)
-        configs = self._configs
+        return values, self._configs
+
+    def _refresh(self) -> None:
+        values, configs = self._compose()
+        for rel, payload in values.items():
+            self._coalescer.set(f"{self.prefix}/{rel}", payload)
         tracking = f"{self.prefix}/discovery"
         if self.config.discovery:
             for topic, payload in configs.items():
@@ -731,8 +740,8 @@ class MqttFrontend:
         # Commands: the publisher's retain flag as sent (a retained command is refused, it would run again on
         # every reconnect), and no stored retained copy on subscribing (that one is never executed).
         commands = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        for pattern in (f"{self.prefix}/+/set/+", f"{self.prefix}/+/start", f"{self.prefix}/+/stop"):
-            await client.subscribe(pattern, options=commands)
+        for pattern in self.COMMAND_PATTERNS:
+            await client.subscribe(f"{self.prefix}/{pattern}", options=commands)
         await client.subscribe(f"{self.prefix}/discovery", qos=1)  # its retained copy is what we want here
         self._coalescer.resend_all()
         self._refresh()

@@ -50,6 +50,21 @@ async def run(config_path: Path, state_dir: Path | None = None, status_socket: P
             log.error("status socket %s: %s (the local controller runs without it)", sock_path, exc)
             status = None
     print(f"local controller {config.id} listening on {lc.url}", flush=True)
+    web = mqtt = None
+    if config.web is not None or config.mqtt is not None:  # the site view's front ends (read-only)
+        from chargepoint.localcontroller.api import SiteApi
+
+        site = SiteApi(lc)
+        if config.web is not None and config.web.enabled:
+            from chargepoint.localcontroller.web import start_site_web
+
+            web = await start_site_web(site, config.web)
+            if web is not None:
+                print(f"site page: {web.url}", flush=True)
+        if config.mqtt is not None and config.mqtt.enabled:
+            from chargepoint.localcontroller.mqtt import start_site_mqtt
+
+            mqtt = await start_site_mqtt(site, config.mqtt, config.id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -58,6 +73,10 @@ async def run(config_path: Path, state_dir: Path | None = None, status_socket: P
     try:
         await stop.wait()
     finally:
+        if mqtt is not None:
+            await mqtt.stop()
+        if web is not None:
+            await web.stop()
         if status is not None:
             await status.stop()
         await lc.stop()

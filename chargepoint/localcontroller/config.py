@@ -33,6 +33,16 @@
     max_current_a = 32
     min_current_a = 6
     priority = 1                           # turn-taking weight
+
+    [local_controller.web]                 # optional: the site page (read-only); the keys of the charge point's [web]
+    listen = "0.0.0.0"                     # an IP address; port default 8081 (the charge point's own UI has 8080)
+    port = 8081
+    password_hash = "scrypt$…"             # admin; user_password_hash optional; viewer = true: no login needed
+    # tls_cert / tls_key: HTTPS; enabled = false turns the page off without removing the table
+
+    [local_controller.mqtt]                # optional: the site on MQTT (read-only); the keys of the charge point's [mqtt]
+    host = "broker.lan"                    # port, username, password, tls, ca_file, cert_file, key_file,
+    topic_prefix = "chargepoint/LC-GARAGE" # discovery, discovery_prefix, keepalive_s; enabled = false: off
 """
 
 from __future__ import annotations
@@ -40,14 +50,19 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chargepoint.localcontroller.site import ChargePointSpec, SiteSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chargepoint.frontends.mqtt import MqttConfig
+    from chargepoint.frontends.web.config import WebConfig
 
 KEYS = {"id", "csms_url", "password", "listen", "tls_cert", "tls_key", "upstream_ca", "site_limit_a",
         "state_dir", "status_socket", "stack_level", "lease_s", "follow_s", "allow_unknown_offline",
         "site_meter", "charge_points", "response_timeout_s", "transaction_message_attempts",
-        "transaction_message_retry_interval_s"}
+        "transaction_message_retry_interval_s", "web", "mqtt"}
+WEB_DEFAULT_PORT = 8081  # not the charge point's 8080: both may run on one machine
 CP_KEYS = {"id", "password", "upstream_password", "phases", "max_current_a", "min_current_a", "priority"}
 METER_KEYS = {"meter", "margin_a", "poll_s"}
 
@@ -94,6 +109,8 @@ class LocalControllerConfig:
     transaction_message_attempts: int = 3
     transaction_message_retry_interval_s: float = 60.0
     site_meter: SiteMeterConfig | None = None
+    web: WebConfig | None = None  # [local_controller.web]: the site page
+    mqtt: MqttConfig | None = None  # [local_controller.mqtt]: the site on MQTT
     extra: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> SiteSettings:
@@ -116,6 +133,41 @@ def _num(problems: list[str], d: dict[str, Any], key: str, where: str, default: 
         problems.append(f"{where}.{key} = {v!r}: a number from {lo:g} to {hi:g}")
         return default
     return float(v)
+
+
+def _problem_text(problem: Any, section: str) -> str:
+    """A problem of the charge point's [web]/[mqtt] parsers, named in this section and in its style."""
+    key = f"local_controller.{section}" + problem.key[len(section):]
+    if problem.allowed.startswith("unknown key"):
+        return f"{key}: {problem.allowed}"
+    return str(type(problem)(key, problem.value, problem.allowed))
+
+
+def _frontends(p: list[str], lc: dict[str, Any], cid: Any) -> tuple[WebConfig | None, MqttConfig | None]:
+    """``[local_controller.web]`` and ``[local_controller.mqtt]``, parsed by the charge point's own parsers
+    (same keys, same checks). A table that is there is on unless it says ``enabled = false``."""
+    web = mqtt = None
+    raw_web, raw_mqtt = lc.get("web"), lc.get("mqtt")
+    if raw_web is not None:
+        if not isinstance(raw_web, dict):
+            p.append("local_controller.web: a table [local_controller.web] with listen, port, password_hash …")
+        else:
+            from chargepoint.config import ConfigProblem
+            from chargepoint.frontends.web.config import parse_web_config
+
+            web, problems = parse_web_config({"enabled": True, "port": WEB_DEFAULT_PORT, **raw_web})
+            p.extend(_problem_text(ConfigProblem(*x), "web") for x in problems)
+    if raw_mqtt is not None:
+        if not isinstance(raw_mqtt, dict):
+            p.append("local_controller.mqtt: a table [local_controller.mqtt] with host, port, username …")
+        else:
+            from chargepoint.config import _Reader
+            from chargepoint.frontends.mqtt import parse_mqtt_config
+
+            r = _Reader()
+            mqtt = parse_mqtt_config(r, {"enabled": True, **raw_mqtt}, cid if isinstance(cid, str) else None)
+            p.extend(_problem_text(x, "mqtt") for x in r.problems)
+    return web, mqtt
 
 
 def parse(data: dict[str, Any]) -> LocalControllerConfig:
@@ -216,6 +268,7 @@ def parse(data: dict[str, Any]) -> LocalControllerConfig:
     if not isinstance(auo, bool):
         p.append(f"{w}.allow_unknown_offline = {auo!r}: true or false")
         auo = False
+    web, mqtt = _frontends(p, lc, cid)
     if p:
         raise LocalControllerConfigError(p)
 
@@ -228,7 +281,7 @@ def parse(data: dict[str, Any]) -> LocalControllerConfig:
         charge_points=tuple(cps), password=lc.get("password"), tls_cert=path("tls_cert"),
         tls_key=path("tls_key"), upstream_ca=path("upstream_ca"), state_dir=path("state_dir"),
         status_socket=path("status_socket"), stack_level=stack, lease_s=lease, follow_s=follow,
-        response_timeout_s=rt, allow_unknown_offline=auo, site_meter=meter,
+        response_timeout_s=rt, allow_unknown_offline=auo, site_meter=meter, web=web, mqtt=mqtt,
         transaction_message_attempts=attempts, transaction_message_retry_interval_s=retry,
     )
 

@@ -171,6 +171,9 @@ class LocalController:
         self.forwarded = 0
         self.refused: list[str] = []
         self._group_limit(clock())  # a group limit stored before a restart holds from the first plan on
+        #: Called after every plan (each change, and at least once a second); must not block or raise. The
+        #: front ends' SiteApi (:mod:`.api`) only sets an event here.
+        self.on_plan: list[Callable[[], None]] = []
         for cp, (amps, valid_to, safe) in store.installed().items():
             if self.site.knows(cp):
                 self.site.restore(cp, amps, valid_to, safe is not None and safe == self.site.safe_default_a(cp))
@@ -787,6 +790,11 @@ class LocalController:
                 continue
             self.plan_count += 1
             self.last_plan_at = time.monotonic()
+            for notify in self.on_plan:
+                try:
+                    notify()
+                except Exception:  # a front end's bug must not stop the planner
+                    log.exception("site view notification failed")
             for cmd in commands:
                 asyncio.create_task(self._send_allocation(cmd), name=f"allocate {cmd.cp}")
 

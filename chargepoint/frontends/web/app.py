@@ -77,6 +77,11 @@ class WebContext:
 
 
 class WebUi:
+    #: The header's links (None: the charge point's, by role) and the login page's hint when no admin
+    #: password is configured; the local controller's site page (chargepoint.localcontroller.web) sets both.
+    nav: tuple[tuple[str, str], ...] | None = None
+    no_password_hint = "No admin password is set: run `sudo chargepoint set-password` and restart the service."
+
     def __init__(self, api: StationApi, config: WebConfig, context: WebContext | None = None) -> None:
         self.api = api
         self.config = config
@@ -124,7 +129,7 @@ class WebUi:
             return web.json_response({"ok": ok, "message": message}, status=status)
         title = "Done" if ok else ("Refused" if status < 500 else "Error")
         return self.html(pages.message_page(title, message, role=self.role(request),
-                                            csrf=self.csrf(request), ok=ok, back=back), status)
+                                            csrf=self.csrf(request), ok=ok, back=back, nav=self.nav), status)
 
     def need(self, request: web.Request, role: Role) -> Role:
         have = self.role(request)
@@ -206,9 +211,9 @@ class WebUi:
     # ------------------------------------------------------------------ login
     async def login_form(self, request: web.Request) -> web.Response:
         nxt = request.query.get("next", "/")
-        message = "" if self.config.password_hash else (
-            "No admin password is set: run `sudo chargepoint set-password` and restart the service.")
-        return self.html(pages.login_page(csrf=self.csrf(request), next_url=_local(nxt), message=message))
+        message = "" if self.config.password_hash else self.no_password_hint
+        return self.html(pages.login_page(csrf=self.csrf(request), next_url=_local(nxt), message=message,
+                                          nav=self.nav))
 
     async def login(self, request: web.Request) -> web.Response:
         form = request[FORM]
@@ -216,7 +221,7 @@ class WebUi:
         nxt = _local(field(form, "next"))
         wait = self.limiter.retry_after(client, self.now())
         if wait > 0:
-            resp = self.html(pages.login_page(csrf=self.csrf(request), next_url=nxt,
+            resp = self.html(pages.login_page(csrf=self.csrf(request), next_url=nxt, nav=self.nav,
                                               message=f"Too many failed logins: try again in {wait:.0f} s."), 429)
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
@@ -232,7 +237,7 @@ class WebUi:
         if role is None:
             self.limiter.failed(client, self.now())
             log.warning("web UI: failed login from %s", client)
-            return self.html(pages.login_page(csrf=self.csrf(request), next_url=nxt,
+            return self.html(pages.login_page(csrf=self.csrf(request), next_url=nxt, nav=self.nav,
                                               message="Wrong password."), 401)
         s = self.sessions.login(self.session(request), role, self.now())
         request[SESSION] = s
@@ -369,11 +374,11 @@ async def _check_post(ui: WebUi, request: web.Request) -> None:
         raise FormError(403, "missing or wrong CSRF token: reload the page and try again")
 
 
-def make_app(api: StationApi, config: WebConfig, context: WebContext | None = None) -> web.Application:
-    context = context or WebContext()
-    if context.history is None:  # the API's session history, when the implementation keeps one
-        context = dataclasses.replace(context, history=getattr(api, "history", None))
-    ui = WebUi(api, config, context)
+def make_base_app(ui: WebUi) -> web.Application:
+    """What every web UI of this project shares: the middleware (session cookie, CSRF, security headers,
+    errors), ``ui.status_page`` at ``/``, ``/status.json``, the live ``/events``, login/logout and the
+    static files. :func:`make_app` adds the charge point's commands and pages; the local controller's
+    site page (chargepoint.localcontroller.web) nothing."""
     app = web.Application(middlewares=[_middleware], client_max_size=MAX_BODY)
     app[KEY] = ui
 
@@ -389,8 +394,17 @@ def make_app(api: StationApi, config: WebConfig, context: WebContext | None = No
     app.router.add_get("/login", ui.login_form)
     app.router.add_post("/login", ui.login)
     app.router.add_post("/logout", ui.logout)
-    app.router.add_post("/connectors/{cid}/{action}", ui.command)
     app.router.add_get("/static/{name}", ui.static)
+    return app
+
+
+def make_app(api: StationApi, config: WebConfig, context: WebContext | None = None) -> web.Application:
+    context = context or WebContext()
+    if context.history is None:  # the API's session history, when the implementation keeps one
+        context = dataclasses.replace(context, history=getattr(api, "history", None))
+    ui = WebUi(api, config, context)
+    app = make_base_app(ui)
+    app.router.add_post("/connectors/{cid}/{action}", ui.command)
     from chargepoint.frontends.web import installer, sessions_page
 
     sessions_page.add_routes(app, ui)

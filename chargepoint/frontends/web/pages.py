@@ -38,12 +38,16 @@ PILOT_TEXT = {"A": "A — no car", "B": "B — car connected", "C": "C — charg
               "E": "E — no power / short", "F": "F — charger unavailable"}
 
 
-def layout(title: str, body: str, *, role: Role | None, csrf: str | None, active: str = "") -> str:
-    nav = [("/", "Status")]
-    if role is not None and role >= Role.USER:
-        nav.append(("/sessions", "Sessions"))
-    if role is not None and role >= Role.ADMIN:
-        nav.append(("/installer", "Installer"))
+def layout(title: str, body: str, *, role: Role | None, csrf: str | None, active: str = "",
+           nav: Sequence[tuple[str, str]] | None = None) -> str:
+    """``nav``: (href, text) of the header's links; None: the charge point's (by role). The local
+    controller's site page passes its own (it has no sessions or installer pages)."""
+    if nav is None:
+        nav = [("/", "Status")]
+        if role is not None and role >= Role.USER:
+            nav.append(("/sessions", "Sessions"))
+        if role is not None and role >= Role.ADMIN:
+            nav.append(("/installer", "Installer"))
     links = "".join(f'<a href="{href}"{" class=active" if href == active else ""}>{e(text)}</a>'
                     for href, text in nav)
     if role is not None and role > Role.VIEWER:
@@ -170,20 +174,21 @@ def status_page(s: StationView, *, role: Role | None, csrf: str | None) -> str:
     return layout(f"{s.charge_point_id} — status", body, role=role, csrf=csrf, active="/")
 
 
-def login_page(*, csrf: str | None, message: str = "", next_url: str = "/") -> str:
+def login_page(*, csrf: str | None, message: str = "", next_url: str = "/",
+               nav: Sequence[tuple[str, str]] | None = None) -> str:
     msg = f'<p class="error">{e(message)}</p>' if message else ""
     body = (f'<section class="card narrow"><h1>Log in</h1>{msg}<form method="post" action="/login">{_hidden(csrf)}'
             f'<input type="hidden" name="next" value="{e(next_url)}">'
             '<label>Password <input type="password" name="password" id="password" autocomplete="current-password" '
             'required autofocus></label><button type="submit" id="login-button">Log in</button></form></section>')
-    return layout("Log in", body, role=None, csrf=csrf)
+    return layout("Log in", body, role=None, csrf=csrf, nav=nav)
 
 
 def message_page(title: str, message: str, *, role: Role | None, csrf: str | None, ok: bool,
-                 back: str = "/") -> str:
+                 back: str = "/", nav: Sequence[tuple[str, str]] | None = None) -> str:
     body = (f'<section class="card narrow"><h1>{e(title)}</h1><p class="{"ok" if ok else "error"}" id="message">'
             f'{e(message)}</p><p><a href="{e(back)}">Back</a></p></section>')
-    return layout(title, body, role=role, csrf=csrf)
+    return layout(title, body, role=role, csrf=csrf, nav=nav)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, cls: str = "list") -> str:

@@ -36,8 +36,12 @@ class WebServer:
         scheme = "https" if self.config.tls else "http"
         return f"{scheme}://{self.config.listen}:{self.port}"
 
+    def build_app(self) -> web.Application:
+        """The application to serve (the local controller's site page serves its own)."""
+        return make_app(self.api, self.config, self.context)
+
     async def start(self) -> None:
-        self.app = make_app(self.api, self.config, self.context)
+        self.app = self.build_app()
         ctx = None
         if self.config.tls:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
