@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,33 @@ def lc_config(csms_url: str, ids: list[str], **extra: Any) -> LocalControllerCon
     section = {"id": "LC-GARAGE", "csms_url": csms_url, "listen": "127.0.0.1:0", "site_limit_a": 63,
                "lease_s": 30, "follow_s": 8, "charge_points": cps, **extra}
     return parse({"local_controller": section})
+
+
+async def start_lc_process(config: Path, tmp: Path, *args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """`chargepoint local-controller --config FILE` as its own process (stderr to ``tmp/lc.log``); returns it
+    and the URL it listens on, read from its first line, so that ``listen = "127.0.0.1:0"`` works."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chargepoint", "local-controller", "--config", str(config),
+        "--state-dir", str(tmp / "lc-state"), *args, stdout=asyncio.subprocess.PIPE,
+        stderr=(tmp / "lc.log").open("ab"), cwd=ROOT)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+    assert "listening on " in line, (line, (tmp / "lc.log").read_text())
+    return proc, line.rsplit("listening on ", 1)[1].strip()
+
+
+async def stop_lc_process(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM (the clean stop), SIGKILL if it does not end within 15 s; its exit code."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
 
 
 class IdentityLog:
