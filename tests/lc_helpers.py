@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+import websockets
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as OcppChargePoint
+from ocpp.v16 import call_result
 
 from chargepoint import csms as csms_module
 from chargepoint.localcontroller.config import LocalControllerConfig, parse
@@ -121,3 +127,39 @@ class Sim:
             except (TimeoutError, ConnectionError):
                 self.proc.kill()
                 await self.proc.wait()
+
+
+class OcppBox(OcppChargePoint):
+    """A charge point from the ocpp library (not ours): accepts every SetChargingProfile and notes the
+    ChargePointMaxProfile limits it gets as (stackLevel, limit), in the order received."""
+
+    def __init__(self, cp_id: str, ws: Any) -> None:
+        super().__init__(cp_id, ws, response_timeout=10)
+        self.profiles: list[tuple[int, float]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, url: str, cp_id: str, *, password: str | None = None, **kw: Any) -> OcppBox:
+        """Connected to ``url/cp_id`` (``kw`` to websockets.connect, e.g. ``ssl=``) and answering."""
+        headers = {"Authorization": "Basic " + base64.b64encode(f"{cp_id}:{password}".encode()).decode()} \
+            if password is not None else None
+        ws = await websockets.connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                      additional_headers=headers, open_timeout=10, **kw)
+        box = cls(cp_id, ws)
+        box.task = asyncio.create_task(box.start())
+        return box
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self._connection.close()
+
+    def limits_at(self, stack_level: int) -> list[float]:
+        return [limit for lvl, limit in self.profiles if lvl == stack_level]
+
+    @on("SetChargingProfile")
+    def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+        p = cs_charging_profiles
+        assert connector_id == 0 and p["charging_profile_purpose"] == "ChargePointMaxProfile", p
+        self.profiles.append((p["stack_level"], float(p["charging_schedule"]["charging_schedule_period"][0]["limit"])))
+        return call_result.SetChargingProfile(status="Accepted")

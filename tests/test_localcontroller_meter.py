@@ -19,11 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
-from lc_helpers import ROOT, start_lc_process, stop_lc_process
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint as OcppChargePoint
-from ocpp.v16 import call, call_result
+from lc_helpers import ROOT, OcppBox, start_lc_process, stop_lc_process
+from ocpp.v16 import call
 
 from chargepoint.csms import CentralSystem, poll_until
 from tests.fakes.modbus_meters import Silencer, f32, image, pty_pair, serve_rtu, sim_device
@@ -35,7 +32,7 @@ MARGIN_A = 1.0
 STACK = 8
 BOX_MAX_A = 16.0
 BOX_MIN_A = 6.0
-BOX_DRAWS_A = 8.0  # what the car takes, per phase, whatever the limit (it stays under every limit sent)
+BOX_DRAWS_A = 8.0  # what the car takes, per phase
 
 
 class SiteMeter:
@@ -52,21 +49,13 @@ class SiteMeter:
             registers[at:at + 2] = f32(amps + BOX_DRAWS_A)
 
 
-class Box(OcppChargePoint):
-    """A charge point that accepts every SetChargingProfile and notes the limits by stack level."""
+class Box(OcppBox):
+    """The box charging: its car draws BOX_DRAWS_A per phase, whatever the limit (it stays under every limit
+    sent here), and says so in MeterValues."""
 
-    def __init__(self, cp_id: str, ws: Any) -> None:
-        super().__init__(cp_id, ws, response_timeout=10)
-        self.allocations: list[float] = []  # stack_level + 1, in the order received
-        self.safe_defaults: list[float] = []  # stack_level
-
-    @on("SetChargingProfile")
-    def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
-        p = cs_charging_profiles
-        assert connector_id == 0 and p["charging_profile_purpose"] == "ChargePointMaxProfile"
-        limit = float(p["charging_schedule"]["charging_schedule_period"][0]["limit"])
-        (self.allocations if p["stack_level"] == STACK + 1 else self.safe_defaults).append(limit)
-        return call_result.SetChargingProfile(status="Accepted")
+    @property
+    def allocations(self) -> list[float]:
+        return self.limits_at(STACK + 1)
 
     async def charge(self) -> None:
         """Boot, start a transaction and report BOX_DRAWS_A per phase every half second."""
@@ -126,14 +115,13 @@ async def test_house_load_on_the_site_meter_moves_the_box_allocation(tmp_path: P
                 f"min_current_a = {BOX_MIN_A:g}\n")
             sock = sockdir / "lc.sock"
             lc, url = await start_lc_process(cfg, tmp_path, "--status-socket", str(sock))
-            ws = await websockets.connect(f"{url}/M-1", subprotocols=["ocpp1.6"])  # type: ignore[list-item]
-            box = Box("M-1", ws)
-            tasks = [asyncio.create_task(box.start()), asyncio.create_task(box.charge())]
+            box = await Box.connect(url, "M-1")
+            charging = asyncio.create_task(box.charge())
             try:
                 async with asyncio.timeout(50):
                     # A light house: the fuse leaves more than the box's maximum.
                     await poll_until(lambda: box.allocations[-1:] == [BOX_MAX_A], 15, 0.05)
-                    assert box.safe_defaults == [FUSE_A]  # one box: the whole fuse is its share
+                    assert box.limits_at(STACK) == [FUSE_A]  # one box: the whole fuse is its share
 
                     # The house rises (an oven, per phase); the box still draws the same: its allocation
                     # falls to what the fuse leaves after the house and the margin: 32 - 22 - 1 = 9 A.
@@ -166,7 +154,8 @@ async def test_house_load_on_the_site_meter_moves_the_box_allocation(tmp_path: P
                     silencer.silent = False
                     await poll_until(lambda: box.allocations[-1:] == [BOX_MAX_A], 10, 0.05)
             finally:
-                for t in tasks:
-                    t.cancel()
-                await ws.close()
+                charging.cancel()
+                await box.close()
                 assert await stop_lc_process(lc) == 0
+    # One warning for the outage, not one per poll (the journal of a site whose meter is off for a day).
+    assert (tmp_path / "lc.log").read_text().count("site meter does not answer") == 1
