@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,33 @@ def lc_config(csms_url: str, ids: list[str], **extra: Any) -> LocalControllerCon
     section = {"id": "LC-GARAGE", "csms_url": csms_url, "listen": "127.0.0.1:0", "site_limit_a": 63,
                "lease_s": 30, "follow_s": 8, "charge_points": cps, **extra}
     return parse({"local_controller": section})
+
+
+async def start_lc_process(config: Path, tmp: Path, *args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """`chargepoint local-controller --config FILE` as its own process (stderr to ``tmp/lc.log``); returns it
+    and the URL it listens on, read from its first line, so that ``listen = "127.0.0.1:0"`` works."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chargepoint", "local-controller", "--config", str(config),
+        "--state-dir", str(tmp / "lc-state"), *args, stdout=asyncio.subprocess.PIPE,
+        stderr=(tmp / "lc.log").open("ab"), cwd=ROOT)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+    assert "listening on " in line, (line, (tmp / "lc.log").read_text())
+    return proc, line.rsplit("listening on ", 1)[1].strip()
+
+
+async def stop_lc_process(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM (the clean stop), SIGKILL if it does not end within 15 s; its exit code."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
 
 
 class IdentityLog:
@@ -132,3 +161,38 @@ async def foreign_box(url: str, cp_id: str) -> tuple[ForeignBox, Any, asyncio.Ta
     box = ForeignBox(cp_id, ws)
     task = asyncio.create_task(box.start())
     return box, ws, task
+
+
+class OcppBox(OcppChargePoint):
+    """A charge point from the ocpp library (not ours): accepts every SetChargingProfile and notes the
+    ChargePointMaxProfile limits it gets as (stackLevel, limit), in the order received."""
+
+    def __init__(self, cp_id: str, ws: Any) -> None:
+        super().__init__(cp_id, ws, response_timeout=10)
+        self.profiles: list[tuple[int, float]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, url: str, cp_id: str, *, password: str | None = None, **kw: Any) -> OcppBox:
+        """Connected to ``url/cp_id`` (``kw`` to websockets.connect, e.g. ``ssl=``) and answering."""
+        headers = auth_header(cp_id, password) if password is not None else None
+        ws = await websockets.connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                      additional_headers=headers, open_timeout=10, **kw)
+        box = cls(cp_id, ws)
+        box.task = asyncio.create_task(box.start())
+        return box
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self._connection.close()
+
+    def limits_at(self, stack_level: int) -> list[float]:
+        return [limit for lvl, limit in self.profiles if lvl == stack_level]
+
+    @on("SetChargingProfile")
+    def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+        p = cs_charging_profiles
+        assert connector_id == 0 and p["charging_profile_purpose"] == "ChargePointMaxProfile", p
+        self.profiles.append((p["stack_level"], float(p["charging_schedule"]["charging_schedule_period"][0]["limit"])))
+        return call_result.SetChargingProfile(status="Accepted")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
-from lc_helpers import PASSWORD, ROOT, IdentityLog, Sim
+from lc_helpers import PASSWORD, IdentityLog, Sim, start_lc_process
 
 from chargepoint.csms import CentralSystem, poll_until
 
@@ -22,14 +21,7 @@ def _free_port() -> int:
 
 
 async def _start_lc(cfg: Path, tmp: Path) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chargepoint", "local-controller", "--config", str(cfg),
-        "--state-dir", str(tmp / "lc-state"), stdout=asyncio.subprocess.PIPE,
-        stderr=(tmp / "lc.log").open("ab"), cwd=ROOT)
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 20)
-    assert b"listening" in line, line
-    return proc
+    return (await start_lc_process(cfg, tmp))[0]
 
 
 @pytest.mark.timeout(200)

@@ -802,12 +802,19 @@ class LocalController:
         from hal.interfaces import MeterError
 
         assert self.config.site_meter is not None
+        silent = False  # logged once per outage, not once per poll (as the charge point's grid loop does)
         while True:
             try:
                 reading = await asyncio.wait_for(self._meter.read(), 5.0)
                 self.site.site_meter(reading.current_a, self.clock())
+                if silent:
+                    log.info("site meter answers again")
+                silent = False
             except (MeterError, TimeoutError, OSError) as exc:
-                log.warning("site meter does not answer: %s", exc)
+                if not silent:
+                    log.warning("site meter does not answer (%s): charging boxes get their minimum once its last "
+                                "reading is stale", exc)
+                silent = True
                 self.site.site_meter(None, self.clock())
             self._replan(urgent=False)
             await asyncio.sleep(self.config.site_meter.poll_s)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.simulator import SimData, SimDevice
+from pymodbus.simulator import SimAction, SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
 # What every fake meter measures (3 phases, or L1 only for the SDM120).
@@ -89,15 +89,16 @@ def image(model: str) -> tuple[int, dict[int, int]]:
     raise ValueError(model)
 
 
-def sim_device(device_id: int, function: int, regs: dict[int, int]) -> SimDevice:
-    """A device whose register space from the lowest to the highest address answers (gaps read 0)."""
+def sim_device(device_id: int, function: int, regs: dict[int, int], action: SimAction | None = None) -> SimDevice:
+    """A device whose register space from the lowest to the highest address answers (gaps read 0);
+    ``action`` (pymodbus' per-request hook) may change the registers before each answer."""
     lo, hi = min(regs), max(regs)
     dense = [regs.get(a, 0) for a in range(lo, hi + 1)]
     block = [SimData(lo, values=dense, datatype=DataType.REGISTERS)]
     empty = [SimData(0, values=[0], datatype=DataType.REGISTERS)]
     bits = [SimData(0, values=[False], datatype=DataType.BITS)]
     hr, ir = (block, empty) if function == 3 else (empty, block)
-    return SimDevice(id=device_id, simdata=(bits, bits, hr, ir))
+    return SimDevice(id=device_id, simdata=(bits, bits, hr, ir), action=action)
 
 
 class Silencer:
