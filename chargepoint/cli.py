@@ -32,16 +32,9 @@ log = logging.getLogger("chargepoint")
 
 def _setup_logging(level: str) -> None:
     """Journal fields under systemd, text on stderr elsewhere; secrets redacted (chargepoint.logsetup)."""
-    from chargepoint.logsetup import setup_logging
+    from chargepoint.logsetup import setup_command_logging
 
-    try:
-        setup_logging(level)
-    except ValueError as exc:  # a bad level from the command line or the configuration
-        setup_logging("info")
-        log.warning("%s; using info", exc)
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    if level != "debug":
-        logging.getLogger("ocpp").setLevel(logging.WARNING)
+    setup_command_logging(level)
 
 
 #: Exit status asking systemd to start the service again (the unit's RestartForceExitStatus=).

@@ -307,3 +307,17 @@ def setup_logging(
     if fallback_warning:
         logging.getLogger(__name__).warning(fallback_warning)
     return handler
+
+
+def setup_command_logging(level: str) -> None:
+    """Logging for a ``chargepoint`` command (the service, the simulator, the local controller): journal fields
+    under systemd, text on stderr elsewhere, secrets redacted; a bad level falls back to info with a warning;
+    the ocpp library's per-frame lines only at debug."""
+    try:
+        setup_logging(level)
+    except ValueError as exc:  # a bad level from the command line or the configuration
+        setup_logging("info")
+        logging.getLogger("chargepoint").warning("%s; using info", exc)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    if level != "debug":
+        logging.getLogger("ocpp").setLevel(logging.WARNING)

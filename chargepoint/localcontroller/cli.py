@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="TOML file with a [local_controller] section")
     parser.add_argument("--state-dir", type=Path, help="overrides local_controller.state_dir")
     parser.add_argument("--status-socket", type=Path, help="overrides local_controller.status_socket")
+    parser.add_argument("--log-level", default="info", help="debug, info (default), warning, error")
 
 
 async def run(config_path: Path, state_dir: Path | None = None, status_socket: Path | None = None) -> int:
@@ -33,7 +34,12 @@ async def run(config_path: Path, state_dir: Path | None = None, status_socket: P
         for p in exc.problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
-    store = LcStore.open(state_dir or config.state_dir)
+    state = state_dir or config.state_dir
+    if state is not None:  # id tags in log lines (queued or refused frames) are masked with this site's secret
+        from chargepoint.privacy import use_installation_salt
+
+        use_installation_salt(state)
+    store = LcStore.open(state)
     meter = None
     if config.site_meter is not None:
         from hal.registry import BuildContext, build
@@ -85,6 +91,9 @@ async def run(config_path: Path, state_dir: Path | None = None, status_socket: P
 
 
 def main(args: argparse.Namespace) -> int:
+    from chargepoint.logsetup import setup_command_logging
+
+    setup_command_logging(args.log_level)
     return asyncio.run(run(args.config, args.state_dir, args.status_socket))
 
 

@@ -216,6 +216,7 @@ class LocalController:
         self.own.start()
         self._tasks.append(asyncio.create_task(self._planner(), name="site planner"))
         if self._meter is not None and self.config.site_meter is not None:
+            await self._meter.start(self._meter_event)
             self._tasks.append(asyncio.create_task(self._meter_loop(), name="site meter"))
         # Boxes with queued messages but no connection: deliver them anyway.
         for cp in {q.cp for q in self.store.queued()}:
@@ -230,6 +231,9 @@ class LocalController:
             self._server.close()
         for t in self._tasks + list(self._drainers.values()):
             t.cancel()
+        if self._meter is not None and self.config.site_meter is not None:
+            with contextlib.suppress(Exception):
+                await self._meter.stop()  # closes the serial port
         for s in list(self._sessions.values()):
             await s.upstream.stop()
             for t in s.tasks:
@@ -798,6 +802,9 @@ class LocalController:
             for cmd in commands:
                 asyncio.create_task(self._send_allocation(cmd), name=f"allocate {cmd.cp}")
 
+    def _meter_event(self, event: Any) -> None:
+        log.info("site meter: %s", event)
+
     async def _meter_loop(self) -> None:
         from hal.interfaces import MeterError
 
@@ -810,10 +817,16 @@ class LocalController:
                 if silent:
                     log.info("site meter answers again")
                 silent = False
-            except (MeterError, TimeoutError, OSError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a driver bug too: the loop goes on, the site is held as for a silent meter
                 if not silent:
-                    log.warning("site meter does not answer (%s): charging boxes get their minimum once its last "
-                                "reading is stale", exc)
+                    if isinstance(exc, MeterError | TimeoutError | OSError):
+                        log.warning("site meter does not answer (%s): charging boxes get their minimum once its "
+                                    "last reading is stale", exc)
+                    else:
+                        log.exception("site meter read failed: charging boxes get their minimum once its last "
+                                      "reading is stale")
                 silent = True
                 self.site.site_meter(None, self.clock())
             self._replan(urgent=False)
