@@ -96,6 +96,19 @@ def test_unused_headroom_goes_to_others_but_min_is_kept() -> None:
     assert amps(out) == {1: 32.0, 2: 32.0}
 
 
+def test_a_lone_short_connector_keeps_its_share() -> None:
+    # Alone under a limit below its maximum, drawing less (an EV ramping up): nobody else could use the
+    # headroom, so it is not taken away (capping it would only slow the ramp to 2 A per round).
+    out = balance(16, [d(1, offered=16, measured=6.0)], NOW)
+    assert amps(out) == {1: 16.0}
+    # The other connector is not short (at its own maximum): the same.
+    out = balance(26, [d(1, offered=16, measured=6.0), d(2, mx=10, offered=10, measured=9.9)], NOW)
+    assert amps(out) == {1: 16.0, 2: 10.0}
+    # The other one is short: then the unused headroom goes to it.
+    out = balance(26, [d(1, offered=13, measured=6.0), d(2, offered=13, measured=12.9)], NOW)
+    assert amps(out) == {1: 8.0, 2: 18.0}
+
+
 def test_headroom_must_exceed_margin() -> None:
     with pytest.raises(ValueError, match="headroom_a"):
         balance(32, [d(1)], NOW, unused_margin_a=2.0, headroom_a=2.0)

@@ -160,7 +160,7 @@ def mqtt_config_for_address(address: str, charge_point_id: str, **overrides: Any
 
 
 # ------------------------------------------------------------------------------------------------ state
-def _num(value: float | None, digits: int) -> str:
+def mqtt_number(value: float | None, digits: int) -> str:
     """A number as MQTT text: fixed point (never 1e+06), trailing zeros dropped; None → "None"."""
     if value is None or not math.isfinite(value):
         return "None"
@@ -189,15 +189,15 @@ def state_values(view: StationView) -> dict[str, str]:
         p = f"{c.id}/"
         out[p + "status"] = c.status
         out[p + "pilot"] = c.pilot
-        out[p + "power"] = _num(c.power_w, 0)
-        out[p + "current"] = _num(c.measured_a, 1)
-        out[p + "offered"] = _num(c.offered_a, 1)
-        out[p + "cable"] = _num(c.cable_a, 0)
-        out[p + "energy"] = _num(None if c.energy_wh is None else c.energy_wh / 1000.0, 3)
-        out[p + "session_energy"] = _num(None if c.session_energy_wh is None else c.session_energy_wh / 1000.0, 3)
-        out[p + "limit"] = _num(c.limit_a, 1)
+        out[p + "power"] = mqtt_number(c.power_w, 0)
+        out[p + "current"] = mqtt_number(c.measured_a, 1)
+        out[p + "offered"] = mqtt_number(c.offered_a, 1)
+        out[p + "cable"] = mqtt_number(c.cable_a, 0)
+        out[p + "energy"] = mqtt_number(None if c.energy_wh is None else c.energy_wh / 1000.0, 3)
+        out[p + "session_energy"] = mqtt_number(None if c.session_energy_wh is None else c.session_energy_wh / 1000.0, 3)
+        out[p + "limit"] = mqtt_number(c.limit_a, 1)
         out[p + "limit_source"] = c.limit_source or "None"
-        out[p + "current_limit"] = _num(c.local_limit_a, 1)
+        out[p + "current_limit"] = mqtt_number(c.local_limit_a, 1)
         out[p + "enabled"] = "ON" if c.available else "OFF"
         out[p + "faults"] = json.dumps([{"kind": f.kind, "latched": f.latched, "action": f.action}
                                         for f in c.faults], separators=(",", ":"))

@@ -34,7 +34,7 @@ import logging
 import re
 from typing import Any
 
-from chargepoint.frontends.mqtt import DeviceInfo, MqttConfig, MqttFrontend, _num, node_id
+from chargepoint.frontends.mqtt import DeviceInfo, MqttConfig, MqttFrontend, mqtt_number, node_id
 from chargepoint.localcontroller.api import SiteApi
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,18 @@ def site_values(snap: dict[str, Any]) -> dict[str, str]:
     }
     for key, name in (("limit_a", "limit"), ("committed_a", "committed"), ("fuse_a", "fuse")):
         for i, v in enumerate(site.get(key) or []):
-            out[f"site/L{i + 1}/{name}"] = _num(v, 1)
+            out[f"site/L{i + 1}/{name}"] = mqtt_number(v, 1)
     for b in snap.get("charge_points") or []:
         t = f"cp/{cp_level(str(b.get('id')))}/"
         out[t + "link"] = "up" if b.get("connected") else "down"
         out[t + "upstream"] = str(b.get("upstream") or "offline")
-        out[t + "allocation"] = _num(b.get("allocation_a"), 1)
-        out[t + "safe_default"] = _num(b.get("safe_default_a"), 1)
+        out[t + "allocation"] = mqtt_number(b.get("allocation_a"), 1)
+        out[t + "safe_default"] = mqtt_number(b.get("safe_default_a"), 1)
         out[t + "queued"] = str(b.get("queued", 0))
         out[t + "why"] = str(b.get("why") or "None")
         measured = list(b.get("measured_a") or [])
         for i, phase in enumerate(b.get("phases") or []):
-            out[t + f"measured/{phase}"] = _num(measured[i] if i < len(measured) else None, 1)
+            out[t + f"measured/{phase}"] = mqtt_number(measured[i] if i < len(measured) else None, 1)
     return out
 
 

@@ -273,12 +273,14 @@ def _balance(
     caps = [e[2] for e in chosen]
     ch_uses = [uses[e[0].connector_id] for e in chosen]
     offers = _fill_multi(limits_d, ch_uses, mins, caps)
-    short = any(offers[i] < caps[i] for i in range(len(chosen)))
+    short = [offers[i] < caps[i] for i in range(len(chosen))]
     reduced = [False] * len(chosen)
-    if short:
+    if any(short):
         caps2 = list(caps)
         for i, (c, min_d, cap_d, _why) in enumerate(chosen):
-            if c.measured_a is not None and c.offered_a is not None and \
+            # Only for someone else: a connector that is itself the only one short keeps its share.
+            others_short = any(short[j] for j in range(len(chosen)) if j != i)
+            if others_short and c.measured_a is not None and c.offered_a is not None and \
                     c.measured_a < c.offered_a - unused_margin_a:
                 new_cap = max(min_d, min(cap_d, _dA(c.measured_a + headroom_a, up=False)))
                 if new_cap < cap_d:
