@@ -229,6 +229,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if "local_controller" in data and "chargepoint" not in data:
+        return _check_local_controller_config(path)
     config = None
     problems: list[ConfigProblem] = []
     try:
@@ -248,6 +250,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{path}: OK — charge point {config.charge_point_id}, {len(config.connectors)} connector(s), "
         f"CSMS {config.csms.url}\n  {drivers}"
     )
+    return 0
+
+
+def _check_local_controller_config(path: str) -> int:
+    """check-config of a local controller's file (deploy/local-controller.example.toml): the same loader as
+    ``chargepoint local-controller``, so what passes here starts there."""
+    from pathlib import Path
+
+    from chargepoint.localcontroller.config import LocalControllerConfigError, load
+
+    try:
+        lc = load(Path(path))
+    except LocalControllerConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s) in [local_controller]:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    fuse = "/".join(f"{a:g}" for a in lc.site_limit_a)
+    print(f"{path}: OK — local controller {lc.id}, {len(lc.charge_points)} charge point(s) "
+          f"({', '.join(c.spec.id for c in lc.charge_points)}), site fuse {fuse} A, CSMS {lc.csms_url}, "
+          f"listening on {lc.listen_host}:{lc.listen_port}")
     return 0
 
 

@@ -3,7 +3,9 @@
 #
 #   sudo deploy/install.sh                 install (safe to run again: idempotent)
 #   sudo deploy/install.sh --upgrade       install the checkout's code as a new release, restart
-#   sudo deploy/install.sh --uninstall     remove code, unit, rules; keep config and state
+#   sudo deploy/install.sh --local-controller        also set up the local controller (garage load sharing)
+#   sudo deploy/install.sh --local-controller-only   only the local controller (a Pi without charger hardware)
+#   sudo deploy/install.sh --uninstall     remove code, units, rules; keep config and state
 #   sudo deploy/install.sh --uninstall --purge   also remove config, state, user, boot config block
 #   deploy/install.sh --root DIR           install into a directory tree (tests): no apt, no
 #                                          useradd, no systemctl, no venv; those are only printed
@@ -15,8 +17,11 @@
 #   /opt/chargepoint/current -> releases/<version>,  /opt/chargepoint/venv -> current/venv
 #   /opt/chargepoint/doc/                      hardware-docs (commissioning, wiring, safety)
 #   /etc/chargepoint/chargepoint.toml          configuration (0640 root:chargepoint, never overwritten)
+#   /etc/chargepoint/local-controller.toml     with --local-controller[-only]: the local controller's (idem)
 #   /var/lib/chargepoint/                      state (SQLite store), owned by the service user
-#   /etc/systemd/system/chargepoint.service, /etc/udev/rules.d/99-chargepoint.rules,
+#   /var/lib/chargepoint-lc/                   the local controller's state (created by systemd)
+#   /etc/systemd/system/chargepoint.service, chargepoint-local-controller.service (installed, enabled only
+#                                              with --local-controller[-only]), /etc/udev/rules.d/99-chargepoint.rules,
 #   /etc/modprobe.d/chargepoint-blacklist-nfc.conf, /etc/polkit-1/rules.d/50-chargepoint.rules
 #   /boot/firmware/config.txt                  UART, PWM, SPI lines between chargepoint markers
 set -euo pipefail
@@ -27,6 +32,8 @@ PURGE=0
 DRY_RUN=0
 ROOT=""
 START=1
+CHARGE_POINT=1     # the charge point service (chargepoint.service) with its hardware setup
+LOCAL_CONTROLLER=0 # the local controller service (chargepoint-local-controller.service)
 
 SERVICE_USER=chargepoint
 SERVICE_GROUPS=(gpio dialout spi)
@@ -42,10 +49,14 @@ END_MARK="# <<< chargepoint <<<"
 
 usage() {
     cat <<EOF
-usage: $0 [--upgrade | --uninstall [--purge]] [--root DIR] [--dry-run] [--no-start] [--source DIR]
+usage: $0 [--upgrade | --uninstall [--purge]] [--local-controller | --local-controller-only]
+          [--root DIR] [--dry-run] [--no-start] [--source DIR]
 
   (no option)   install or repair; keeps an existing configuration
-  --upgrade     install the checkout's version as a new release and restart the service
+  --upgrade     install the checkout's version as a new release and restart the service(s)
+  --local-controller       also run the local controller (a garage's charge points share one site fuse):
+                /etc/chargepoint/local-controller.toml from deploy/local-controller.example.toml, enabled
+  --local-controller-only  the local controller alone: no charge point service, no UART/PWM/SPI boot lines
   --uninstall   stop and remove the service; keeps /etc/chargepoint and /var/lib/chargepoint
   --purge       with --uninstall: also remove configuration, state, the user and the boot config lines
   --root DIR    install into DIR instead of / (no apt-get, useradd, systemctl, venv: printed only)
@@ -70,6 +81,11 @@ while (($# > 0)); do
     --purge) PURGE=1 ;;
     --dry-run) DRY_RUN=1 ;;
     --no-start) START=0 ;;
+    --local-controller) LOCAL_CONTROLLER=1 ;;
+    --local-controller-only)
+        LOCAL_CONTROLLER=1
+        CHARGE_POINT=0
+        ;;
     --root)
         [[ $# -ge 2 && -n "$2" ]] || die "--root needs a directory"
         ROOT="$2"
@@ -113,6 +129,9 @@ ETC_DIR="$ROOT/etc/chargepoint"
 CONFIG="$ETC_DIR/chargepoint.toml"
 STATE_DIR="$ROOT/var/lib/chargepoint"
 UNIT="$ROOT/etc/systemd/system/chargepoint.service"
+LC_UNIT="$ROOT/etc/systemd/system/chargepoint-local-controller.service"
+LC_CONFIG="$ETC_DIR/local-controller.toml"
+LC_SERVICE=chargepoint-local-controller.service
 UDEV_RULES="$ROOT/etc/udev/rules.d/99-chargepoint.rules"
 MODPROBE="$ROOT/etc/modprobe.d/chargepoint-blacklist-nfc.conf"
 POLKIT_RULES="$ROOT/etc/polkit-1/rules.d/50-chargepoint.rules"
@@ -276,6 +295,8 @@ install_release() {
         [[ -f $f ]] || continue
         put_file "$f" "$OPT/doc/$(basename "$f")" 0644 >/dev/null || true
     done
+    # The local controller's unit documents itself with its example configuration.
+    put_file "$SRC/deploy/local-controller.example.toml" "$OPT/doc/local-controller.example.toml" 0644 >/dev/null || true
     # OCPP UpdateFirmware installs releases from inside the service (chargepoint.firmware.update).
     own -R "$SERVICE_USER:$SERVICE_USER" "$OPT"
 }
@@ -284,7 +305,21 @@ install_config() {
     say "configuration"
     fs install -d -m 0750 -- "$ETC_DIR"
     own "root:$SERVICE_USER" "$ETC_DIR"
-    if [[ -e $CONFIG ]]; then
+    if ((LOCAL_CONTROLLER)); then
+        if [[ -e $LC_CONFIG ]]; then
+            note "keeping existing ${LC_CONFIG#"$ROOT"}"
+        else
+            local lc_example="$SRC/deploy/local-controller.example.toml"
+            [[ -f $lc_example ]] || die "$lc_example is missing: cannot create ${LC_CONFIG#"$ROOT"}"
+            fs install -m 0640 -- "$lc_example" "$LC_CONFIG"
+            own "root:$SERVICE_USER" "$LC_CONFIG"
+            note "created ${LC_CONFIG#"$ROOT"} from deploy/local-controller.example.toml: set the central" \
+                "system, the site fuse and the charge points (ids, passwords) before starting it"
+        fi
+    fi
+    if ((!CHARGE_POINT)); then
+        note "--local-controller-only: no charge point configuration"
+    elif [[ -e $CONFIG ]]; then
         note "keeping existing ${CONFIG#"$ROOT"}"
     else
         local example="$SRC/deploy/chargepoint.example.toml"
@@ -304,9 +339,11 @@ install_config() {
 }
 
 install_system_files() {
-    say "systemd unit, udev rules, module blacklist, polkit rule"
+    say "systemd units, udev rules, module blacklist, polkit rule"
     local changed=0
     put_file "$SRC/systemd/chargepoint.service" "$UNIT" 0644 && changed=1
+    # Installed always (an upgrade keeps it current), enabled only with --local-controller[-only].
+    put_file "$SRC/systemd/chargepoint-local-controller.service" "$LC_UNIT" 0644 || true
     put_file "$SRC/deploy/99-chargepoint.rules" "$UDEV_RULES" 0644 && changed=1
     fs mkdir -p -- "$(dirname "$CLI_LINK")"
     fs ln -sfn /opt/chargepoint/venv/bin/chargepoint "$CLI_LINK"
@@ -387,6 +424,10 @@ boot_lines_for() {
 
 configure_boot() {
     say "boot configuration"
+    if ((!CHARGE_POINT)); then
+        note "--local-controller-only: the boot configuration is left as it is (no pilot, meter UART or SPI here)"
+        return
+    fi
     local cfg="$BOOT_DIR/config.txt"
     if [[ ! -f $cfg && -z $ROOT && -f /boot/config.txt ]]; then
         cfg=/boot/config.txt # before Bookworm
@@ -499,10 +540,44 @@ remove_boot_block() {
     REBOOT_REQUIRED=1
 }
 
+# The local controller: enabled with --local-controller[-only]; on --upgrade restarted when it runs.
+start_local_controller() {
+    if ((!LOCAL_CONTROLLER)); then
+        if [[ $MODE == upgrade ]]; then
+            sys systemctl try-restart "$LC_SERVICE"
+        fi
+        return
+    fi
+    say "local controller"
+    sys systemctl enable "$LC_SERVICE"
+    if ((!START)); then
+        note "--no-start: start it with: systemctl start ${LC_SERVICE%.service}"
+        return
+    fi
+    if ((!SIMULATE)) && ! "$OPT/venv/bin/chargepoint" check-config "$LC_CONFIG"; then
+        warn "the configuration does not pass check-config: fix ${LC_CONFIG#"$ROOT"}, then: systemctl start ${LC_SERVICE%.service}"
+        return
+    fi
+    if [[ $MODE == upgrade ]]; then
+        sys systemctl try-restart "$LC_SERVICE"
+    fi
+    sys systemctl start "$LC_SERVICE"
+}
+
 start_service() {
     say "service"
     sys systemctl daemon-reload
+    if ((!CHARGE_POINT)); then
+        note "--local-controller-only: chargepoint.service is installed but not enabled"
+        start_local_controller
+        return
+    fi
     sys systemctl enable chargepoint.service
+    start_charge_point
+    start_local_controller
+}
+
+start_charge_point() {
     if ((!START)); then
         note "--no-start: start it with: systemctl start chargepoint"
         return
@@ -530,6 +605,11 @@ do_install() {
         die "nothing to upgrade: ${OPT#"$ROOT"}/current does not exist (run without --upgrade to install)"
     fi
     [[ -f $SRC/pyproject.toml ]] || die "$SRC is not a project checkout (no pyproject.toml); use --source DIR"
+    # An upgrade keeps what the install set up: a local controller alone stays alone.
+    if [[ $MODE == upgrade && $CHARGE_POINT == 1 && ! -e $CONFIG && -e $LC_CONFIG ]]; then
+        note "only the local controller is installed here (no ${CONFIG#"$ROOT"}): upgrading it alone"
+        CHARGE_POINT=0
+    fi
     install_packages
     ensure_user
     install_release
@@ -540,6 +620,14 @@ do_install() {
     say "done ($MODE${ROOT:+ into $ROOT})"
     if ((REBOOT_REQUIRED)); then
         printf '\n*** REBOOT REQUIRED: the boot configuration changed (UART/PWM/SPI). Run: sudo reboot ***\n\n'
+    fi
+    if ((LOCAL_CONTROLLER)); then
+        note "local controller: chargepoint status --socket /run/chargepoint-lc/status.sock"
+        note "          logs: journalctl -u ${LC_SERVICE%.service} -f"
+        note "          the charge points connect to ws://<this host>:9100/ (their id is appended)"
+    fi
+    if ((!CHARGE_POINT)); then
+        return
     fi
     note "status:   chargepoint status      (as root or a member of group $SERVICE_USER:"
     note "          sudo adduser \$USER $SERVICE_USER)"
@@ -552,11 +640,14 @@ do_install() {
 do_uninstall() {
     check_platform
     say "stopping and removing the service"
-    if ((SIMULATE)) || systemctl list-unit-files chargepoint.service >/dev/null 2>&1; then
-        sys systemctl disable --now chargepoint.service
-    fi
+    local unit
+    for unit in chargepoint.service "$LC_SERVICE"; do
+        if ((SIMULATE)) || systemctl list-unit-files "$unit" >/dev/null 2>&1; then
+            sys systemctl disable --now "$unit"
+        fi
+    done
     local f
-    for f in "$UNIT" "$UDEV_RULES" "$MODPROBE" "$POLKIT_RULES" "$CLI_LINK"; do
+    for f in "$UNIT" "$LC_UNIT" "$UDEV_RULES" "$MODPROBE" "$POLKIT_RULES" "$CLI_LINK"; do
         if [[ -e $f || -L $f ]]; then
             fs rm -f -- "$f"
             note "removed ${f#"$ROOT"}"
@@ -572,6 +663,7 @@ do_uninstall() {
         say "purging configuration, state, user and boot configuration"
         [[ ! -e $ETC_DIR ]] || fs rm -rf -- "$ETC_DIR"
         [[ ! -e $STATE_DIR ]] || fs rm -rf -- "$STATE_DIR"
+        [[ ! -e $ROOT/var/lib/chargepoint-lc ]] || fs rm -rf -- "$ROOT/var/lib/chargepoint-lc"
         remove_boot_block
         if ((SIMULATE)) || id -u "$SERVICE_USER" >/dev/null 2>&1; then
             sys userdel "$SERVICE_USER"

@@ -358,3 +358,61 @@ def test_unknown_board_gets_a_warning_and_no_overlay_guesswork(root: Path, sourc
     assert not [line for line in lines if line.startswith("dtoverlay=pwm") or "uart" in line
                 or line == "dtoverlay=disable-bt"]
     assert (root / "boot/firmware/cmdline.txt").read_text() == CMDLINE
+
+
+def test_charge_point_install_ships_the_local_controller_unit_disabled(root: Path, source: Path) -> None:
+    out = run(root, source).stdout
+    unit = root / "etc/systemd/system/chargepoint-local-controller.service"
+    assert unit.read_bytes() == (REPO / "systemd/chargepoint-local-controller.service").read_bytes()
+    assert "enable chargepoint-local-controller.service" not in out
+    assert not (root / "etc/chargepoint/local-controller.toml").exists()
+    assert (root / "opt/chargepoint/doc/local-controller.example.toml").is_file()  # the unit's Documentation=
+
+
+def test_local_controller_beside_the_charge_point(root: Path, source: Path) -> None:
+    out = run(root, source, "--local-controller").stdout
+    lc_config = root / "etc/chargepoint/local-controller.toml"
+    assert lc_config.read_bytes() == (REPO / "deploy/local-controller.example.toml").read_bytes()
+    assert stat.S_IMODE(lc_config.stat().st_mode) == 0o640
+    assert "systemctl enable chargepoint.service" in out
+    assert "systemctl enable chargepoint-local-controller.service" in out
+    assert "systemctl start chargepoint-local-controller.service" in out
+    assert "chargepoint status --socket /run/chargepoint-lc/status.sock" in out
+    # an edited configuration survives a second run and an upgrade
+    lc_config.write_text("# edited\n")
+    run(root, source, "--local-controller")
+    out = run(root, source, "--upgrade").stdout
+    assert lc_config.read_text() == "# edited\n"
+    assert "systemctl try-restart chargepoint-local-controller.service" in out
+    assert "systemctl try-restart chargepoint.service" in out
+
+
+def test_local_controller_only_leaves_the_charger_setup_alone(root: Path, source: Path) -> None:
+    out = run(root, source, "--local-controller-only").stdout
+    assert (root / "etc/chargepoint/local-controller.toml").is_file()
+    assert not (root / "etc/chargepoint/chargepoint.toml").exists()
+    assert (root / "boot/firmware/config.txt").read_text() == BOOKWORM_CONFIG  # no UART/PWM/SPI lines
+    assert "console=serial0" in (root / "boot/firmware/cmdline.txt").read_text()
+    assert "REBOOT REQUIRED" not in out
+    assert re.search(r"systemctl \S+( --now)? chargepoint\.service", out) is None, out
+    assert "systemctl start chargepoint-local-controller.service" in out
+    # a plain --upgrade keeps it that way
+    out = run(root, source, "--upgrade").stdout
+    assert "upgrading it alone" in out
+    assert re.search(r"systemctl \S+( --now)? chargepoint\.service", out) is None, out
+    assert not (root / "etc/chargepoint/chargepoint.toml").exists()
+    assert "systemctl try-restart chargepoint-local-controller.service" in out
+
+
+def test_uninstall_removes_the_local_controller_purge_its_state(root: Path, source: Path) -> None:
+    run(root, source, "--local-controller")
+    (root / "var/lib/chargepoint-lc").mkdir(parents=True)
+    (root / "var/lib/chargepoint-lc/lc.sqlite").write_text("state")
+    out = run(root, source, "--uninstall").stdout
+    assert "systemctl disable --now chargepoint-local-controller.service" in out
+    assert not (root / "etc/systemd/system/chargepoint-local-controller.service").exists()
+    assert (root / "etc/chargepoint/local-controller.toml").is_file()
+    assert (root / "var/lib/chargepoint-lc/lc.sqlite").is_file()
+    run(root, source, "--uninstall", "--purge")
+    assert not (root / "var/lib/chargepoint-lc").exists()
+    assert not (root / "etc/chargepoint").exists()

@@ -1,4 +1,5 @@
-"""systemd/chargepoint.service: `systemd-analyze verify` is clean and the hardening score stays low."""
+"""systemd/chargepoint.service and chargepoint-local-controller.service: `systemd-analyze verify` is clean and
+the hardening score stays low."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "chargepoint.service"
+LC_UNIT = REPO / "systemd" / "chargepoint-local-controller.service"
+UNIT_FILES = [UNIT, LC_UNIT]
 SECURITY_THRESHOLD = 2.5  # "OK" band; the unit scored 1.9 when written
 
 analyze = shutil.which("systemd-analyze")
@@ -20,9 +23,9 @@ needs_analyze = pytest.mark.skipif(
 )
 
 
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";", "[")):
             continue
@@ -31,8 +34,8 @@ def unit_settings() -> dict[str, list[str]]:
     return settings
 
 
-@pytest.fixture
-def installed_unit(tmp_path: Path) -> Path:
+@pytest.fixture(params=UNIT_FILES, ids=lambda p: p.stem)
+def installed_unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """The unit with /opt/chargepoint pointing into tmp_path, where executables really exist.
 
     verify checks that ExecStart's binary exists, so the test builds the release layout the
@@ -46,9 +49,10 @@ def installed_unit(tmp_path: Path) -> Path:
     exe.chmod(0o755)
     (opt / "current").symlink_to("releases/0.1.0")
     (opt / "venv").symlink_to("current/venv")
-    text = UNIT.read_text().replace("/opt/chargepoint", str(opt))
+    unit: Path = request.param
+    text = unit.read_text().replace("/opt/chargepoint", str(opt))
     assert str(opt / "venv/bin/chargepoint") in text
-    out = tmp_path / "chargepoint.service"  # the file name is the unit name
+    out = tmp_path / unit.name  # the file name is the unit name
     out.write_text(text)
     return out
 
@@ -113,14 +117,38 @@ def test_unit_keeps_the_hardware_reachable() -> None:
 
 def test_shell_variables_are_escaped_from_systemd() -> None:
     """systemd expands $VAR itself in Exec lines; a shell variable must be written $$VAR."""
-    for key in ("ExecStartPre", "ExecStopPost"):
-        for line in unit_settings().get(key, []):
+    for key in ("ExecStart", "ExecStartPre", "ExecStopPost"):
+        for line in unit_settings(UNIT).get(key, []) + unit_settings(LC_UNIT).get(key, []):
             assert re.search(r"(?<!\$)\$(?!\$)[A-Za-z_{]", line.replace("$$", "")) is None, line
 
 
-def test_unit_parses_as_ini_sections() -> None:
+@pytest.mark.parametrize("unit", UNIT_FILES, ids=lambda p: p.stem)
+def test_unit_parses_as_ini_sections(unit: Path) -> None:
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # type: ignore[assignment,method-assign]
-    cp.read_string(UNIT.read_text())
+    cp.read_string(unit.read_text())
     assert cp.sections() == ["Unit", "Service", "Install"]
     assert cp["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_local_controller_unit() -> None:
+    """The local controller switches nothing: notify + watchdog like the charge point, its own state and
+    runtime directories (chargepoint.service removes /run/chargepoint when it stops), a serial port for the
+    site meter and nothing else of the hardware."""
+    s = unit_settings(LC_UNIT)
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert float(s["WatchdogSec"][0]) >= 3  # the planner feeds it at least once a second
+    assert s["Restart"] == ["on-failure"]
+    exec_start = s["ExecStart"][0].split()
+    assert exec_start[:2] == ["/opt/chargepoint/venv/bin/chargepoint", "local-controller"]
+    args = dict(zip(exec_start[2::2], exec_start[3::2], strict=True))
+    assert args["--config"] == "/etc/chargepoint/local-controller.toml"
+    assert args["--state-dir"] == "/var/lib/" + s["StateDirectory"][0]
+    assert args["--status-socket"].startswith("/run/" + s["RuntimeDirectory"][0] + "/")
+    assert s["StateDirectory"] != unit_settings(UNIT)["StateDirectory"]
+    assert s["RuntimeDirectory"] != unit_settings(UNIT)["RuntimeDirectory"]
+    assert s["SupplementaryGroups"] == ["dialout"]
+    allowed = {v.split()[0] for v in s["DeviceAllow"]}
+    assert allowed == {"char-ttyUSB", "char-ttyACM", "char-ttyAMA", "char-ttyS"}
+    assert "ReadWritePaths" not in s  # no release tree, no sysfs
+    assert s["ProtectKernelTunables"] == ["yes"] and s["ProtectSystem"] == ["strict"]

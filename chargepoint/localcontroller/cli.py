@@ -13,6 +13,7 @@ from pathlib import Path
 from chargepoint.localcontroller.config import LocalControllerConfigError, load
 from chargepoint.localcontroller.server import LocalController
 from chargepoint.localcontroller.store import LcStore
+from chargepoint.service import ServiceNotifier, Watchdog, watchdog_interval
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,30 @@ async def run(config_path: Path, state_dir: Path | None = None, status_socket: P
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    # systemd (systemd/chargepoint-local-controller.service, Type=notify): ready once the server listens;
+    # the watchdog is fed by the planner (every plan, at least once a second) and stops on a dead task.
+    notifier = ServiceNotifier()
+    interval = watchdog_interval()
+    # The planner plans at least once a second: a stall is two seconds and more without a plan, however short
+    # WatchdogSec is (the default stall bound, half of WatchdogSec, would be under that idle period).
+    watchdog = Watchdog(notifier, problem=lc.health_problem, interval=interval,
+                        stall_after=None if interval is None else max(interval, 2.5))
+
+    def on_plan() -> None:
+        watchdog.tick()
+        try:
+            notifier.status(lc.summary_line())
+        except Exception:  # the status line is cosmetic; the planner must not see its bugs
+            log.debug("status line failed", exc_info=True)
+
+    lc.on_plan.append(on_plan)
+    watchdog.start()
+    notifier.ready()
     try:
         await stop.wait()
     finally:
+        notifier.stopping()
+        await watchdog.stop()
         if mqtt is not None:
             await mqtt.stop()
         if web is not None:

@@ -179,6 +179,27 @@ class LocalController:
                 self.site.restore(cp, amps, valid_to, safe is not None and safe == self.site.safe_default_a(cp))
 
     # ================================================================== lifecycle
+    def health_problem(self) -> str | None:
+        """Why the controller is not healthy, or None: an essential task (planner, site meter) ended. The
+        systemd watchdog withholds its ping on a problem, so systemd restarts the unit (the boxes hold their
+        safe defaults meanwhile)."""
+        for task in self._tasks:
+            if task.done():
+                return f"essential task {task.get_name()!r} ended"
+        return None
+
+    def summary_line(self) -> str:
+        """One line for ``systemctl status``: "CSMS connected · 8/10 boxes connected · 3 charging · site 41/63 A"."""
+        now = self.clock()
+        boxes = self.site.view(now)
+        charging = sum(1 for b in boxes if "Charging" in b["statuses"].values())
+        limits, _ = self.site.limits(now)
+        used = self.site.phase_sums(now)
+        worst = max(range(len(limits)), key=lambda i: used[i] / limits[i] if limits[i] > 0 else float("inf"))
+        return (f"CSMS {'connected' if self.own and self.own.online else 'offline'} · "
+                f"{sum(1 for b in boxes if b['connected'])}/{len(boxes)} boxes connected · {charging} charging · "
+                f"site {used[worst]:.0f}/{limits[worst]:.0f} A")
+
     @property
     def url(self) -> str:
         scheme = "wss" if self.config.tls_cert else "ws"
