@@ -162,6 +162,68 @@ async def test_group_limit_holds_across_a_restart(tmp_path: Path) -> None:
             lc.store.close()
 
 
+async def test_a_tx_profile_still_caps_after_a_reconnect_and_a_restart(tmp_path: Path) -> None:
+    """The open transaction (the connector a TxProfile applies to, §3.13.1) is kept per box, not per connection:
+    a box that reconnects mid-transaction, or a restart of the local controller, keeps it capped by the central
+    system's TxProfile, and the stop still drops the profile."""
+    port = _free_port()
+    async with CentralSystem() as cs:
+        cfg = lc_config(cs.url, ["A-1", "B-1"], site_limit_a=32, follow_s=1, listen=f"127.0.0.1:{port}")
+
+        def view(lc: LocalController, cp: str) -> dict[str, Any]:
+            return next(x for x in lc.snapshot()["charge_points"] if x["id"] == cp)
+
+        lc = LocalController(cfg, LcStore.open(tmp_path))
+        await lc.start()
+        try:
+            a, wsa, ta = await foreign_box(lc.url, "A-1")
+            b, wsb, tb = await foreign_box(lc.url, "B-1")
+            tx = await _charge(a, "TAG-A")
+            tx_b = await _charge(b, "TAG-B")
+            ans = await cs.call("A-1", "SetChargingProfile", {
+                "connectorId": 1, "csChargingProfiles": _profile(801, "TxProfile", 10.0, tx=tx)})
+            assert ans == {"status": "Accepted"}
+            await poll_until(lambda: _allocation(a, lc) == 10.0 and _allocation(b, lc) == 22.0, 15)
+            # the link drops and comes back during the transaction
+            ta.cancel()
+            await wsa.close()
+            a, wsa, ta = await foreign_box(lc.url, "A-1")
+            await poll_until(lambda: view(lc, "A-1")["connected"], 10)
+            await asyncio.sleep(1.5)  # several plans
+            assert view(lc, "A-1")["central_system_limit_a"] == 10.0
+            assert _allocation(b, lc) == 22.0
+            for t in (ta, tb):
+                t.cancel()
+            await wsa.close()
+            await wsb.close()
+        finally:
+            await lc.stop()
+            lc.store.close()
+
+        lc = LocalController(cfg, LcStore.open(tmp_path))  # restarted mid-transaction
+        await lc.start()
+        try:
+            assert view(lc, "A-1")["transactions"] == [1]
+            a, wsa, ta = await foreign_box(lc.url, "A-1")
+            b, wsb, tb = await foreign_box(lc.url, "B-1")
+            await poll_until(lambda: view(lc, "A-1")["central_system_limit_a"] == 10.0, 10)
+            await poll_until(lambda: _allocation(b, lc) == 22.0, 15)
+            await a.call(call.StopTransaction(transaction_id=tx, meter_stop=100, timestamp=_now()))
+            await poll_until(lambda: view(lc, "A-1")["central_system_limit_a"] is None, 10)
+            assert view(lc, "A-1")["transactions"] == []
+            for t in (ta, tb):
+                t.cancel()
+            await wsa.close()
+            await wsb.close()
+        finally:
+            await lc.stop()
+            lc.store.close()
+        store = LcStore.open(tmp_path)
+        left = store.open_transactions()
+        store.close()
+        assert {cp: {t: c for t, (c, _start) in txs.items()} for cp, txs in left.items() if txs} == {"B-1": {tx_b: 1}}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

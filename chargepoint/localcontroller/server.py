@@ -177,6 +177,13 @@ class LocalController:
         for cp, (amps, valid_to, safe) in store.installed().items():
             if self.site.knows(cp):
                 self.site.restore(cp, amps, valid_to, safe is not None and safe == self.site.safe_default_a(cp))
+        #: open transactions per box, as the box knows them (transactionId → connector, start): kept across
+        #: reconnects and restarts, so a TxProfile still caps its connector and is dropped at the stop
+        self._open_tx = store.open_transactions()
+        for cp, txs in self._open_tx.items():
+            if self.site.knows(cp):
+                for connector, _start in txs.values():
+                    self.site.transaction(cp, connector, True, clock())
 
     # ================================================================== lifecycle
     def health_problem(self) -> str | None:
@@ -303,7 +310,8 @@ class LocalController:
             upstream.start()
         else:
             upstream._on_call = self._from_csms_for(cp_id)
-        sess = _Session(cfg, ws, upstream, profiles=InstalledProfiles(ProfileMirror(self.store, cp_id)))
+        sess = _Session(cfg, ws, upstream, profiles=InstalledProfiles(ProfileMirror(self.store, cp_id)),
+                        tx_connector=self._open_tx.setdefault(cp_id, {}))
         self._update_caps(sess, self.clock())
         self._sessions[cp_id] = sess
         self.site.connected(cp_id, self.clock())
@@ -503,6 +511,9 @@ class LocalController:
         cp = sess.cfg.spec.id
         if action == "StatusNotification":
             self.site.status(cp, payload["connectorId"], payload["status"], now)
+            if payload["status"] == "Available":  # §7.7: no transaction on it (a StopTransaction went missing)
+                for tx in [t for t, (c, _) in sess.tx_connector.items() if c == payload["connectorId"]]:
+                    self._transaction_ended(sess, tx, now)
         elif action == "StartTransaction":
             status = (answer.get("idTagInfo") or {}).get("status", "Accepted")
             if isinstance(answer.get("transactionId"), int):
@@ -511,14 +522,12 @@ class LocalController:
                 except (ProfileRejected, ValueError, TypeError):
                     start = None
                 sess.tx_connector[answer["transactionId"]] = (payload["connectorId"], start)
+                self.store.open_transaction(cp, answer["transactionId"], payload["connectorId"], start)
             if status == "Accepted":
                 self.site.transaction(cp, payload["connectorId"], True, now)
         elif action == "StopTransaction":
-            entry = sess.tx_connector.pop(payload.get("transactionId"), None)
-            if entry is not None:
-                self.site.transaction(cp, entry[0], False, now)
-                sess.profiles.remove_tx_profiles(entry[0])  # §3.13.1: the box deletes them after the stop
-                self._update_caps(sess, now)
+            if self._transaction_ended(sess, payload.get("transactionId"), now):
+                pass
             elif len(sess.tx_connector) == 0:
                 for c in self.site.open_transactions(cp):
                     self.site.transaction(cp, c, False, now)
@@ -697,6 +706,18 @@ class LocalController:
                     and stack in (None, self.config.stack_level, self.config.stack_level + 1))
         if ours:
             sess.tasks.append(asyncio.create_task(self._install_safe_default(sess, reinstall=True)))
+
+    def _transaction_ended(self, sess: _Session, tx: Any, now: datetime) -> bool:
+        """Forget an open transaction of the box; False when it was not known."""
+        entry = sess.tx_connector.pop(tx, None) if isinstance(tx, int) else None
+        if entry is None:
+            return False
+        cp = sess.cfg.spec.id
+        self.store.close_transaction(cp, tx)
+        self.site.transaction(cp, entry[0], False, now)
+        sess.profiles.remove_tx_profiles(entry[0])  # §3.13.1: the box deletes them after the stop
+        self._update_caps(sess, now)
+        return True
 
     def _update_caps(self, sess: _Session, now: datetime) -> None:
         """What the central system's own profiles on the box allow now, for the balancer (so a box capped by

@@ -42,6 +42,8 @@ _SCHEMA = [
        safe_default REAL)""",
     """CREATE TABLE IF NOT EXISTS lc_auth (id_tag TEXT PRIMARY KEY, info TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lc_boot (cp TEXT PRIMARY KEY, payload TEXT NOT NULL, sent INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS lc_open_tx (cp TEXT NOT NULL, tx INTEGER NOT NULL, connector INTEGER NOT NULL,
+       start TEXT, PRIMARY KEY (cp, tx))""",
     """CREATE TABLE IF NOT EXISTS lc_profiles (owner TEXT NOT NULL, id INTEGER NOT NULL, connector INTEGER NOT NULL,
        profile TEXT NOT NULL, PRIMARY KEY (owner, id))""",
 ]
@@ -157,6 +159,25 @@ class LcStore:
     def local_for(self, cp: str, tx: int) -> int | None:
         rows = self.store.query("SELECT local_tx FROM lc_txmap WHERE cp = ? AND tx = ?", (cp, tx))
         return rows[0][0] if rows else None
+
+    # ------------------------------------------------------------------ open transactions
+    def open_transaction(self, cp: str, tx: int, connector: int, start: datetime | None) -> None:
+        """A box's transaction as the box knows it (its transactionId): the connector its TxProfiles apply to
+        (OCPP 1.6 §3.13.1), across a reconnect and a restart of ours. Not fsynced: losing it costs the cap of
+        a TxProfile until the transaction ends, never a message."""
+        self.store.write("INSERT OR REPLACE INTO lc_open_tx (cp, tx, connector, start) VALUES (?, ?, ?, ?)",
+                         (cp, tx, connector, start.isoformat() if start else None), what="open transaction",
+                         durable=False)
+
+    def close_transaction(self, cp: str, tx: int) -> None:
+        self.store.write("DELETE FROM lc_open_tx WHERE cp = ? AND tx = ?", (cp, tx), what="open transaction",
+                         durable=False)
+
+    def open_transactions(self) -> dict[str, dict[int, tuple[int, datetime | None]]]:
+        out: dict[str, dict[int, tuple[int, datetime | None]]] = {}
+        for cp, tx, connector, start in self.store.query("SELECT cp, tx, connector, start FROM lc_open_tx"):
+            out.setdefault(cp, {})[int(tx)] = (int(connector), datetime.fromisoformat(start) if start else None)
+        return out
 
     # ------------------------------------------------------------------ installed limits
     def save_installed(self, cp: str, amps: float | None, valid_to: datetime | None,
