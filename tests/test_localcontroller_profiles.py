@@ -224,6 +224,40 @@ async def test_a_tx_profile_still_caps_after_a_reconnect_and_a_restart(tmp_path:
         assert {cp: {t: c for t, (c, _start) in txs.items()} for cp, txs in left.items() if txs} == {"B-1": {tx_b: 1}}
 
 
+async def test_the_safe_default_stays_under_the_central_systems_charge_point_max() -> None:
+    """Ours is a ChargePointMaxProfile at a higher stackLevel, so on its own (the local controller gone) it would
+    override the central system's lower one on the box (§3.13.2): it is lowered to it, and raised back when
+    the central system clears its profile."""
+    async with CentralSystem() as cs:
+        lc = LocalController(lc_config(cs.url, ["A-1", "B-1"], site_limit_a=32, follow_s=1), LcStore.open(None))
+        await lc.start()
+        safe_level = lc.config.stack_level
+        try:
+            a, wsa, ta = await foreign_box(lc.url, "A-1")
+            await poll_until(lambda: a.limits.get(safe_level) == 16.0, 10)  # half the fuse: two boxes
+            # a week-long schedule whose lowest period (11 A) comes after a day
+            prof = _profile(901, "ChargePointMaxProfile", 20.0)
+            prof["chargingSchedule"]["chargingSchedulePeriod"] += [{"startPeriod": 86400, "limit": 11.0},
+                                                                   {"startPeriod": 90000, "limit": 25.0}]
+            prof["chargingProfileKind"] = "Absolute"
+            prof["chargingSchedule"]["startSchedule"] = _now()
+            ans = await cs.call("A-1", "SetChargingProfile", {"connectorId": 0, "csChargingProfiles": prof})
+            assert ans == {"status": "Accepted"}
+            await poll_until(lambda: a.limits.get(safe_level) == 11.0, 10)
+
+            def view() -> dict[str, Any]:
+                return next(x for x in lc.snapshot()["charge_points"] if x["id"] == "A-1")
+
+            await poll_until(lambda: view()["safe_default_a"] == 11.0 and view()["safe_default_installed"], 10)
+            assert await cs.call("A-1", "ClearChargingProfile", {"id": 901}) == {"status": "Accepted"}
+            await poll_until(lambda: a.limits.get(safe_level) == 16.0, 10)
+            await poll_until(lambda: view()["safe_default_a"] == 16.0, 10)
+            ta.cancel()
+            await wsa.close()
+        finally:
+            await lc.stop()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

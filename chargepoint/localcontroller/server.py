@@ -38,6 +38,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -78,6 +79,10 @@ ALLOC_PROFILE_ID = 880_002
 #: box enforced its own limits on them (§3.13.5), so the mirror's only limit is a generous ceiling.
 #: New measurements alone re-plan at most this often (s).
 MEASUREMENT_REPLAN_S = 0.25
+#: The safe default stays under the central system's own ChargePointMaxProfile on a box over this horizon…
+SAFE_HORIZON_S = 7 * 86400
+#: …and is checked again this often (a profile of the central system may have ended or begun meanwhile).
+SAFE_RECHECK_S = 600.0
 _MIRROR_LIMITS = ProfileLimits(max_stack_level=10_000, max_periods=10_000, max_profiles_installed=10_000)
 
 
@@ -144,6 +149,8 @@ class _Session:
     #: the central system's profiles the box accepted (persisted: survives a restart of ours)
     profiles: InstalledProfiles = field(default_factory=InstalledProfiles)
     closed: bool = False
+    safe_installed_a: float | None = None  # the safe default the box accepted
+    safe_checked_at: float = 0.0  # monotonic time it was last computed
 
 
 class LocalController:
@@ -175,8 +182,9 @@ class LocalController:
         #: front ends' SiteApi (:mod:`.api`) only sets an event here.
         self.on_plan: list[Callable[[], None]] = []
         for cp, (amps, valid_to, safe) in store.installed().items():
-            if self.site.knows(cp):
-                self.site.restore(cp, amps, valid_to, safe is not None and safe == self.site.safe_default_a(cp))
+            if self.site.knows(cp):  # a safe default at or below the share still holds the site
+                self.site.restore(cp, amps, valid_to, safe is not None and safe <= self.site.safe_default_a(cp)
+                                  + 1e-6, safe)
         #: open transactions per box, as the box knows them (transactionId → connector, start): kept across
         #: reconnects and restarts, so a TxProfile still caps its connector and is dropped at the stop
         self._open_tx = store.open_transactions()
@@ -690,6 +698,7 @@ class LocalController:
                         "balanced without it", sess.cfg.spec.id, exc)
             return
         self._update_caps(sess, self.clock())
+        self._check_safe_default(sess)
 
     def _track_clear(self, sess: _Session, payload: dict[str, Any]) -> None:
         """An accepted ClearChargingProfile.req (§5.5) clears on the box what its fields select: the mirror
@@ -706,6 +715,18 @@ class LocalController:
                     and stack in (None, self.config.stack_level, self.config.stack_level + 1))
         if ours:
             sess.tasks.append(asyncio.create_task(self._install_safe_default(sess, reinstall=True)))
+        else:
+            self._check_safe_default(sess)
+
+    def _check_safe_default(self, sess: _Session) -> None:
+        """Install the safe default again when the central system's profiles on the box change what it must be
+        (:meth:`_safe_default_for`); a box that did not accept it yet gets it from the connect task."""
+        sess.safe_checked_at = time.monotonic()
+        if sess.safe_installed_a is None or sess.closed:
+            return
+        safe, _ = self._safe_default_for(sess, self.clock())
+        if abs(safe - sess.safe_installed_a) > 0.05:
+            sess.tasks.append(asyncio.create_task(self._install_safe_default(sess), name=f"safe {sess.cfg.spec.id}"))
 
     def _transaction_ended(self, sess: _Session, tx: Any, now: datetime) -> bool:
         """Forget an open transaction of the box; False when it was not known."""
@@ -772,17 +793,42 @@ class LocalController:
             log.warning("charge point %s: our SetChargingProfile refused: %s", sess.cfg.spec.id, ans[2:])
         return ok
 
+    def _safe_default_for(self, sess: _Session, now: datetime) -> tuple[float, str]:
+        """The safe default for the box and why: its share of the fuse, or lower where the central system's own
+        ChargePointMaxProfile on the box is lower at any time in the coming week.
+
+        Why: ours sits at a higher stackLevel of the same purpose, so while it is the only one of ours in
+        force (the local controller gone, the lease run out) it overrides the central system's (§3.13.2: the
+        highest stackLevel prevails within a purpose). A constant that stays under both, over a week (a
+        Recurring Weekly profile included), keeps the box within the central system's limit too; the week's
+        lowest value is the price of one period every box accepts. Re-evaluated when the central system's
+        profiles on the box change and every SAFE_RECHECK_S."""
+        cp = sess.cfg.spec.id
+        share = self.site.safe_default_a(cp)
+        cpmax = [(c, p) for c, p in sess.profiles.all() if c == 0 and p.purpose == CHARGE_POINT_MAX]
+        if not cpmax:
+            return share, "share of the site fuse"
+        spec = sess.cfg.spec
+        sched = composite_schedule(cpmax, 0, now, SAFE_HORIZON_S, "A", tx_start=None, tx_id=None, voltage=230.0,
+                                   phases=len(spec.phases), default_limit_a=spec.max_current_a)
+        floor = min((p.limit for p in sched.periods), default=share)
+        if floor >= share:
+            return share, "share of the site fuse"
+        return math.floor(max(floor, 0.0) * 10 + 1e-6) / 10, "the central system's ChargePointMaxProfile"
+
     async def _install_safe_default(self, sess: _Session, reinstall: bool = False) -> None:
         cp = sess.cfg.spec.id
-        safe = self.site.safe_default_a(cp)
-        ok = await self._set_profile(sess, _cap_profile(SAFE_PROFILE_ID, self.config.stack_level, safe,
-                                                        self.clock(), None))
-        self.site.safe_default_installed(cp, ok)
+        now = self.clock()
+        safe, why = self._safe_default_for(sess, now)
+        sess.safe_checked_at = time.monotonic()
+        ok = await self._set_profile(sess, _cap_profile(SAFE_PROFILE_ID, self.config.stack_level, safe, now, None))
+        self.site.safe_default_installed(cp, ok, safe)
+        sess.safe_installed_a = safe if ok else None
         if ok:
-            log.info("charge point %s: safe default %.1f A installed (stack level %d)", cp, safe,
-                     self.config.stack_level)
+            log.info("charge point %s: safe default %.1f A installed (stack level %d; %s)", cp, safe,
+                     self.config.stack_level, why)
         if reinstall:
-            self.site.restore(cp, None, None, ok)  # the allocation went too: installed again by the plan
+            self.site.restore(cp, None, None, ok, safe)  # the allocation went too: installed again by the plan
         row = self.store.installed().get(cp, (None, None, None))
         self.store.save_installed(cp, row[0], row[1], safe if ok else None)
         self._replan()
@@ -826,9 +872,11 @@ class LocalController:
             await asyncio.sleep(0)
             now = self.clock()
             self._group_limit(now)
-            for sess in self._sessions.values():
+            for sess in list(self._sessions.values()):
                 if len(sess.profiles):
                     self._update_caps(sess, now)
+                    if time.monotonic() - sess.safe_checked_at > SAFE_RECHECK_S:
+                        self._check_safe_default(sess)
             try:
                 commands = self.site.plan(now)
             except Exception:

@@ -96,6 +96,7 @@ class _Box:
     accepted_at: datetime | None = None
     accepted_idle: bool = False
     safe_default_ok: bool = False
+    safe_installed_a: float | None = None  # the safe default installed, when lower than the share
     failed_at: datetime | None = None
     target: float | None = None
     reason: str = "not connected yet"
@@ -143,10 +144,12 @@ class Site:
             shares.append(self.settings.fuse_a[p] / n)
         return math.floor(min(shares) * 10 + 1e-6) / 10
 
-    def restore(self, cp: str, amps: float | None, valid_to: datetime | None, safe_default_ok: bool) -> None:
+    def restore(self, cp: str, amps: float | None, valid_to: datetime | None, safe_default_ok: bool,
+                safe_a: float | None = None) -> None:
         """What the store says was installed before a restart (the box may still hold it)."""
         box = self._boxes[cp]
-        box.installed, box.installed_until, box.safe_default_ok = amps, valid_to, safe_default_ok
+        box.installed, box.installed_until = amps, valid_to
+        self.safe_default_installed(cp, safe_default_ok, safe_a)
 
     # ------------------------------------------------------------------ events
     def connected(self, cp: str, now: datetime) -> None:
@@ -199,8 +202,13 @@ class Site:
         box = self._boxes[cp]
         box.cap_a, box.min_rate_a = amps, min_rate_a
 
-    def safe_default_installed(self, cp: str, ok: bool) -> None:
-        self._boxes[cp].safe_default_ok = ok
+    def safe_default_installed(self, cp: str, ok: bool, amps: float | None = None) -> None:
+        """Whether the box holds its safe default; ``amps`` when it was installed below the share (the central
+        system's own ChargePointMaxProfile on the box is lower)."""
+        box = self._boxes[cp]
+        box.safe_default_ok = ok
+        share = self.safe_default_a(cp)
+        box.safe_installed_a = amps if ok and amps is not None and amps < share else None
 
     def sent(self, cmd: Command, now: datetime) -> None:
         box = self._boxes[cmd.cp]
@@ -223,9 +231,12 @@ class Site:
         box.pending = box.pending_until = None
 
     # ------------------------------------------------------------------ policy
+    def _installed_safe(self, box: _Box) -> float:
+        return box.safe_installed_a if box.safe_installed_a is not None else self.safe_default_a(box.spec.id)
+
     def _effective_limit(self, box: _Box, now: datetime) -> float:
         """The highest limit the box may apply by itself now (what the store/answers say is installed)."""
-        safe = self.safe_default_a(box.spec.id) if box.safe_default_ok else box.spec.max_current_a
+        safe = self._installed_safe(box) if box.safe_default_ok else box.spec.max_current_a
         if box.installed is not None and (box.installed_until is None or box.installed_until > now):
             return box.installed
         return safe
@@ -397,7 +408,7 @@ class Site:
                 "pending_a": box.pending,
                 "target_a": box.target,
                 "committed_a": round(self._committed(box, now), 1),
-                "safe_default_a": self.safe_default_a(box.spec.id),
+                "safe_default_a": self._installed_safe(box),
                 "safe_default_installed": box.safe_default_ok,
                 "measured_a": list(box.measured),
                 "central_system_limit_a": box.cap_a,
