@@ -625,6 +625,7 @@ do_install() {
         note "local controller: chargepoint status --socket /run/chargepoint-lc/status.sock"
         note "          logs: journalctl -u ${LC_SERVICE%.service} -f"
         note "          the charge points connect to ws://<this host>:9100/ (their id is appended)"
+        note "          site page (optional): sudo chargepoint set-password --config /etc/chargepoint/local-controller.toml"
     fi
     if ((!CHARGE_POINT)); then
         return

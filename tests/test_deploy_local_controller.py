@@ -138,3 +138,30 @@ async def test_a_dead_planner_is_a_health_problem() -> None:
     finally:
         await lc.stop()
         store.close()
+
+
+def test_set_password_writes_the_site_pages_table(tmp_path: Path) -> None:
+    """`chargepoint set-password --config local-controller.toml` sets [local_controller.web], not a [web] table
+    the local controller would refuse: the site page is then on, with that password."""
+    from chargepoint.frontends.web.auth import verify_password
+
+    cfg = tmp_path / "local-controller.toml"
+    cfg.write_text(EXAMPLE.read_text())
+    cfg.chmod(0o640)
+    proc = subprocess.run([sys.executable, "-m", "chargepoint", "set-password", "--stdin", "--config", str(cfg)],
+                          input="a-long-site-password\n", capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "[local_controller.web] password_hash set" in proc.stdout
+    assert "systemctl restart chargepoint-local-controller" in proc.stdout
+    assert (cfg.stat().st_mode & 0o777) == 0o640
+    lc = load(cfg)
+    assert lc.web is not None and lc.web.enabled
+    assert verify_password("a-long-site-password", lc.web.password_hash)
+    assert not verify_password("another-password", lc.web.password_hash)
+    assert check_config(cfg).returncode == 0
+    # a second run replaces the line instead of adding a table
+    proc = subprocess.run([sys.executable, "-m", "chargepoint", "set-password", "--stdin", "--config", str(cfg)],
+                          input="a-second-password\n", capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert cfg.read_text().splitlines().count("[local_controller.web]") == 1
+    assert verify_password("a-second-password", load(cfg).web.password_hash)  # type: ignore[union-attr]

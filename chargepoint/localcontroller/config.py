@@ -37,7 +37,8 @@
     [local_controller.web]                 # optional: the site page (read-only); the keys of the charge point's [web]
     listen = "0.0.0.0"                     # an IP address; port default 8081 (the charge point's own UI has 8080)
     port = 8081
-    password_hash = "scrypt$…"             # admin; user_password_hash optional; viewer = true: no login needed
+    password_hash = "scrypt$…"             # admin (chargepoint set-password --config FILE); user_password_hash
+                                           # optional; viewer = true: no login needed
     # tls_cert / tls_key: HTTPS; enabled = false turns the page off without removing the table
 
     [local_controller.mqtt]                # optional: the site on MQTT (read-only); the keys of the charge point's [mqtt]

@@ -1,5 +1,8 @@
 """``chargepoint set-password``: the web UI's admin (or user) password, as a scrypt hash in ``[web]``.
 
+In a local controller's file (a ``[local_controller]`` section and no ``[chargepoint]``) the table is
+``[local_controller.web]``, the site page's (:mod:`chargepoint.localcontroller.web`); adding it turns the page on.
+
 The hash is written into the configuration file itself (``[web] password_hash``), changing only that one
 line (comments and layout stay), through a temporary file and a rename; the file's mode and owner are kept.
 The result is parsed again before it replaces the file, and nothing is written when the file is not TOML.
@@ -28,16 +31,27 @@ else:  # pragma: no cover
 _HEADER = re.compile(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$")
 
 
-def set_key_in_web_table(text: str, key: str, value: str) -> str:
-    """``text`` with ``[web] key = "value"`` set: the existing line replaced, or the key added to the
-    ``[web]`` table, or a ``[web]`` table appended."""
+WEB_TABLE = "web"
+LOCAL_CONTROLLER_WEB_TABLE = "local_controller.web"
+
+
+def web_table_of(data: dict[str, object]) -> str:
+    """Which table holds the web passwords in a parsed configuration file."""
+    if "local_controller" in data and "chargepoint" not in data:
+        return LOCAL_CONTROLLER_WEB_TABLE
+    return WEB_TABLE
+
+
+def set_key_in_web_table(text: str, key: str, value: str, table: str = WEB_TABLE) -> str:
+    """``text`` with ``[table] key = "value"`` set: the existing line replaced, or the key added to the
+    table, or the table appended."""
     lines = text.splitlines(keepends=True)
     entry = f'{key} = "{value}"\n'
-    start = next((i for i, line in enumerate(lines) if (m := _HEADER.match(line)) and m.group(1).strip() == "web"),
-                 None)
+    start = next((i for i, line in enumerate(lines)
+                  if (m := _HEADER.match(line)) and m.group(1).replace(" ", "") == table), None)
     if start is None:
         sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-        return text + sep + "[web]\n" + entry
+        return text + sep + f"[{table}]\n" + entry
     end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
     key_re = re.compile(rf"^\s*{re.escape(key)}\s*=")
     for i in range(start + 1, end):
@@ -48,17 +62,21 @@ def set_key_in_web_table(text: str, key: str, value: str) -> str:
     return "".join(lines)
 
 
-def write_password_hash(path: Path, key: str, stored: str) -> None:
-    """Set ``[web] key`` in the file; ValueError when the file is not TOML or the edit did not land."""
+def write_password_hash(path: Path, key: str, stored: str) -> str:
+    """Set ``key`` in the file's web table (:func:`web_table_of`) and return the table's name; ValueError when
+    the file is not TOML or the edit did not land."""
     text = path.read_text(encoding="utf-8")
-    tomllib.loads(text)  # not TOML: the installer fixes that first (check-config says where)
-    new = set_key_in_web_table(text, key, stored)
+    table = web_table_of(tomllib.loads(text))  # not TOML: the installer fixes that first (check-config says where)
+    new = set_key_in_web_table(text, key, stored, table)
     try:
-        written = tomllib.loads(new).get("web", {}).get(key)
+        node: object = tomllib.loads(new)
+        for part in table.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        written = node.get(key) if isinstance(node, dict) else None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"the [web] table of {path} could not be edited ({exc}); set {key} by hand") from None
+        raise ValueError(f"the [{table}] table of {path} could not be edited ({exc}); set {key} by hand") from None
     if written != stored:
-        raise ValueError(f"{path} defines [web] in a form this command does not edit; set {key} by hand")
+        raise ValueError(f"{path} defines [{table}] in a form this command does not edit; set {key} by hand")
     st = path.stat()
     fd, tmp = tempfile.mkstemp(prefix=".chargepoint-", dir=str(path.parent))
     try:
@@ -74,6 +92,7 @@ def write_password_hash(path: Path, key: str, stored: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return table
 
 
 def read_password(stdin: bool, inp: TextIO) -> str:
@@ -101,7 +120,7 @@ def cmd_set_password(args: argparse.Namespace) -> int:
         print("set-password: no password given; nothing changed", file=sys.stderr)
         return 2
     try:
-        write_password_hash(path, key, stored)
+        table = write_password_hash(path, key, stored)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         print(f"set-password: {exc}; nothing changed", file=sys.stderr)
         return 2
@@ -109,7 +128,8 @@ def cmd_set_password(args: argparse.Namespace) -> int:
         print(f"set-password: cannot write {path}: {exc.strerror or exc} (run as root: sudo chargepoint "
               "set-password)", file=sys.stderr)
         return 2
-    print(f"{path}: [web] {key} set. The running service uses it after: sudo systemctl restart chargepoint")
+    service = "chargepoint-local-controller" if table == LOCAL_CONTROLLER_WEB_TABLE else "chargepoint"
+    print(f"{path}: [{table}] {key} set. The running service uses it after: sudo systemctl restart {service}")
     return 0
 
 
