@@ -165,3 +165,23 @@ def test_set_password_writes_the_site_pages_table(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert cfg.read_text().splitlines().count("[local_controller.web]") == 1
     assert verify_password("a-second-password", load(cfg).web.password_hash)  # type: ignore[union-attr]
+
+
+def test_status_table_names_a_box_without_its_safe_default() -> None:
+    """`chargepoint status --socket …` is what the commissioning checklist reads: a box whose safe default is not
+    installed (it refused it, or never answered) must stand out."""
+    from chargepoint.localcontroller.status import format_site
+
+    def box(cp: str, installed: bool) -> dict[str, object]:
+        return {"id": cp, "connected": True, "upstream": "connected", "statuses": {"1": "Charging"},
+                "allocation_a": 16.0, "measured_a": [15.5, 15.4, 15.6], "safe_default_a": 10.5,
+                "safe_default_installed": installed, "queued": 0, "why": "fair share"}
+
+    text = format_site({"id": "LC", "url": "ws://127.0.0.1:9100", "csms": "connected", "boot": "Accepted",
+                        "queued": 0, "site": {"limit_a": [32, 32, 32], "fuse_a": [32, 32, 32],
+                                              "committed_a": [32, 32, 32], "limit_source": "fuse"},
+                        "charge_points": [box("CP-OK", True), box("CP-BAD", False)]})
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("CP-")}
+    assert "10.5" in rows["CP-OK"] and "not installed" not in rows["CP-OK"]
+    assert "10.5 (not installed)" in rows["CP-BAD"]
+    assert "15.5/15.4/15.6" in rows["CP-OK"] and "fair share" in rows["CP-OK"]

@@ -26,7 +26,8 @@ def format_site(snap: Mapping[str, Any]) -> str:
         statuses = ",".join(f"{k}:{v}" for k, v in (b.get("statuses") or {}).items()) or "-"
         measured = "/".join(_a(x) for x in b.get("measured_a") or []) or "-"
         rows.append([str(b.get("id")), "up" if b.get("connected") else "down", str(b.get("upstream")), statuses,
-                     _a(b.get("allocation_a")), measured, _a(b.get("safe_default_a")), str(b.get("queued")),
+                     _a(b.get("allocation_a")), measured, _a(b.get("safe_default_a")) + ("" if b.get("safe_default_installed") else " (not installed)"),
+                     str(b.get("queued")),
                      str(b.get("why"))])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
