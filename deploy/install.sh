@@ -554,14 +554,20 @@ start_local_controller() {
         note "--no-start: start it with: systemctl start ${LC_SERVICE%.service}"
         return
     fi
-    if ((!SIMULATE)) && ! "$OPT/venv/bin/chargepoint" check-config "$LC_CONFIG"; then
-        warn "the configuration does not pass check-config: fix ${LC_CONFIG#"$ROOT"}, then: systemctl start ${LC_SERVICE%.service}"
+    start_unit "$LC_SERVICE" "$LC_CONFIG"
+}
+
+# Start a unit (try-restart first on --upgrade) when its configuration passes check-config.
+start_unit() {
+    local unit="$1" config="$2"
+    if ((!SIMULATE)) && ! "$OPT/venv/bin/chargepoint" check-config "$config"; then
+        warn "the configuration does not pass check-config: fix ${config#"$ROOT"}, then: systemctl start ${unit%.service}"
         return
     fi
     if [[ $MODE == upgrade ]]; then
-        sys systemctl try-restart "$LC_SERVICE"
+        sys systemctl try-restart "$unit"
     fi
-    sys systemctl start "$LC_SERVICE"
+    sys systemctl start "$unit"
 }
 
 start_service() {
@@ -586,17 +592,10 @@ start_charge_point() {
         note "not started now: the boot configuration changed; it starts after the reboot"
         return
     fi
-    if ((!SIMULATE)) && ! "$OPT/venv/bin/chargepoint" check-config "$CONFIG"; then
-        warn "the configuration does not pass check-config: fix ${CONFIG#"$ROOT"}, then: systemctl start chargepoint"
-        return
-    fi
     if [[ $MODE == upgrade ]]; then
         note "restarting: a running charging session is stopped cleanly and resumes as a new one"
-        sys systemctl try-restart chargepoint.service
-        sys systemctl start chargepoint.service
-    else
-        sys systemctl start chargepoint.service
     fi
+    start_unit chargepoint.service "$CONFIG"
 }
 
 do_install() {
