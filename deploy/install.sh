@@ -34,6 +34,8 @@ ROOT=""
 START=1
 CHARGE_POINT=1     # the charge point service (chargepoint.service) with its hardware setup
 LOCAL_CONTROLLER=0 # the local controller service (chargepoint-local-controller.service)
+LC_FLAG=0          # --local-controller[-only] given
+LC_CONFIG_CREATED=0
 
 SERVICE_USER=chargepoint
 SERVICE_GROUPS=(gpio dialout spi)
@@ -81,10 +83,14 @@ while (($# > 0)); do
     --purge) PURGE=1 ;;
     --dry-run) DRY_RUN=1 ;;
     --no-start) START=0 ;;
-    --local-controller) LOCAL_CONTROLLER=1 ;;
+    --local-controller)
+        LOCAL_CONTROLLER=1
+        LC_FLAG=1
+        ;;
     --local-controller-only)
         LOCAL_CONTROLLER=1
         CHARGE_POINT=0
+        LC_FLAG=1
         ;;
     --root)
         [[ $# -ge 2 && -n "$2" ]] || die "--root needs a directory"
@@ -312,6 +318,7 @@ install_config() {
             local lc_example="$SRC/deploy/local-controller.example.toml"
             [[ -f $lc_example ]] || die "$lc_example is missing: cannot create ${LC_CONFIG#"$ROOT"}"
             fs install -m 0640 -- "$lc_example" "$LC_CONFIG"
+            LC_CONFIG_CREATED=1
             own "root:$SERVICE_USER" "$LC_CONFIG"
             note "created ${LC_CONFIG#"$ROOT"} from deploy/local-controller.example.toml: set the central" \
                 "system, the site fuse and the charge points (ids, passwords) before starting it"
@@ -543,7 +550,9 @@ remove_boot_block() {
 # The local controller: enabled with --local-controller[-only]; on --upgrade restarted when it runs.
 start_local_controller() {
     if ((!LOCAL_CONTROLLER)); then
-        if [[ $MODE == upgrade ]]; then
+        # installed once by hand or disabled: restarted only when it runs, and only on a configuration that passes
+        if [[ $MODE == upgrade ]] && { ((SIMULATE)) || [[ ! -e $LC_CONFIG ]] ||
+            "$OPT/venv/bin/chargepoint" check-config "$LC_CONFIG" >/dev/null; }; then
             sys systemctl try-restart "$LC_SERVICE"
         fi
         return
@@ -552,6 +561,12 @@ start_local_controller() {
     sys systemctl enable "$LC_SERVICE"
     if ((!START)); then
         note "--no-start: start it with: systemctl start ${LC_SERVICE%.service}"
+        return
+    fi
+    if ((LC_CONFIG_CREATED)); then
+        # the example's passwords are public: it would accept anybody's box as CP-1
+        note "not started: edit ${LC_CONFIG#"$ROOT"} (central system, fuse, charge points and their passwords), then:"
+        note "  chargepoint check-config ${LC_CONFIG#"$ROOT"} && systemctl start ${LC_SERVICE%.service}"
         return
     fi
     start_unit "$LC_SERVICE" "$LC_CONFIG"
@@ -604,10 +619,12 @@ do_install() {
         die "nothing to upgrade: ${OPT#"$ROOT"}/current does not exist (run without --upgrade to install)"
     fi
     [[ -f $SRC/pyproject.toml ]] || die "$SRC is not a project checkout (no pyproject.toml); use --source DIR"
-    # An upgrade keeps what the install set up: a local controller alone stays alone.
-    if [[ $MODE == upgrade && $CHARGE_POINT == 1 && ! -e $CONFIG && -e $LC_CONFIG ]]; then
-        note "only the local controller is installed here (no ${CONFIG#"$ROOT"}): upgrading it alone"
+    # A run without --local-controller[-only] keeps what the install set up: a local controller alone stays
+    # alone (add a charge point with --local-controller).
+    if ((!LC_FLAG)) && [[ ! -e $CONFIG && -e $LC_CONFIG ]]; then
+        note "only the local controller is installed here (no ${CONFIG#"$ROOT"}): it stays alone (add a charge point with --local-controller)"
         CHARGE_POINT=0
+        LOCAL_CONTROLLER=1
     fi
     install_packages
     ensure_user

@@ -376,11 +376,14 @@ def test_local_controller_beside_the_charge_point(root: Path, source: Path) -> N
     assert stat.S_IMODE(lc_config.stat().st_mode) == 0o640
     assert "systemctl enable chargepoint.service" in out
     assert "systemctl enable chargepoint-local-controller.service" in out
-    assert "systemctl start chargepoint-local-controller.service" in out
+    # not started on the example: its passwords are public
+    assert "systemctl start chargepoint-local-controller.service" not in out
+    assert "not started: edit /etc/chargepoint/local-controller.toml" in out
     assert "chargepoint status --socket /run/chargepoint-lc/status.sock" in out
-    # an edited configuration survives a second run and an upgrade
+    # an edited configuration survives a second run (which starts it) and an upgrade
     lc_config.write_text("# edited\n")
-    run(root, source, "--local-controller")
+    out = run(root, source, "--local-controller").stdout
+    assert "systemctl start chargepoint-local-controller.service" in out
     out = run(root, source, "--upgrade").stdout
     assert lc_config.read_text() == "# edited\n"
     assert "systemctl try-restart chargepoint-local-controller.service" in out
@@ -395,10 +398,15 @@ def test_local_controller_only_leaves_the_charger_setup_alone(root: Path, source
     assert "console=serial0" in (root / "boot/firmware/cmdline.txt").read_text()
     assert "REBOOT REQUIRED" not in out
     assert re.search(r"systemctl \S+( --now)? chargepoint\.service", out) is None, out
-    assert "systemctl start chargepoint-local-controller.service" in out
-    # a plain --upgrade keeps it that way
-    out = run(root, source, "--upgrade").stdout
-    assert "upgrading it alone" in out
+    assert "systemctl enable chargepoint-local-controller.service" in out
+    # a plain repair run and a plain --upgrade keep it that way
+    for args in ((), ("--upgrade",)):
+        out = run(root, source, *args).stdout
+        assert "it stays alone" in out
+        assert re.search(r"systemctl \S+( --now)? chargepoint\.service", out) is None, out
+        assert "systemctl start chargepoint-local-controller.service" in out
+        assert not (root / "etc/chargepoint/chargepoint.toml").exists()
+        assert (root / "boot/firmware/config.txt").read_text() == BOOKWORM_CONFIG
     assert re.search(r"systemctl \S+( --now)? chargepoint\.service", out) is None, out
     assert not (root / "etc/chargepoint/chargepoint.toml").exists()
     assert "systemctl try-restart chargepoint-local-controller.service" in out

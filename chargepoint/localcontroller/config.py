@@ -12,7 +12,7 @@
     upstream_ca = "/etc/ssl/certs/ca.pem"  # optional: CA file for a wss:// central system
     site_limit_a = 63                      # fuse per phase: a number or [L1, L2, L3]
     state_dir = "/var/lib/chargepoint-lc"
-    status_socket = "/run/chargepoint/lc-status.sock"
+    status_socket = "/run/chargepoint-lc/status.sock"
     stack_level = 8                        # safe default; allocations use stack_level + 1
     lease_s = 120                          # allocation validTo; then the safe default applies
     follow_s = 12                          # time a box needs to follow a lower limit
