@@ -307,32 +307,32 @@ install_release() {
     own -R "$SERVICE_USER:$SERVICE_USER" "$OPT"
 }
 
+# A configuration file from its example unless one exists (never overwritten); returns 0 when it created it.
+create_config() {
+    local example="$SRC/deploy/$1" dst="$2"
+    if [[ -e $dst ]]; then
+        note "keeping existing ${dst#"$ROOT"}"
+        return 1
+    fi
+    [[ -f $example ]] || die "$example is missing: cannot create ${dst#"$ROOT"}"
+    # Called as an if condition, where set -e does not apply: failures are checked here.
+    fs install -m 0640 -- "$example" "$dst" || die "cannot create ${dst#"$ROOT"}"
+    own "root:$SERVICE_USER" "$dst" || die "cannot give ${dst#"$ROOT"} to group $SERVICE_USER"
+    return 0
+}
+
 install_config() {
     say "configuration"
     fs install -d -m 0750 -- "$ETC_DIR"
     own "root:$SERVICE_USER" "$ETC_DIR"
-    if ((LOCAL_CONTROLLER)); then
-        if [[ -e $LC_CONFIG ]]; then
-            note "keeping existing ${LC_CONFIG#"$ROOT"}"
-        else
-            local lc_example="$SRC/deploy/local-controller.example.toml"
-            [[ -f $lc_example ]] || die "$lc_example is missing: cannot create ${LC_CONFIG#"$ROOT"}"
-            fs install -m 0640 -- "$lc_example" "$LC_CONFIG"
-            LC_CONFIG_CREATED=1
-            own "root:$SERVICE_USER" "$LC_CONFIG"
-            note "created ${LC_CONFIG#"$ROOT"} from deploy/local-controller.example.toml: set the central" \
-                "system, the site fuse and the charge points (ids, passwords) before starting it"
-        fi
+    if ((LOCAL_CONTROLLER)) && create_config local-controller.example.toml "$LC_CONFIG"; then
+        LC_CONFIG_CREATED=1
+        note "created ${LC_CONFIG#"$ROOT"} from deploy/local-controller.example.toml: set the central" \
+            "system, the site fuse and the charge points (ids, passwords) before starting it"
     fi
     if ((!CHARGE_POINT)); then
         note "--local-controller-only: no charge point configuration"
-    elif [[ -e $CONFIG ]]; then
-        note "keeping existing ${CONFIG#"$ROOT"}"
-    else
-        local example="$SRC/deploy/chargepoint.example.toml"
-        [[ -f $example ]] || die "$example is missing: cannot create ${CONFIG#"$ROOT"}"
-        fs install -m 0640 -- "$example" "$CONFIG"
-        own "root:$SERVICE_USER" "$CONFIG"
+    elif create_config chargepoint.example.toml "$CONFIG"; then
         note "created ${CONFIG#"$ROOT"} from deploy/chargepoint.example.toml: edit it before charging"
         # The example enables the web UI on the LAN ([web]); its admin password is asked for here.
         if ((!SIMULATE)) && [[ -t 0 ]]; then
