@@ -229,7 +229,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if "local_controller" in data and "chargepoint" not in data:
+    from chargepoint.localcontroller.config import is_local_controller_file
+
+    if is_local_controller_file(data):
         return _check_local_controller_config(path)
     config = None
     problems: list[ConfigProblem] = []

@@ -287,6 +287,12 @@ def parse(data: dict[str, Any]) -> LocalControllerConfig:
     )
 
 
+def is_local_controller_file(data: dict[str, Any]) -> bool:
+    """A parsed configuration file that is a local controller's (``[local_controller]``, no ``[chargepoint]``):
+    check-config and set-password treat it as such."""
+    return "local_controller" in data and "chargepoint" not in data
+
+
 def load(path: Path) -> LocalControllerConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

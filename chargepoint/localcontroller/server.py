@@ -62,7 +62,13 @@ from chargepoint.protocol.link import (
     schema_error_code,
 )
 from chargepoint.smart import CHARGE_POINT_MAX, InstalledProfiles, composite_schedule, limit_at
-from chargepoint.smart.profiles import ProfileLimits, ProfileRejected, parse_datetime, profile_from_ocpp
+from chargepoint.smart.profiles import (
+    ChargingProfile,
+    ProfileLimits,
+    ProfileRejected,
+    parse_datetime,
+    profile_from_ocpp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,11 @@ _MIRROR_LIMITS = ProfileLimits(max_stack_level=10_000, max_periods=10_000, max_p
 
 def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _charge_point_max(entries: list[tuple[int, ChargingProfile]]) -> list[tuple[int, ChargingProfile]]:
+    """The ChargePointMaxProfiles among a box's (connector id, profile) entries (they sit on connector 0)."""
+    return [(c, p) for c, p in entries if c == 0 and p.purpose == CHARGE_POINT_MAX]
 
 
 def _cap_profile(profile_id: int, stack: int, amps: float, now: datetime,
@@ -534,9 +545,7 @@ class LocalController:
             if status == "Accepted":
                 self.site.transaction(cp, payload["connectorId"], True, now)
         elif action == "StopTransaction":
-            if self._transaction_ended(sess, payload.get("transactionId"), now):
-                pass
-            elif len(sess.tx_connector) == 0:
+            if not self._transaction_ended(sess, payload.get("transactionId"), now) and not sess.tx_connector:
                 for c in self.site.open_transactions(cp):
                     self.site.transaction(cp, c, False, now)
         elif action == "MeterValues":
@@ -751,7 +760,7 @@ class LocalController:
             self.site.cap(spec.id, None)
             return
         phases = len(spec.phases)
-        cpmax = [(c, p) for c, p in entries if c == 0 and p.purpose == CHARGE_POINT_MAX]
+        cpmax = _charge_point_max(entries)
         cap = limit_at(cpmax, 0, now, tx_start=None, tx_id=None, voltage=230.0, phases=phases).amps \
             if cpmax else None
         connector_sum = 0.0
@@ -805,7 +814,7 @@ class LocalController:
         profiles on the box change and every SAFE_RECHECK_S."""
         cp = sess.cfg.spec.id
         share = self.site.safe_default_a(cp)
-        cpmax = [(c, p) for c, p in sess.profiles.all() if c == 0 and p.purpose == CHARGE_POINT_MAX]
+        cpmax = _charge_point_max(sess.profiles.all())
         if not cpmax:
             return share, "share of the site fuse"
         spec = sess.cfg.spec

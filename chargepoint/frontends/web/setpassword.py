@@ -19,9 +19,10 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from chargepoint.frontends.web.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, hash_password
+from chargepoint.localcontroller.config import is_local_controller_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,11 +36,9 @@ WEB_TABLE = "web"
 LOCAL_CONTROLLER_WEB_TABLE = "local_controller.web"
 
 
-def web_table_of(data: dict[str, object]) -> str:
+def web_table_of(data: dict[str, Any]) -> str:
     """Which table holds the web passwords in a parsed configuration file."""
-    if "local_controller" in data and "chargepoint" not in data:
-        return LOCAL_CONTROLLER_WEB_TABLE
-    return WEB_TABLE
+    return LOCAL_CONTROLLER_WEB_TABLE if is_local_controller_file(data) else WEB_TABLE
 
 
 def set_key_in_web_table(text: str, key: str, value: str, table: str = WEB_TABLE) -> str:
